@@ -1,0 +1,297 @@
+"""The one configuration model and how it is assembled.
+
+Precedence, lowest first: defaults < YAML file (--config / WATTLENS_CONFIG) < environment (WATTLENS_*)
+< command-line flags. Unknown keys and bad values are errors reported as one line that names the setting,
+the value, where it came from and how to fix it (`ConfigError`); the CLI turns that into exit status 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "WATTLENS_"
+ENV_CONFIG_FILE = "WATTLENS_CONFIG"
+DEFAULT_PORT = 9875
+MeterName = Literal["rapl", "model"]
+ZONE_NAMES = ("package", "core", "uncore", "dram", "psys")
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased as the one line the user sees."""
+
+
+def _hint(text: str) -> dict[str, Any]:
+    return {"fix": text}
+
+
+class ModelConfig(BaseModel):
+    """Coefficients of the no-sensor power model (per logical CPU)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    idle_watts_per_cpu: float = Field(
+        0.74, ge=0, le=50, json_schema_extra=_hint("watts one idle logical CPU draws, 0 to 50 (default 0.74)")
+    )
+    max_watts_per_cpu: float = Field(
+        3.5, gt=0, le=100, json_schema_extra=_hint("watts one fully busy logical CPU draws (default 3.5)")
+    )
+    cpus: int | None = Field(
+        None, ge=1, le=65536, json_schema_extra=_hint("logical CPUs to model, or leave unset to count them")
+    )
+
+    @model_validator(mode="after")
+    def _max_not_below_idle(self) -> ModelConfig:
+        if self.max_watts_per_cpu < self.idle_watts_per_cpu:
+            raise ValueError("model.max_watts_per_cpu must not be below model.idle_watts_per_cpu")
+        return self
+
+
+class Config(BaseModel):
+    """Everything wattlens can be told. Field names are the YAML keys and the WATTLENS_* names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interval: float = Field(5.0, ge=0.5, le=60, json_schema_extra=_hint("seconds between ticks, 0.5 to 60 (default 5)"))
+    listen: str = Field(
+        f":{DEFAULT_PORT}",
+        json_schema_extra=_hint(f"HOST:PORT or :PORT, e.g. :{DEFAULT_PORT} or 127.0.0.1:{DEFAULT_PORT}"),
+    )
+    sys_path: Path = Field(Path("/sys"), json_schema_extra=_hint("the host's sysfs mount, e.g. /sys or /host/sys"))
+    proc_path: Path = Field(Path("/proc"), json_schema_extra=_hint("the host's procfs mount, e.g. /proc or /host/proc"))
+    cgroup_root: Path = Field(
+        Path("/sys/fs/cgroup"), json_schema_extra=_hint("the host's cgroup mount, e.g. /sys/fs/cgroup")
+    )
+    meters: tuple[MeterName, ...] = Field(
+        ("rapl", "model"),
+        min_length=1,
+        json_schema_extra=_hint("a comma-separated list of meters to try in order, from: rapl, model"),
+    )
+    idle_policy: Literal["baseline", "ratio"] = Field(
+        "baseline", json_schema_extra=_hint("'baseline' (learned or configured idle watts) or 'ratio'")
+    )
+    idle_watts: dict[str, float] = Field(
+        default_factory=dict,
+        json_schema_extra=_hint("ZONE=WATTS pairs, e.g. package=40,dram=6 (zones: " + ", ".join(ZONE_NAMES) + ")"),
+    )
+    idle_window: float = Field(
+        3600.0, ge=60, le=7 * 86400, json_schema_extra=_hint("seconds of history for the learned idle baseline")
+    )
+    idle_quantile: float = Field(
+        0.05, ge=0, le=0.5, json_schema_extra=_hint("quantile of interval power taken as idle, 0 to 0.5")
+    )
+    max_zone_watts: float = Field(
+        2500.0,
+        gt=0,
+        le=100000,
+        json_schema_extra=_hint("the most watts one zone can draw; larger steps are counter resets"),
+    )
+    node_name: str = Field(
+        default_factory=lambda: os.environ.get("NODE_NAME") or socket.gethostname(),
+        min_length=1,
+        max_length=253,
+        json_schema_extra=_hint("a non-empty node name (default: $NODE_NAME, else the hostname)"),
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", json_schema_extra=_hint("one of debug, info, warning, error")
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("meters", mode="before")
+    @classmethod
+    def _split_meters(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("meters")
+    @classmethod
+    def _unique_meters(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("a meter is listed twice")
+        return value
+
+    @field_validator("idle_watts", mode="before")
+    @classmethod
+    def _split_idle_watts(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs: dict[str, str] = {}
+            for part in filter(None, (p.strip() for p in value.split(","))):
+                zone, sep, watts = part.partition("=")
+                if not sep:
+                    raise ValueError(f"'{part}' is not ZONE=WATTS")
+                pairs[zone.strip()] = watts.strip()
+            return pairs
+        return value
+
+    @field_validator("idle_watts")
+    @classmethod
+    def _known_zones(cls, value: dict[str, float]) -> dict[str, float]:
+        for zone, watts in value.items():
+            if zone not in ZONE_NAMES:
+                raise ValueError(f"unknown zone '{zone}'")
+            if not 0 <= watts <= 100000:
+                raise ValueError(f"idle watts for {zone} must be between 0 and 100000")
+        return value
+
+    def listen_address(self) -> tuple[str | None, int]:
+        return parse_listen(self.listen)
+
+
+def parse_listen(value: str) -> tuple[str | None, int]:
+    """`HOST:PORT`, `:PORT` or `[V6]:PORT` → (host or None for every interface, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError("must be HOST:PORT or :PORT with a port from 0 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return (host or None), int(port_text)
+
+
+# --- assembling the layers -------------------------------------------------------------------------
+
+Origin = dict[tuple[str, ...], str]
+
+
+def _merge(
+    into: dict[str, Any], layer: Mapping[str, Any], origin: Origin, source: str, prefix: tuple[str, ...] = ()
+) -> None:
+    """Deep-merge `layer` into `into`, remembering which source set each key."""
+    for key, value in layer.items():
+        path = (*prefix, str(key))
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict) and key != "idle_watts":
+            _merge(into[key], value, origin, source, path)
+            continue
+        into[key] = dict(value) if isinstance(value, Mapping) else value
+        origin[path] = source
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"config file {path}: cannot be read ({exc.strerror or exc}). "
+            "Fix: pass an existing, readable YAML file to --config / WATTLENS_CONFIG"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(
+            f"config file {path}: not valid YAML{where}. Fix: correct the YAML syntax (a mapping of settings)"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path}: top level is a {type(data).__name__}, not a mapping. "
+            "Fix: write settings as 'key: value' lines"
+        )
+    return data
+
+
+def env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """WATTLENS_INTERVAL=5, WATTLENS_MODEL__MAX_WATTS_PER_CPU=4 → nested dict; returns names used."""
+    layer: dict[str, Any] = {}
+    names: dict[tuple[str, ...], str] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+            continue
+        path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+        target = layer
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = value
+        names[path] = name
+    return layer, names
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the Config from all layers, or raise ConfigError with the one line to show."""
+    environ = os.environ if environ is None else environ
+    if config_file is None and environ.get(ENV_CONFIG_FILE):
+        config_file = Path(environ[ENV_CONFIG_FILE])
+    merged: dict[str, Any] = {}
+    origin: Origin = {}
+    if config_file is not None:
+        _merge(merged, read_config_file(config_file), origin, f"config file {config_file}")
+    env, env_names = env_layer(environ)
+    _merge(merged, env, origin, "environment")
+    for path, name in env_names.items():
+        origin[path] = f"environment {name}"
+    flag_values = {k: v for k, v in (flags or {}).items() if v is not None}
+    _merge(merged, flag_values, origin, "command line")
+    for key in flag_values:
+        origin[(key,)] = f"flag --{key.replace('_', '-')}"
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, merged, origin)) from None
+
+
+def _field_hint(path: tuple[str, ...]) -> str | None:
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+            continue
+        extra = field.json_schema_extra
+        return str(extra.get("fix")) if isinstance(extra, dict) and "fix" in extra else None
+    return None
+
+
+def _known_keys(path: tuple[str, ...]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in path:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(exc: ValidationError, merged: Mapping[str, Any], origin: Origin) -> str:
+    error = exc.errors()[0]
+    loc = tuple(str(p) for p in error["loc"])
+    # Errors inside a list or dict carry an index; the setting is the named part before it.
+    path = tuple(p for p in loc if not p.isdigit())
+    while path and path not in origin and _field_hint(path) is None and len(path) > 1:
+        path = path[:-1]
+    key = ".".join(path) or "config"
+    where = next((origin[path[:i]] for i in range(len(path), 0, -1) if path[:i] in origin), "defaults")
+    if error["type"] == "extra_forbidden":
+        parent = path[:-1]
+        known = _known_keys(parent)
+        close = difflib.get_close_matches(path[-1], known, n=1)
+        suggestion = f"did you mean '{'.'.join((*parent, close[0]))}'? " if close else ""
+        return f"unknown setting '{key}' (from {where}). Fix: {suggestion}remove it or use one of: " + ", ".join(known)
+    value: Any = merged
+    for part in path:
+        value = value.get(part) if isinstance(value, Mapping) else None
+    message = str(error["msg"]).removeprefix("Value error, ")
+    hint = _field_hint(path)
+    fix = f" Fix: set {key} to {hint}." if hint else ""
+    return f"invalid setting {key}={value!r} (from {where}): {message}.{fix}"

@@ -1,0 +1,114 @@
+"""The long-running service: a fixed-cadence tick loop plus the HTTP server, on one uvloop event loop.
+
+Each tick (read, account, render) runs in a single worker thread so the loop keeps answering scrapes; the
+loop only swaps in the new exposition when a tick finishes. A tick that overruns its interval makes the
+loop skip the missed slots instead of queueing them. SIGTERM/SIGINT stop the loop and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import uvloop
+
+from exporter.config import Config
+from exporter.engine import Engine
+from exporter.exposition import Exposition, Renderer
+from exporter.server import MetricsServer
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The service cannot start; the message is the one line to show."""
+
+
+class Daemon:
+    def __init__(self, config: Config, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self.renderer = Renderer()
+        self.exposition: Exposition | None = None
+        self.server = MetricsServer(lambda: self.exposition, self.healthy)
+        self._last_tick_end = time.monotonic()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wattlens-tick")
+
+    def healthy(self) -> bool:
+        """Live while ticks keep finishing; a wedged tick makes /healthz fail so the agent is restarted."""
+        return time.monotonic() - self._last_tick_end < 3 * self.config.interval + 10
+
+    def _tick(self) -> Exposition:
+        snapshot = self.engine.tick(time.monotonic())
+        return self.renderer.render(snapshot, self.server.scrapes)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.interval
+        start = time.monotonic()
+        slot = 0
+        failing = False
+        while not stop.is_set():
+            try:
+                self.exposition = await loop.run_in_executor(self._executor, self._tick)
+                self._last_tick_end = time.monotonic()
+                failing = False
+            except Exception:
+                # A bug, not a source failure (those are handled per source). Keep serving the last
+                # exposition; /healthz turns unhealthy if ticks keep failing, so the agent gets restarted.
+                if not failing:
+                    log.exception("tick failed; serving the previous metrics")
+                failing = True
+            # Next slot on the fixed grid; slots that passed while the tick ran are skipped, not queued.
+            due = math.floor((self._last_tick_end - start) / interval) + 1
+            if due > slot + 1:
+                skipped = due - slot - 1
+                self.engine.note_skipped(skipped)
+                log.warning("tick took longer than the %.1fs interval; skipping %d slot(s)", interval, skipped)
+            slot = due
+            delay = start + slot * interval - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, delay))
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        host, port = self.config.listen_address()
+        try:
+            bound = await self.server.start(host, port)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {self.config.listen}: {exc.strerror or exc}. "
+                "Fix: set listen (--listen / WATTLENS_LISTEN) to a free port and an address of this host"
+            ) from None
+        log.info(
+            "serving http://%s/metrics (node %s, every %.1fs)",
+            ", ".join(f"{h}:{p}" for h, p in bound),
+            self.config.node_name,
+            self.config.interval,
+        )
+        ticking = asyncio.create_task(self.run(stop))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({ticking, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        await ticking  # let a tick in flight finish so nothing is left half-read
+        await self.server.close()
+        self._executor.shutdown(wait=True)
+        log.info("stopped")
+        return 0
+
+
+def run(config: Config) -> int:
+    """Start the engine and serve until SIGTERM; returns the process exit status."""
+    engine = Engine.start(config)
+    try:
+        return uvloop.run(Daemon(config, engine).serve())
+    finally:
+        engine.close()

@@ -1,0 +1,125 @@
+"""The metric catalogue: every family wattlens exports, in one place (names, types, help, labels).
+
+The exposition builds families from these definitions and the README's metric table is checked against
+them by the test suite, so the documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+PREFIX = "wattlens_"
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    name: str  # without the prefix; counters end in _total
+    kind: Literal["counter", "gauge", "info"]
+    help: str
+    labels: tuple[str, ...]
+
+    @property
+    def full_name(self) -> str:
+        return PREFIX + self.name
+
+
+ZONE_LABELS = ("zone", "socket", "die", "source")
+
+NODE_CPU_JOULES = Family(
+    "node_cpu_joules_total",
+    "counter",
+    "Energy of one CPU energy zone (package, core, uncore, dram, psys) since wattlens started. "
+    "Zones overlap (psys contains package, package contains core): never add zones together.",
+    ("node", *ZONE_LABELS),
+)
+NODE_CPU_WATTS = Family(
+    "node_cpu_watts", "gauge", "Mean power of one CPU energy zone over the last tick.", ("node", *ZONE_LABELS)
+)
+NODE_CPU_IDLE_JOULES = Family(
+    "node_cpu_idle_joules_total",
+    "counter",
+    "Idle share of a zone's energy (all sockets), by the configured idle policy.",
+    ("node", "zone", "source"),
+)
+NODE_CPU_ACTIVE_JOULES = Family(
+    "node_cpu_active_joules_total",
+    "counter",
+    "Active (non-idle) share of a zone's energy (all sockets).",
+    ("node", "zone", "source"),
+)
+NODE_CPU_IDLE_WATTS = Family(
+    "node_cpu_idle_baseline_watts",
+    "gauge",
+    "Idle power used for a zone in the last tick and how it was obtained "
+    "(configured, model, learned, or ratio when derived from the idle share of CPU time).",
+    ("node", "zone", "source", "method"),
+)
+COUNTER_WRAPS = Family(
+    "node_cpu_counter_wraps_total",
+    "counter",
+    "Hardware energy counter wraparounds seen and corrected.",
+    ("node", *ZONE_LABELS),
+)
+COUNTER_RESETS = Family(
+    "node_cpu_counter_resets_total",
+    "counter",
+    "Hardware energy counter decreases or jumps no wrap explains (driver reload, hotplug); they add no energy.",
+    ("node", *ZONE_LABELS),
+)
+SOURCE_UP = Family(
+    "source_up",
+    "gauge",
+    "1 when a source (meter zone, /proc) was read in the last tick; 0 when it failed or the meter is "
+    "unavailable (device is empty then).",
+    ("node", "source", "device"),
+)
+SOURCE_ERRORS = Family(
+    "source_errors_total", "counter", "Failed reads of a source since start.", ("node", "source", "device")
+)
+BUILD_INFO = Family("build", "info", "wattlens build.", ("version", "python_version"))
+NODE_INFO = Family(
+    "node",
+    "info",
+    "The node wattlens measures and the meter in use.",
+    ("node", "cpu_model", "cpus", "sockets", "kernel", "cgroup_version", "meter"),
+)
+TICKS = Family("ticks_total", "counter", "Ticks completed.", ("node",))
+TICKS_SKIPPED = Family(
+    "ticks_skipped_total", "counter", "Tick slots skipped because a tick overran its interval.", ("node",)
+)
+TICK_DURATION = Family(
+    "tick_duration_seconds", "gauge", "Wall time of the last tick (read, account, snapshot).", ("node",)
+)
+TICK_CPU = Family("tick_cpu_seconds_total", "counter", "CPU time spent in ticks.", ("node",))
+LAST_TICK = Family("last_tick_timestamp_seconds", "gauge", "Unix time at the end of the last tick.", ("node",))
+SCRAPES = Family(
+    "scrapes_total",
+    "counter",
+    "Metric scrapes served, by format and encoding (counted up to the last tick).",
+    ("node", "format", "encoding"),
+)
+RENDER_DURATION = Family(
+    "render_duration_seconds", "gauge", "Wall time of rendering the previous exposition.", ("node",)
+)
+
+CATALOGUE: tuple[Family, ...] = (
+    NODE_CPU_JOULES,
+    NODE_CPU_WATTS,
+    NODE_CPU_IDLE_JOULES,
+    NODE_CPU_ACTIVE_JOULES,
+    NODE_CPU_IDLE_WATTS,
+    COUNTER_WRAPS,
+    COUNTER_RESETS,
+    SOURCE_UP,
+    SOURCE_ERRORS,
+    BUILD_INFO,
+    NODE_INFO,
+    TICKS,
+    TICKS_SKIPPED,
+    TICK_DURATION,
+    TICK_CPU,
+    LAST_TICK,
+    SCRAPES,
+    RENDER_DURATION,
+)
