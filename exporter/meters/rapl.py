@@ -157,13 +157,14 @@ def discover(sys_path: Path) -> tuple[list[RaplZone], list[str]]:
 def _drop_die_mirrors(zones: list[RaplZone], notes: list[str]) -> list[RaplZone]:
     """Keep one package zone per socket when every die of that socket reads the same counter.
 
-    The zone kept stands for the whole socket, so its die is cleared; subzones of dropped dies go too.
+    The zone kept stands for the whole socket, so its die is cleared. The `core` subzones of a mirrored
+    socket go too: each read one core of its CCD, not the package (kernel commit 26096aed255f).
     """
     by_socket: dict[str, list[RaplZone]] = {}
     for zone in zones:
         if zone.zone.die and zone.zone.zone == "package":
             by_socket.setdefault(zone.zone.socket, []).append(zone)
-    mirrored: set[str] = set()
+    keepers: dict[str, RaplZone] = {}
     for socket, dies in by_socket.items():
         try:
             values = [_read_uj(z.path / "energy_uj") for z in dies]
@@ -171,19 +172,21 @@ def _drop_die_mirrors(zones: list[RaplZone], notes: list[str]) -> list[RaplZone]
             continue
         if len(dies) < 2 or max(values) - min(values) > MIRROR_TOLERANCE_UJ:
             continue  # distinct dies (Intel multi-die packages): each one is real energy
-        mirrored.add(socket)
-        keep = min(dies, key=lambda z: int(z.zone.die))
-        notes.extend(
-            f"{z.sysfs_id} mirrors {keep.sysfs_id} (same counter); reading {keep.sysfs_id}"
-            for z in dies
-            if z is not keep
-        )
+        keep = keepers[socket] = min(dies, key=lambda z: int(z.zone.die))
+        mirrors = ", ".join(z.sysfs_id for z in dies if z is not keep)
+        notes.append(f"socket {socket}: {mirrors} mirror {keep.sysfs_id} (one counter per socket); reading it once")
     kept: list[RaplZone] = []
+    single_core: list[str] = []
     for zone in zones:
-        if zone.zone.socket not in mirrored:
+        keeper = keepers.get(zone.zone.socket)
+        if keeper is None:
             kept.append(zone)
-        elif zone.zone.die == min(by_socket[zone.zone.socket], key=lambda z: int(z.zone.die)).zone.die:
+        elif zone is keeper:
             kept.append(replace(zone, zone=replace(zone.zone, die="")))
+        elif zone.zone.zone != "package":
+            single_core.append(zone.sysfs_id)
+    if single_core:
+        notes.append(f"{', '.join(single_core)}: core zones of mirrored dies read one core each; skipped")
     return kept
 
 
