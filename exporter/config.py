@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 ENV_PREFIX = "WATTLENS_"
 ENV_CONFIG_FILE = "WATTLENS_CONFIG"
@@ -47,11 +47,13 @@ class ModelConfig(BaseModel):
         None, ge=1, le=65536, json_schema_extra=_hint("logical CPUs to model, or leave unset to count them")
     )
 
-    @model_validator(mode="after")
-    def _max_not_below_idle(self) -> ModelConfig:
-        if self.max_watts_per_cpu < self.idle_watts_per_cpu:
-            raise ValueError("model.max_watts_per_cpu must not be below model.idle_watts_per_cpu")
-        return self
+    @field_validator("max_watts_per_cpu")
+    @classmethod
+    def _max_not_below_idle(cls, value: float, info: ValidationInfo) -> float:
+        idle = info.data.get("idle_watts_per_cpu")
+        if idle is not None and value < idle:
+            raise ValueError(f"must not be below model.idle_watts_per_cpu ({idle})")
+        return value
 
 
 class Config(BaseModel):
@@ -94,7 +96,7 @@ class Config(BaseModel):
         json_schema_extra=_hint("the most watts one zone can draw; larger steps are counter resets"),
     )
     node_name: str = Field(
-        default_factory=lambda: os.environ.get("NODE_NAME") or socket.gethostname(),
+        default_factory=socket.gethostname,
         min_length=1,
         max_length=253,
         json_schema_extra=_hint("a non-empty node name (default: $NODE_NAME, else the hostname)"),
@@ -238,6 +240,9 @@ def load_config(
     _merge(merged, env, origin, "environment")
     for path, name in env_names.items():
         origin[path] = f"environment {name}"
+    if "node_name" not in merged and environ.get("NODE_NAME"):
+        # Kubernetes' downward API is commonly wired to NODE_NAME; WATTLENS_NODE_NAME still wins.
+        _merge(merged, {"node_name": environ["NODE_NAME"]}, origin, "environment NODE_NAME")
     flag_values = {k: v for k, v in (flags or {}).items() if v is not None}
     _merge(merged, flag_values, origin, "command line")
     for key in flag_values:

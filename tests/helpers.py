@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,15 @@ class RaplTree:
         return int((self.zone_dir(zone_id) / "max_energy_range_uj").read_text())
 
     def set(self, zone_id: str, value: int | str) -> None:
-        # Rewrite in place (same inode) so a held fd sees the new value, as with sysfs.
-        with open(self.energy_file(zone_id), "r+") as handle:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{value}\n")
+        """Rewrite in place (same inode, as sysfs) in one pwrite, padded with spaces to the old length,
+        so a daemon reading concurrently never sees a half-written number."""
+        path = self.energy_file(zone_id)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            text = f"{value}\n".encode()
+            os.pwrite(fd, text.ljust(os.fstat(fd).st_size, b" "), 0)
+        finally:
+            os.close(fd)
 
     def advance(self, zone_id: str, microjoules: int) -> None:
         self.set(zone_id, self.energy(zone_id) + microjoules)
@@ -91,3 +96,96 @@ class ProcTree:
         self.busy += busy
         self.idle += idle
         self.write()
+
+
+class Daemon:
+    """The real `wattlens` command in a subprocess on a free loopback port; stopped with SIGTERM."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, user: str | None = None,
+                 python: str | None = None) -> None:
+        import re
+        import subprocess
+        import sys
+        import time
+
+        command = [python or sys.executable, "-m", "exporter", "--listen", "127.0.0.1:0", *args]
+        self.process = subprocess.Popen(
+            command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO,
+            env={"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", **(env or {})}, user=user,
+        )
+        self.log: list[str] = []
+        deadline = time.monotonic() + 20
+        assert self.process.stderr is not None
+        while time.monotonic() < deadline:
+            line = self.process.stderr.readline()
+            if not line:
+                raise AssertionError("wattlens exited early:\n" + "".join(self.log))
+            self.log.append(line)
+            match = re.search(r"serving http://127\.0\.0\.1:(\d+)/metrics", line)
+            if match:
+                self.port = int(match.group(1))
+                break
+        else:
+            raise AssertionError("wattlens did not start:\n" + "".join(self.log))
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("GET", path, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            conn.close()
+
+    def metrics(self) -> dict[str, float]:
+        """Samples of the text exposition keyed by 'name{labels}' exactly as rendered."""
+        status, _, body = self.get("/metrics")
+        assert status == 200
+        samples: dict[str, float] = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                samples[key] = float(value)
+        return samples
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.get("/readyz")[0] == 200:
+                return
+            time.sleep(0.05)
+        raise AssertionError("never ready")
+
+    def wait_ticks(self, count: int, timeout: float = 20) -> dict[str, float]:
+        """Wait until `count` more ticks have completed; returns the metrics then."""
+        import time
+
+        key = next(k for k in self.metrics() if k.startswith("wattlens_ticks_total"))
+        target = self.metrics()[key] + count
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            samples = self.metrics()
+            if samples[key] >= target:
+                return samples
+            time.sleep(0.05)
+        raise AssertionError("ticks stalled")
+
+    def stop(self) -> tuple[int, str]:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        _, err = self.process.communicate(timeout=20)
+        return self.process.returncode, "".join(self.log) + err
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate(timeout=10)

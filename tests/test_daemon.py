@@ -1,0 +1,112 @@
+"""The real daemon, end to end: HTTP, fixed-cadence ticks, model fallback, exact RAPL joules, SIGTERM."""
+
+from __future__ import annotations
+
+import gzip
+import multiprocessing
+import time
+from pathlib import Path
+
+from helpers import FIXTURES, Daemon, RaplTree
+
+from exporter.workloads.procfs import CpuTimes, ProcStat, utilisation
+
+MODEL_JOULES = 'wattlens_node_cpu_joules_total{die="",node="e2e",socket="",source="model",zone="package"}'
+
+
+def zone_key(name: str, zone: str, socket: str, source: str = "rapl") -> str:
+    return f'wattlens_{name}{{die="",node="e2e",socket="{socket}",source="{source}",zone="{zone}"}}'
+
+
+def _burn(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def _utilisation_since(before: CpuTimes) -> tuple[float, CpuTimes]:
+    now = ProcStat(Path("/proc"))
+    try:
+        cur = now.read()
+    finally:
+        now.close()
+    return utilisation(before, cur), cur
+
+
+def test_without_sensors_serves_model_joules_that_grow_with_cpu_load() -> None:
+    with Daemon("--sys", str(FIXTURES / "empty"), "--interval", "0.5", "--node-name", "e2e") as daemon:
+        daemon.wait_ready()
+        assert "meter rapl: unavailable: no RAPL zones" in "".join(daemon.log)
+        cpus = multiprocessing.cpu_count()
+
+        def window(seconds: float) -> tuple[float, float]:
+            """(model watts, measured utilisation) over a window aligned to tick boundaries."""
+            first = daemon.wait_ticks(1)
+            _, cpu = _utilisation_since(CpuTimes(0, 0, 0, 1))
+            time.sleep(seconds)
+            last = daemon.wait_ticks(1)
+            util, _ = _utilisation_since(cpu)
+            ticks = last['wattlens_ticks_total{node="e2e"}'] - first['wattlens_ticks_total{node="e2e"}']
+            return (last[MODEL_JOULES] - first[MODEL_JOULES]) / (ticks * 0.5), util
+
+        quiet_watts, quiet_util = window(2.0)
+        workers = [multiprocessing.Process(target=_burn, args=(4.0,)) for _ in range(cpus)]
+        for worker in workers:
+            worker.start()
+        busy_watts, busy_util = window(2.0)
+        for worker in workers:
+            worker.join()
+        metrics = daemon.metrics()
+        assert metrics['wattlens_source_up{device="",node="e2e",source="rapl"}'] == 0
+        assert metrics[MODEL_JOULES] > 0
+        # The model is P = cpus × (0.74 + 2.76 × util): check it against utilisation measured independently.
+        for watts, util in ((quiet_watts, quiet_util), (busy_watts, busy_util)):
+            expected = cpus * (0.74 + 2.76 * util)
+            assert abs(watts - expected) < 0.15 * cpus * 3.5, (watts, expected)
+        assert busy_util > quiet_util + 0.2, "the burners did not raise CPU use; is the machine saturated?"
+        assert busy_watts > quiet_watts
+        code, _ = daemon.stop()
+        assert code == 0
+
+
+def test_fixture_joules_advance_exactly_across_a_wrap(tmp_path: Path) -> None:
+    tree = RaplTree.copy("near-wrap", tmp_path)
+    with Daemon("--sys", str(tree.root), "--interval", "0.5", "--node-name", "e2e") as daemon:
+        daemon.wait_ready()
+        before = daemon.wait_ticks(1)
+        to_max = tree.max_range("intel-rapl:0") - tree.energy("intel-rapl:0")
+        tree.set("intel-rapl:0", 400_000)  # wraps
+        tree.advance("intel-rapl:0:0", 7_654_321)
+        after = daemon.wait_ticks(2)
+        package = zone_key("node_cpu_joules_total", "package", "0")
+        dram = zone_key("node_cpu_joules_total", "dram", "0")
+        assert round((after[package] - before[package]) * 1e6) == to_max + 400_000
+        assert round((after[dram] - before[dram]) * 1e6) == 7_654_321
+        assert after[zone_key("node_cpu_counter_wraps_total", "package", "0")] == 1
+        assert after[zone_key("node_cpu_counter_resets_total", "package", "0")] == 0
+        idle = after['wattlens_node_cpu_idle_joules_total{node="e2e",source="rapl",zone="package"}']
+        active = after['wattlens_node_cpu_active_joules_total{node="e2e",source="rapl",zone="package"}']
+        assert round((idle + active) * 1e6) == round(after[package] * 1e6)
+        assert daemon.stop()[0] == 0
+
+
+def test_endpoints_and_formats(tmp_path: Path) -> None:
+    tree = RaplTree.copy("intel-laptop", tmp_path)
+    with Daemon("--sys", str(tree.root), "--interval", "0.5", "--node-name", "e2e") as daemon:
+        daemon.wait_ready()
+        assert daemon.get("/healthz")[0] == 200
+        status, headers, body = daemon.get("/metrics", {
+            "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+            "Accept-Encoding": "gzip"})
+        assert status == 200 and headers["content-encoding"] == "gzip"
+        assert headers["content-type"].startswith("application/openmetrics-text")
+        text = gzip.decompress(body).decode()
+        assert text.endswith("# EOF\n")
+        assert "# UNIT" not in text or "joules" in text
+        assert 'wattlens_node_cpu_joules_total{die="",node="e2e",socket="",source="rapl",zone="psys"}' in text
+        status, headers, body = daemon.get("/metrics")
+        assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+        assert b"intel-rapl-mmio" not in body
+        code, log = daemon.stop()
+        assert code == 0
+        assert "stopped" in log
