@@ -56,13 +56,13 @@ NODE_CPU_IDLE_WATTS = Family(
     ("node", "zone", "source", "method"),
 )
 COUNTER_WRAPS = Family(
-    "node_cpu_counter_wraps_total",
+    "node_cpu_energy_wraps_total",
     "counter",
     "Hardware energy counter wraparounds seen and corrected.",
     ("node", *ZONE_LABELS),
 )
 COUNTER_RESETS = Family(
-    "node_cpu_counter_resets_total",
+    "node_cpu_energy_resets_total",
     "counter",
     "Hardware energy counter decreases or jumps no wrap explains (driver reload, hotplug); they add no energy.",
     ("node", *ZONE_LABELS),

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
 import os
+import pwd
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,16 +109,17 @@ class Daemon:
     """The real `wattlens` command in a subprocess on a free loopback port; stopped with SIGTERM."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, user: str | None = None,
-                 python: str | None = None) -> None:
-        import re
-        import subprocess
-        import sys
-        import time
-
+                 extra_groups: list[str] | None = None, python: str | None = None) -> None:
         command = [python or sys.executable, "-m", "exporter", "--listen", "127.0.0.1:0", *args]
+        group = None
+        if user is not None:
+            # Drop root's gid and supplementary groups too, or the "unprivileged" child would keep them.
+            group = pwd.getpwnam(user).pw_gid
+            extra_groups = extra_groups or []
         self.process = subprocess.Popen(
             command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO,
             env={"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", **(env or {})}, user=user,
+            group=group, extra_groups=extra_groups,
         )
         self.log: list[str] = []
         deadline = time.monotonic() + 20
@@ -129,8 +137,6 @@ class Daemon:
             raise AssertionError("wattlens did not start:\n" + "".join(self.log))
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        import http.client
-
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             conn.request("GET", path, headers=headers or {})
@@ -151,8 +157,6 @@ class Daemon:
         return samples
 
     def wait_ready(self, timeout: float = 20) -> None:
-        import time
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.get("/readyz")[0] == 200:
@@ -162,8 +166,6 @@ class Daemon:
 
     def wait_ticks(self, count: int, timeout: float = 20) -> dict[str, float]:
         """Wait until `count` more ticks have completed; returns the metrics then."""
-        import time
-
         key = next(k for k in self.metrics() if k.startswith("wattlens_ticks_total"))
         target = self.metrics()[key] + count
         deadline = time.monotonic() + timeout
@@ -175,8 +177,6 @@ class Daemon:
         raise AssertionError("ticks stalled")
 
     def stop(self) -> tuple[int, str]:
-        import signal
-
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         _, err = self.process.communicate(timeout=20)

@@ -82,8 +82,8 @@ def test_fixture_joules_advance_exactly_across_a_wrap(tmp_path: Path) -> None:
         dram = zone_key("node_cpu_joules_total", "dram", "0")
         assert round((after[package] - before[package]) * 1e6) == to_max + 400_000
         assert round((after[dram] - before[dram]) * 1e6) == 7_654_321
-        assert after[zone_key("node_cpu_counter_wraps_total", "package", "0")] == 1
-        assert after[zone_key("node_cpu_counter_resets_total", "package", "0")] == 0
+        assert after[zone_key("node_cpu_energy_wraps_total", "package", "0")] == 1
+        assert after[zone_key("node_cpu_energy_resets_total", "package", "0")] == 0
         idle = after['wattlens_node_cpu_idle_joules_total{node="e2e",source="rapl",zone="package"}']
         active = after['wattlens_node_cpu_active_joules_total{node="e2e",source="rapl",zone="package"}']
         assert round((idle + active) * 1e6) == round(after[package] * 1e6)

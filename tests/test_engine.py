@@ -166,3 +166,20 @@ def test_any_counter_history_is_conserved_and_monotonic(tmp_path_factory: pytest
         assert idle + active == package.joules_uj
         previous_total = package.joules_uj
     assert previous_total == expected
+
+
+@given(observations=st.lists(st.tuples(st.floats(min_value=0.1, max_value=30), st.floats(min_value=0, max_value=500)),
+                             min_size=1, max_size=200))
+def test_idle_baseline_matches_a_full_sort(observations: list[tuple[float, float]]) -> None:
+    """The incrementally sorted index gives the same quantile as sorting every bucket from scratch."""
+    from exporter.idle import IdleBaseline
+
+    baseline = IdleBaseline(window_s=600, quantile=0.05, min_samples=1)
+    now = 0.0
+    for gap, watts in observations:
+        now += gap
+        baseline.observe(now, watts * gap, gap)
+    buckets = list(baseline._buckets)
+    assert all(now - b.start <= 600 for b in buckets)
+    expected = sorted(b.energy_j / b.seconds for b in buckets)
+    assert baseline.watts() == pytest.approx(expected[int(0.05 * (len(expected) - 1))])

@@ -1,0 +1,90 @@
+"""The exposition passes promtool's linter, follows Prometheus naming, and escapes label values."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import FIXTURES, REPO, RaplTree, make_config
+
+from exporter import metrics
+from exporter.engine import Engine
+from exporter.exposition import Renderer
+
+
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    return path
+
+
+@pytest.mark.parametrize("tree", ["intel-2socket-server", "intel-laptop", "amd-epyc-2socket", "near-wrap", "empty"])
+def test_promtool_check_metrics_is_clean(tree: str, tmp_path: Path) -> None:
+    promtool = _promtool()
+    copy = RaplTree.copy(tree, tmp_path)
+    once = subprocess.run([sys.executable, "-m", "exporter", "once", "--sys", str(copy.root), "--wait", "0.2",
+                           "--node-name", "lint"], capture_output=True, timeout=60, cwd=REPO)
+    assert once.returncode == 0, once.stderr
+    assert b"wattlens_node_cpu_joules_total" in once.stdout
+    lint = subprocess.run([promtool, "check", "metrics"], input=once.stdout, capture_output=True, timeout=60)
+    assert lint.returncode == 0, lint.stderr.decode() + lint.stdout.decode()
+    assert lint.stdout == b"" and lint.stderr == b""
+
+
+def test_catalogue_follows_naming_conventions() -> None:
+    names = [f.full_name for f in metrics.CATALOGUE]
+    assert len(names) == len(set(names))
+    for family in metrics.CATALOGUE:
+        assert re.fullmatch(r"wattlens_[a-z0-9_]+", family.full_name)
+        if family.kind == "counter":
+            assert family.name.endswith("_total"), family.name
+        else:
+            assert not family.name.endswith("_total"), family.name
+        if "joules" in family.name:
+            assert family.kind == "counter" and family.name.endswith("_joules_total")
+        if "watts" in family.name:
+            assert family.kind == "gauge" and family.name.endswith("_watts")
+        if family.kind != "info":
+            assert family.labels[0] == "node", "every series carries the constant node label"
+
+
+def test_every_catalogued_family_is_rendered(tmp_path: Path) -> None:
+    tree = RaplTree.copy("intel-laptop", tmp_path)
+    engine = Engine.start(make_config(sys_path=tree.root, meters="rapl"))
+    engine.tick(0.0)
+    tree.advance("intel-rapl:0", 1_000_000)
+    text = Renderer().render(engine.tick(5.0), {("text", "identity"): 3}).text.decode()
+    for family in metrics.CATALOGUE:
+        name = family.full_name + ("_info" if family.kind == "info" else "")
+        assert f"# TYPE {name} " in text, name
+
+
+def test_label_values_are_escaped(tmp_path: Path) -> None:
+    tree = RaplTree.copy("near-wrap", tmp_path)
+    node = 'a"b\\c\nd'
+    engine = Engine.start(make_config(sys_path=tree.root, meters="rapl", node_name=node))
+    exposition = Renderer().render(engine.tick(0.0))
+    assert 'node="a\\"b\\\\c\\nd"' in exposition.text.decode()
+    assert 'node="a\\"b\\\\c\\nd"' in exposition.openmetrics.decode()
+
+
+def test_readme_documents_every_metric_and_setting() -> None:
+    readme = (REPO / "README.md").read_text()
+    for family in metrics.CATALOGUE:
+        name = family.full_name + ("_info" if family.kind == "info" else "")
+        assert f"`{name}`" in readme, f"README metric table lacks {name}"
+    from exporter.config import Config, ModelConfig
+
+    for key in Config.model_fields:
+        assert f"`{key}`" in readme, f"README configuration table lacks {key}"
+    for key in ModelConfig.model_fields:
+        assert f"`model.{key}`" in readme, f"README configuration table lacks model.{key}"
+    assert (FIXTURES.parent / "README.md").exists()
