@@ -88,12 +88,8 @@ class Daemon:
                 f"cannot listen on {self.config.listen}: {exc.strerror or exc}. "
                 "Fix: set listen (--listen / WATTLENS_LISTEN) to a free port and an address of this host"
             ) from None
-        log.info(
-            "serving http://%s/metrics (node %s, every %.1fs)",
-            ", ".join(f"{h}:{p}" for h, p in bound),
-            self.config.node_name,
-            self.config.interval,
-        )
+        urls = " and ".join(f"http://{f'[{h}]' if ':' in h else h}:{p}/metrics" for h, p in bound)
+        log.info("serving %s (node %s, every %.1fs)", urls, self.config.node_name, self.config.interval)
         ticking = asyncio.create_task(self.run(stop))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({ticking, stopped}, return_when=asyncio.FIRST_COMPLETED)

@@ -39,7 +39,7 @@ class Limits:
 
 
 def _weights(header: str) -> dict[str, float]:
-    """'a;q=0.5, b' → {'a': 0.5, 'b': 1.0}; unparsable q counts as 0."""
+    """'a;q=0.5, b' → {'a': 0.5, 'b': 1.0}; an unparsable or out-of-range q (inf, nan, 2, -1) counts as 0."""
     weights: dict[str, float] = {}
     for part in header.split(","):
         token, *params = (p.strip() for p in part.split(";"))
@@ -52,6 +52,8 @@ def _weights(header: str) -> dict[str, float]:
                 try:
                     q = float(value)
                 except ValueError:
+                    q = 0.0
+                if not 0.0 <= q <= 1.0:  # also false for nan
                     q = 0.0
         weights[token.lower()] = max(weights.get(token.lower(), 0.0), q)
     return weights
@@ -89,6 +91,8 @@ class MetricsServer:
         self.scrapes: Counter[tuple[str, str]] = Counter()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._idle: set[asyncio.Task[None]] = set()  # waiting for a request, none of it received yet
+        self._closing = False
 
     async def start(self, host: str | None, port: int) -> list[tuple[str, int]]:
         """Bind and listen; returns the bound (host, port) pairs (port 0 picks a free port)."""
@@ -96,36 +100,44 @@ class MetricsServer:
         return [sock.getsockname()[:2] for sock in self._server.sockets]
 
     async def close(self) -> None:
-        """Stop accepting, let in-flight responses finish briefly, then drop the rest."""
+        """Stop accepting, drop idle connections, let in-flight requests finish briefly, then drop the rest."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
+        for task in self._idle:
+            task.cancel()
         if self._connections:
             _, pending = await asyncio.wait(set(self._connections), timeout=2.0)
             for task in pending:
                 task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
         if self._server is not None:
             await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if len(self._connections) >= self.limits.max_connections or task is None:
+        if self._closing or len(self._connections) >= self.limits.max_connections or task is None:
             writer.close()
             return
         self._connections.add(task)
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, task)
         finally:
             self._connections.discard(task)
+            self._idle.discard(task)
             writer.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, task: asyncio.Task[None]
+    ) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_request_bytes)
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while True:
             try:
-                request = await asyncio.wait_for(self._read_request(conn, reader), self.limits.request_timeout_s)
+                request = await asyncio.wait_for(self._read_request(conn, reader, task), self.limits.request_timeout_s)
             except h11.RemoteProtocolError as exc:
                 await self._send_error(conn, writer, exc.error_status_hint, "bad request\n")
                 return
@@ -138,21 +150,39 @@ class MetricsServer:
                 await self._send(conn, writer, reply, head_only=request.method == b"HEAD")
             except (TimeoutError, ConnectionError):
                 return
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+            if self._closing or conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
 
-    async def _read_request(self, conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Request | None:
-        """The next complete request (body read and discarded), or None if the client went away."""
+    async def _read_request(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, task: asyncio.Task[None]
+    ) -> h11.Request | None:
+        """The next complete request (body read and discarded), or None if the client went away.
+
+        h11 bounds only a head that arrives in pieces (max_incomplete_event_size); one that arrives whole in
+        a single read is parsed at any size, so the head's length is checked here too: the bytes h11 took
+        from its buffer to produce the Request event.
+        """
         request: h11.Request | None = None
+        received = len(conn.trailing_data[0])  # pipelined bytes already buffered
         body_bytes = 0
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                data = await reader.read(65536)
+                if request is None and received == 0:
+                    if self._closing:
+                        return None
+                    self._idle.add(task)  # close() may drop it: nothing of a request has arrived
+                try:
+                    data = await reader.read(65536)
+                finally:
+                    self._idle.discard(task)
+                received += len(data)
                 conn.receive_data(data)  # b"" tells h11 the peer closed
                 continue
             if isinstance(event, h11.Request):
+                if received - len(conn.trailing_data[0]) > self.limits.max_request_bytes:
+                    raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
                 request = event
             elif isinstance(event, h11.Data):
                 body_bytes += len(event.data)
@@ -201,6 +231,8 @@ class MetricsServer:
         self, conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply, head_only: bool = False
     ) -> None:
         headers = [*reply.headers, ("Content-Length", str(len(reply.body))), ("Server", "wattlens")]
+        if self._closing and not any(name == "Connection" for name, _ in reply.headers):
+            headers.append(("Connection", "close"))
         writer.write(conn.send(h11.Response(status_code=reply.status, headers=headers)))
         if not head_only:
             writer.write(conn.send(h11.Data(data=reply.body)))

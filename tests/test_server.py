@@ -78,7 +78,7 @@ TIMEOUT = 5.0  # the most any single client operation may take
         # Garbage q values count as 0, never as "preferred" ...
         ("application/openmetrics-text;q=abc", False),
         ("application/openmetrics-text;q=, text/plain;q=0.1", False),
-        ("application/openmetrics-text;q=\"1\"", False),
+        ('application/openmetrics-text;q="1"', False),
         ("application/openmetrics-text;q=nan", False),
         ("application/openmetrics-text;q=inf, text/plain", False),
         ("application/openmetrics-text;q=1e9, text/plain", False),
@@ -91,7 +91,8 @@ TIMEOUT = 5.0  # the most any single client operation may take
         # Malformed lists do not raise.
         (",,,", False),
         (";;;q=1", False),
-        ("application/openmetrics-text;;q", True),
+        ("application/openmetrics-text;;q", False),  # a bare q is an unparsable q
+        ("application/openmetrics-text;;", True),
         (", application/openmetrics-text ,", True),
     ],
 )
@@ -129,7 +130,7 @@ def test_wants_gzip(accept_encoding: str, expected: bool) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("ab/*;=,.q0123456789 -eEinfINF\"\t")), max_size=60))
+@given(st.text(alphabet=st.sampled_from(list('ab/*;=,.q0123456789 -eEinfINF"\t')), max_size=60))
 def test_negotiation_never_raises(header: str) -> None:
     assert isinstance(wants_openmetrics(header), bool)
     assert isinstance(wants_gzip(header), bool)
@@ -669,8 +670,12 @@ def test_garbage_gets_400_and_a_close(start: Callable[..., Running], garbage: by
 
 @pytest.mark.parametrize(
     "partial",
-    [b"", b"GET /metrics HTTP/1.1\r\n", b"GET /metrics HTTP/1.1\r\nHost: x\r\n", b"POST / HTTP/1.1\r\nHost: x\r\n"
-     b"Content-Length: 10\r\n\r\nabc"],
+    [
+        b"",
+        b"GET /metrics HTTP/1.1\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+    ],
     ids=["nothing", "request-line", "headers", "body"],
 )
 def test_stalled_client_is_disconnected_after_the_request_timeout(
@@ -719,8 +724,11 @@ def test_idle_keep_alive_connection_times_out(start: Callable[..., Running]) -> 
 def test_client_vanishing_mid_request_leaves_the_server_serving(start: Callable[..., Running], abort: bool) -> None:
     srv = start()
     srv.exposition = exp = make_exposition()
-    for partial in (b"GET /metr", b"GET /metrics HTTP/1.1\r\nHost: x\r\n", b"POST / HTTP/1.1\r\nHost: x\r\n"
-                    b"Content-Length: 100\r\n\r\nabc"):
+    for partial in (
+        b"GET /metr",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc",
+    ):
         c = srv.raw()
         c.send(partial)
         time.sleep(0.02)
@@ -812,9 +820,17 @@ def test_close_lets_a_request_in_progress_finish(start: Callable[..., Running]) 
         c.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # the head is not finished yet
         srv.wait_connections(1)
         closing = asyncio.run_coroutine_threadsafe(srv.server.close(), srv.loop)
-        time.sleep(0.1)
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # until close() has begun: the port refuses new connections
+            try:
+                socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT).close()
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         c.send(b"\r\n")
         reply = c.response()
         assert (reply.status, reply.body) == (200, exp.text)
-        assert c.closed_within(2.0)  # and it is not kept alive for another
+        assert reply.headers.get("connection") == "close"  # the client is told not to reuse it ...
+        assert c.closed_within(2.0)  # ... and it is not kept alive for another
         closing.result(TIMEOUT)
