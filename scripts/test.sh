@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # The test command: lint, type-check, then the whole test suite. Creates the virtualenv on first use.
 #
-#   WATTLENS_VENV=path   where the virtualenv lives (default .venv)
-#   WATTLENS_INSTALL=wheel  install a built copy instead of an editable one (CI does, so that an
+#   TEST_VENV=path   where the virtualenv lives (default .venv)
+#   TEST_INSTALL=wheel  install a built copy instead of an editable one (CI does, so that an
 #                        unprivileged test user can import it wherever the checkout lives)
 # Extra arguments go to pytest, e.g. scripts/test.sh -k rapl
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv=${WATTLENS_VENV:-.venv}
+venv=${TEST_VENV:-.venv}
 if [ ! -x "$venv/bin/python" ]; then
     # Debian's interpreter, not a per-user one: non-root test users must be able to execute it.
     /usr/bin/python3 -m venv "$venv"
 fi
-if [ "${WATTLENS_INSTALL:-editable}" = wheel ]; then
+if [ "${TEST_INSTALL:-editable}" = wheel ]; then
     "$venv/bin/python" -m pip install -q --disable-pip-version-check '.[dev]'
 else
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
