@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import json
+import logging
 import multiprocessing
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from helpers import FIXTURES, Daemon, RaplTree
+import pytest
+from helpers import FIXTURES, Daemon, RaplTree, make_config
 
+from exporter.daemon import Daemon as DaemonService
+from exporter.engine import Engine, Snapshot
 from exporter.workloads.procfs import CpuTimes, ProcStat, utilisation
 
 MODEL_JOULES = 'wattlens_node_cpu_joules_total{die="",node="e2e",socket="",source="model",zone="package"}'
@@ -110,3 +118,72 @@ def test_endpoints_and_formats(tmp_path: Path) -> None:
         code, log = daemon.stop()
         assert code == 0
         assert "stopped" in log
+
+
+class _FlakyEngine:
+    """Wraps a real engine: tick number `fail_at` raises, and every tick takes `tick_seconds`."""
+
+    def __init__(self, engine: Engine, fail_at: int = 0, tick_seconds: float = 0.0) -> None:
+        self.engine = engine
+        self.fail_at = fail_at
+        self.tick_seconds = tick_seconds
+        self.calls = 0
+
+    def tick(self, now: float) -> Snapshot:
+        self.calls += 1
+        time.sleep(self.tick_seconds)
+        if self.calls >= self.fail_at > 0:
+            raise RuntimeError("bug in a tick")
+        return self.engine.tick(now)
+
+    def note_skipped(self, count: int) -> None:
+        self.engine.note_skipped(count)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _run_daemon_for(daemon: DaemonService, seconds: float) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(seconds, stop.set)
+        await daemon.run(stop)
+
+    asyncio.run(main())
+
+
+def test_a_failing_tick_keeps_the_last_metrics_and_turns_health_red(caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config(meters="model", interval="0.5")
+    flaky = _FlakyEngine(Engine.start(config), fail_at=3)
+    daemon = DaemonService(config, flaky)  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR):
+        _run_daemon_for(daemon, 2.6)
+    assert flaky.calls >= 5
+    assert daemon.exposition is not None
+    assert b'wattlens_ticks_total{node="test-node"} 2.0' in daemon.exposition.text  # the last good tick
+    assert [r.message for r in caplog.records].count("tick failed; serving the previous metrics") == 1
+    daemon._last_tick_end -= 3 * config.interval + 10  # as if the failures had gone on for a while
+    assert not daemon.healthy()
+
+
+def test_an_overrunning_tick_skips_slots_instead_of_queueing() -> None:
+    config = make_config(meters="model", interval="0.5")
+    slow = _FlakyEngine(Engine.start(config), tick_seconds=1.1)
+    daemon = DaemonService(config, slow)  # type: ignore[arg-type]
+    _run_daemon_for(daemon, 3.0)
+    # Each 1.1 s tick spans two 0.5 s slots and one more: about 3 ticks in 3 s, not 6 queued ones.
+    assert 2 <= slow.calls <= 3
+    assert slow.engine.snapshot().ticks.skipped >= 2 * (slow.calls - 1)
+
+
+def test_once_json(tmp_path: Path) -> None:
+    tree = RaplTree.copy("intel-2socket-server", tmp_path)
+    result = subprocess.run([sys.executable, "-m", "exporter", "once", "--json", "--sys", str(tree.root),
+                             "--wait", "0.2", "--node-name", "j"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["meter"] == "rapl"
+    assert {(z["zone"], z["socket"], z["device"]) for z in data["zones"]} == {
+        ("package", "0", "intel-rapl:0"), ("dram", "0", "intel-rapl:0:0"),
+        ("package", "1", "intel-rapl:1"), ("dram", "1", "intel-rapl:1:0")}
+    assert all(z["up"] and z["joules"] == 0 for z in data["zones"])  # the fixture's counters did not move
