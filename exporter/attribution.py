@@ -1,14 +1,18 @@
 """Splitting energy (pure functions: integer µJ in, integer µJ out, nothing lost).
 
-Node level, per zone and tick: ΔE = idle + active. Workload attribution of the active part builds on this
-in later stages; every split here keeps the parts summing exactly to the whole.
+Per zone and tick: ΔE = idle + active, then ΔE = idle + unattributed + Σ top-level workloads, and each
+top-level workload = Σ its children + its residual. Every split keeps the parts summing exactly to the whole.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from exporter.counters import MICRO
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,3 +33,85 @@ def split_by_ratio(delta_uj: int, idle_ticks: int, total_ticks: int) -> IdleSpli
         return IdleSplit(0, delta_uj)
     idle = delta_uj * min(idle_ticks, total_ticks) // total_ticks
     return IdleSplit(idle, delta_uj - idle)
+
+
+def apportion(total: int, weights: Sequence[int]) -> list[int]:
+    """Split `total` µJ in proportion to `weights`, in whole µJ, summing exactly to `total`.
+
+    Largest remainder (Hamilton): everyone gets the floor of their quota, and the µJ left over go one each
+    to the largest remainders (ties to the earlier weight). The weights must not all be zero.
+    """
+    if total < 0 or any(w < 0 for w in weights):
+        raise ValueError("apportion takes a non-negative total and weights")
+    whole = sum(weights)
+    if whole == 0:
+        raise ValueError("apportion needs at least one positive weight")
+    shares = [total * w // whole for w in weights]
+    left = total - sum(shares)
+    if left:
+        by_remainder = sorted(range(len(weights)), key=lambda i: (-(total * weights[i] % whole), i))
+        for i in by_remainder[:left]:
+            shares[i] += 1
+    return shares
+
+
+@dataclass(frozen=True, slots=True)
+class Usage(Generic[K]):
+    """A workload's CPU time over one tick (µs) and its direct children's.
+
+    For a top-level workload `cpu_us` is exclusive of other top-level workloads nested in its cgroup.
+    A workload's CPU beyond its children's (pause containers, exited children) is its residual.
+    """
+
+    key: K
+    cpu_us: int
+    children: tuple[Usage[K], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneShares(Generic[K]):
+    """One zone's energy for one tick, split so that
+    delta = idle + unattributed + Σ top-level, and top-level = Σ children + residual."""
+
+    idle_uj: int
+    unattributed_uj: int
+    workloads: dict[K, int]  # every workload, top-level and children alike
+    residual_uj: dict[K, int]  # per top-level workload with children: the part no child took
+
+
+def attribute(
+    delta_uj: int, idle_uj: int, node_busy_us: int, top: Sequence[Usage[K]], spread_idle: bool = False
+) -> ZoneShares[K]:
+    """Split a zone's tick energy among workloads by CPU time.
+
+    Active energy (and idle energy too with `spread_idle`) goes to the top-level workloads by their CPU time,
+    and to `unattributed` by the node's busy time nobody accounts for (kernel threads, irq, skew). When the
+    workloads together report more CPU than the node (reads are not atomic), they are normalised by their own
+    sum and nothing is unattributed. Each top-level share is split again among its children and its residual.
+    """
+    if not 0 <= idle_uj <= delta_uj:
+        raise ValueError("idle must lie between 0 and the zone's delta")
+    spread = delta_uj if spread_idle else delta_uj - idle_uj
+    node_idle = 0 if spread_idle else idle_uj
+    weights = [max(0, w.cpu_us) for w in top]
+    weights.append(max(0, node_busy_us - sum(weights)))
+    *top_shares, unattributed = _split(spread, weights)
+    workloads: dict[K, int] = {}
+    residuals: dict[K, int] = {}
+    for usage, share in zip(top, top_shares, strict=True):
+        workloads[usage.key] = share
+        if not usage.children:
+            continue
+        child_weights = [max(0, c.cpu_us) for c in usage.children]
+        child_weights.append(max(0, max(0, usage.cpu_us) - sum(child_weights)))
+        *child_shares, residuals[usage.key] = _split(share, child_weights)
+        for child, child_share in zip(usage.children, child_shares, strict=True):
+            workloads[child.key] = child_share
+    return ZoneShares(node_idle, unattributed, workloads, residuals)
+
+
+def _split(total: int, weights: list[int]) -> list[int]:
+    """apportion, except that with no weight at all everything goes to the last (catch-all) slot."""
+    if sum(weights) == 0:
+        return [0] * (len(weights) - 1) + [total]
+    return apportion(total, weights)
