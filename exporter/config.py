@@ -95,6 +95,20 @@ class Config(BaseModel):
         le=100000,
         json_schema_extra=_hint("the most watts one zone can draw; larger steps are counter resets"),
     )
+    idle_attribution: Literal["none", "cpu"] = Field(
+        "none", json_schema_extra=_hint("'none' (idle energy stays at node level) or 'cpu' (spread like active)")
+    )
+    workloads: bool = Field(True, json_schema_extra=_hint("true to attribute energy to workloads, false not to"))
+    workload_ttl: float = Field(
+        600.0,
+        ge=0,
+        le=86400,
+        json_schema_extra=_hint("seconds an ended workload's series stay exported, 0 to 86400 (default 600)"),
+    )
+    kubelet_log_path: Path = Field(
+        Path("/var/log"),
+        json_schema_extra=_hint("the directory holding the kubelet's pods/ and containers/ log directories"),
+    )
     node_name: str = Field(
         default_factory=socket.gethostname,
         min_length=1,

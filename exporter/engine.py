@@ -10,19 +10,25 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 
-from exporter.attribution import IdleSplit, split_by_baseline, split_by_ratio
+from exporter.attribution import IdleSplit, attribute, split_by_baseline, split_by_ratio
 from exporter.config import Config
 from exporter.counters import MICRO, StepKind, counter_step
 from exporter.idle import IdleBaseline
-from exporter.ledger import Ledger
+from exporter.ledger import Ledger, WorkloadLedger
 from exporter.meters.base import CounterSample, Meter, ZoneId
 from exporter.meters.select import MeterReport, select_meter
 from exporter.nodeinfo import NodeInfo, read_node_info
-from exporter.workloads.procfs import CpuTimes, ProcStat
+from exporter.workloads.cgroups import CgroupTree
+from exporter.workloads.classify import Classified
+from exporter.workloads.kubernetes import KubeletLogs
+from exporter.workloads.labels import label_values
+from exporter.workloads.procfs import CpuTimes, ProcStat, clock_ticks_per_second
+from exporter.workloads.tree import UsageTracker, WorkloadTree, build_tree
 
 log = logging.getLogger(__name__)
 
 PROCFS_SOURCE = ("procfs", "stat")
+EMPTY_TREE = WorkloadTree((), {}, {})
 
 
 @dataclass(slots=True)
@@ -60,6 +66,16 @@ class DomainState:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkloadState:
+    """A workload's exported series: label values in LABELS[kind] order, joules and last-tick µJ per zone."""
+
+    kind: str
+    labels: tuple[str, ...]
+    energy_uj: tuple[tuple[str, int], ...]
+    last_uj: tuple[tuple[str, int], ...]  # empty once the workload has ended
+
+
+@dataclass(frozen=True, slots=True)
 class TickStats:
     ticks: int = 0
     skipped: int = 0
@@ -78,6 +94,11 @@ class Snapshot:
     errors: tuple[tuple[str, str, int], ...]  # (source, device, count)
     ticks: TickStats
     ready: bool
+    workloads: tuple[WorkloadState, ...] = ()
+    unattributed: tuple[tuple[str, int], ...] = ()  # (zone, µJ)
+    tick_seconds: float = 0.0  # length of the last tick, for watts
+    cgroup_read_errors: int = 0
+    cgroup_walks_truncated: int = 0
 
 
 @dataclass(slots=True)
@@ -93,6 +114,14 @@ class Engine:
     reports: list[MeterReport]
     proc_stat: ProcStat | None
     info: NodeInfo
+    cgroups: CgroupTree | None = None
+    kubelet: KubeletLogs | None = None
+    _usage: UsageTracker = field(default_factory=UsageTracker)
+    _tree: WorkloadTree = EMPTY_TREE
+    _workloads: WorkloadLedger[Classified] = field(default_factory=lambda: WorkloadLedger(600.0))
+    _unattributed: Ledger[str] = field(default_factory=Ledger)
+    _busy_us: int = 0
+    _dt: float = 0.0
     _zones: dict[ZoneId, ZoneAccount] = field(default_factory=dict)
     _zone_energy: Ledger[ZoneId] = field(default_factory=Ledger)
     _idle: Ledger[str] = field(default_factory=Ledger)
@@ -130,9 +159,21 @@ class Engine:
             log.error("no meter of %s is usable: node energy is not measured", ",".join(config.meters))
         else:
             log.info("measuring node energy with the %s meter", meter.name)
-        return cls(config=config, meter=meter, reports=reports, proc_stat=proc_stat, info=info)
+        engine = cls(config=config, meter=meter, reports=reports, proc_stat=proc_stat, info=info)
+        engine._workloads = WorkloadLedger(config.workload_ttl)
+        if config.workloads:
+            engine.cgroups = CgroupTree(config.cgroup_root)
+            engine.kubelet = KubeletLogs(config.kubelet_log_path)
+            log.info(
+                "attributing to workloads from the %s cgroup hierarchy at %s",
+                engine.cgroups.layout.version,
+                engine.cgroups.layout.root,
+            )
+        return engine
 
     def close(self) -> None:
+        if self.cgroups is not None:
+            self.cgroups.close()
         if self.meter is not None:
             self.meter.close()
         if self.proc_stat is not None:
@@ -145,6 +186,8 @@ class Engine:
         cpu = self._read_cpu()
         dt = None if self._last_now is None else now - self._last_now
         samples = self.meter.read(now, cpu) if self.meter is not None else []
+        self._tree = self._read_workloads(now)
+        self._busy_us = self._node_busy_us(cpu)
         domains: dict[str, _DomainTick] = {}
         for sample in samples:
             delta = self._account(sample, dt)
@@ -155,6 +198,8 @@ class Engine:
             for zone, domain in domains.items():
                 self._split(zone, domain, now, dt, cpu)
             self._deltas_seen = True
+            self._dt = dt
+        self._workloads.expire(now)
         self._last_now, self._last_cpu = now, cpu
         stats = self._stats
         self._stats = TickStats(
@@ -231,8 +276,36 @@ class Engine:
         self._idle.add(zone, split.idle_uj)
         self._active.add(zone, split.active_uj)
         self._idle_in_use[zone] = (watts, method)
+        shares = attribute(
+            domain.delta_uj,
+            split.idle_uj,
+            self._busy_us,
+            self._tree.top,
+            spread_idle=self.config.idle_attribution == "cpu",
+        )
+        self._unattributed.add(zone, shares.unattributed_uj)
+        for key, microjoules in shares.workloads.items():
+            self._workloads.add(key, zone, microjoules)
         if domain.complete:
             self._baseline(zone).observe(now, domain.delta_uj / MICRO, dt)
+
+    def _read_workloads(self, now: float) -> WorkloadTree:
+        """Walk the cgroups, turn CPU readings into this tick's tree and mark its workloads as seen."""
+        if self.cgroups is None:
+            return EMPTY_TREE
+        usages = self.cgroups.read()
+        tree = build_tree(usages, self._usage.deltas(usages))
+        for top in tree.top:
+            self._workloads.seen(now, top.key, tree.workloads[top.key], "")
+            for child in top.children:
+                self._workloads.seen(now, child.key, tree.workloads[child.key], top.key)
+        return tree
+
+    def _node_busy_us(self, cpu: CpuTimes | None) -> int:
+        before = self._last_cpu
+        if cpu is None or before is None:
+            return 0
+        return max(0, cpu.busy - before.busy) * 1_000_000 // clock_ticks_per_second()
 
     def _ratio_split(self, delta_uj: int, cpu: CpuTimes | None) -> IdleSplit:
         before = self._last_cpu
@@ -280,4 +353,34 @@ class Engine:
             errors=errors,
             ticks=self._stats,
             ready=self._deltas_seen,
+            workloads=self._workload_states(),
+            unattributed=tuple(self._unattributed.items()),
+            tick_seconds=self._dt,
+            cgroup_read_errors=self.cgroups.malformed_reads if self.cgroups else 0,
+            cgroup_walks_truncated=self.cgroups.truncated_walks if self.cgroups else 0,
         )
+
+    def _workload_states(self) -> tuple[WorkloadState, ...]:
+        records = self._workloads.records()
+        kubelet = self.kubelet
+        if kubelet is not None:
+            pods = [r.workload.uid for _, r in records if r.workload.kind == "pod"]
+            containers = [r.workload.container_id for _, r in records if r.workload.kind == "container"]
+            kubelet.refresh(self._last_now or 0.0, pods, containers)
+        states = []
+        for _, record in records:
+            workload = record.workload
+            pod_uid = workload.uid if workload.kind == "pod" else ""
+            if record.parent.startswith("pod:"):
+                pod_uid = record.parent.removeprefix("pod:")
+            pod = kubelet.pod(pod_uid) if kubelet and pod_uid else None
+            container = kubelet.container(workload.container_id) if kubelet and workload.container_id else None
+            states.append(
+                WorkloadState(
+                    kind=workload.kind,
+                    labels=label_values(workload, pod, container),
+                    energy_uj=tuple(sorted(record.energy_uj.items())),
+                    last_uj=tuple(sorted(record.last_uj.items())),
+                )
+            )
+        return tuple(states)

@@ -84,6 +84,8 @@ def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: f
         _add(errors, [node, source, device], count)
     yield from (up, errors)
 
+    yield from _workload_families(snap)
+
     build = InfoMetricFamily(m.BUILD_INFO.full_name, m.BUILD_INFO.help)
     build.add_metric([], {"version": snap.info.version, "python_version": snap.info.python_version})
     info = InfoMetricFamily(m.NODE_INFO.full_name, m.NODE_INFO.help)
@@ -117,6 +119,37 @@ def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: f
     for (fmt, encoding), count in sorted(scrapes.items()):
         _add(served, [node, fmt, encoding], count)
     yield served
+
+
+def _workload_families(snap: Snapshot) -> Iterator[Metric]:
+    node, source = snap.info.node, snap.meter
+    joules = {kind: _family(fam) for kind, fam in m.WORKLOAD_FAMILIES.items()}
+    pod_watts = _family(m.POD_CPU_WATTS)
+    counts = dict.fromkeys(m.WORKLOAD_FAMILIES, 0)
+    for w in snap.workloads:
+        counts[w.kind] += 1
+        for zone, microjoules in w.energy_uj:
+            _add(joules[w.kind], [node, *w.labels, zone, source], microjoules / MICRO)
+        if w.kind == "pod" and snap.tick_seconds > 0:
+            for zone, microjoules in w.last_uj:
+                _add(pod_watts, [node, *w.labels, zone, source], microjoules / MICRO / snap.tick_seconds)
+    yield from joules.values()
+    yield pod_watts
+    unattributed = _family(m.UNATTRIBUTED_CPU_JOULES)
+    for zone, microjoules in snap.unattributed:
+        _add(unattributed, [node, zone, source], microjoules / MICRO)
+    yield unattributed
+    workloads = _family(m.WORKLOADS)
+    for kind, count in counts.items():
+        _add(workloads, [node, kind], count)
+    yield workloads
+    for fam, value in (
+        (m.CGROUP_READ_ERRORS, snap.cgroup_read_errors),
+        (m.CGROUP_WALKS_TRUNCATED, snap.cgroup_walks_truncated),
+    ):
+        metric = _family(fam)
+        _add(metric, [node], value)
+        yield metric
 
 
 class Renderer:

@@ -7,9 +7,11 @@ a ledger entry only ever grows.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+W = TypeVar("W")
 
 
 class Ledger(Generic[K]):
@@ -29,3 +31,51 @@ class Ledger(Generic[K]):
 
     def __len__(self) -> int:
         return len(self._totals)
+
+
+@dataclass(slots=True)
+class WorkloadRecord(Generic[W]):
+    """A workload's energy per zone since wattlens first saw it, kept for a TTL after it ends."""
+
+    workload: W
+    parent: str  # key of its top-level workload, "" if it is one
+    energy_uj: dict[str, int] = field(default_factory=dict)
+    last_uj: dict[str, int] = field(default_factory=dict)  # this tick's share, for watts
+    last_seen: float = 0.0
+
+
+class WorkloadLedger(Generic[W]):
+    """Monotonic µJ per workload and zone. A workload that ends keeps its series until `ttl_s` has passed
+    since it was last seen, so every Prometheus replica scrapes its final value; then it is dropped, which
+    bounds memory under churn."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._records: dict[str, WorkloadRecord[W]] = {}
+
+    def seen(self, now: float, key: str, workload: W, parent: str) -> None:
+        record = self._records.get(key)
+        if record is None:
+            record = self._records[key] = WorkloadRecord(workload, parent)
+        record.workload, record.parent, record.last_seen = workload, parent, now
+        record.last_uj.clear()
+
+    def add(self, key: str, zone: str, microjoules: int) -> None:
+        if microjoules < 0:
+            raise ValueError(f"negative energy {microjoules} µJ for {key}")
+        record = self._records[key]
+        record.energy_uj[zone] = record.energy_uj.get(zone, 0) + microjoules
+        record.last_uj[zone] = record.last_uj.get(zone, 0) + microjoules
+
+    def expire(self, now: float) -> int:
+        """Drop workloads unseen for longer than the TTL; returns how many went."""
+        gone = [k for k, r in self._records.items() if now - r.last_seen > self.ttl_s]
+        for key in gone:
+            del self._records[key]
+        return len(gone)
+
+    def records(self) -> list[tuple[str, WorkloadRecord[W]]]:
+        return sorted(self._records.items())
+
+    def __len__(self) -> int:
+        return len(self._records)

@@ -103,6 +103,68 @@ RENDER_DURATION = Family(
     "render_duration_seconds", "gauge", "Wall time of rendering the previous exposition.", ("node",)
 )
 
+WORKLOAD_HELP = (
+    "CPU energy attributed to the {what} by its cgroup's CPU time, since wattlens first saw it; kept for "
+    "workload_ttl after it ends."
+)
+POD_CPU_JOULES = Family(
+    "pod_cpu_joules_total",
+    "counter",
+    WORKLOAD_HELP.format(what="pod (its containers, pause and exited ones)"),
+    ("node", "namespace", "pod", "uid", "zone", "source"),
+)
+CONTAINER_CPU_JOULES = Family(
+    "container_cpu_joules_total",
+    "counter",
+    WORKLOAD_HELP.format(what="container"),
+    ("node", "namespace", "pod", "container", "container_id", "runtime", "zone", "source"),
+)
+SERVICE_CPU_JOULES = Family(
+    "service_cpu_joules_total",
+    "counter",
+    WORKLOAD_HELP.format(what="systemd service"),
+    ("node", "unit", "zone", "source"),
+)
+VM_CPU_JOULES = Family(
+    "vm_cpu_joules_total",
+    "counter",
+    WORKLOAD_HELP.format(what="virtual machine"),
+    ("node", "vm", "vm_id", "hypervisor", "zone", "source"),
+)
+USER_CPU_JOULES = Family(
+    "user_cpu_joules_total",
+    "counter",
+    WORKLOAD_HELP.format(what="user's sessions (user-UID.slice)"),
+    ("node", "uid", "zone", "source"),
+)
+UNATTRIBUTED_CPU_JOULES = Family(
+    "unattributed_cpu_joules_total",
+    "counter",
+    "Active CPU energy no workload accounts for: kernel threads, interrupts, processes outside workload cgroups. "
+    "Per zone: node = idle + unattributed + pods + standalone containers + services + VMs + users.",
+    ("node", "zone", "source"),
+)
+POD_CPU_WATTS = Family(
+    "pod_cpu_watts",
+    "gauge",
+    "A pod's CPU power over the last tick.",
+    ("node", "namespace", "pod", "uid", "zone", "source"),
+)
+WORKLOADS = Family("workloads", "gauge", "Workloads with series exported, by kind.", ("node", "kind"))
+CGROUP_READ_ERRORS = Family(
+    "cgroup_read_errors_total", "counter", "cgroup CPU files that could not be parsed.", ("node",)
+)
+CGROUP_WALKS_TRUNCATED = Family(
+    "cgroup_walks_truncated_total", "counter", "cgroup walks stopped at the directory limit.", ("node",)
+)
+WORKLOAD_FAMILIES: dict[str, Family] = {
+    "pod": POD_CPU_JOULES,
+    "container": CONTAINER_CPU_JOULES,
+    "service": SERVICE_CPU_JOULES,
+    "vm": VM_CPU_JOULES,
+    "user": USER_CPU_JOULES,
+}
+
 CATALOGUE: tuple[Family, ...] = (
     NODE_CPU_JOULES,
     NODE_CPU_WATTS,

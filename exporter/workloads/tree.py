@@ -1,0 +1,101 @@
+"""From cumulative cgroup CPU time to this tick's workload tree (pure: no I/O).
+
+Top-level workloads are the outermost workload cgroups, except that pods are always top-level: a pod inside
+something else (the Docker container of a kind node, containerd.service on some v1 hosts) is taken out of
+it, and its CPU is subtracted from the enclosing workload so no CPU is counted twice. The children of a
+top-level workload are the workload cgroups nearest below it (containers of a pod, rootless containers of a
+user); anything deeper is already inside a child's hierarchical CPU time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from exporter.attribution import Usage
+from exporter.workloads.cgroups import CgroupUsage
+from exporter.workloads.classify import Classified
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadTree:
+    top: tuple[Usage[str], ...]
+    workloads: dict[str, Classified]  # every workload present this tick, by key
+    parents: dict[str, str]  # child key → its top-level workload's key
+
+
+@dataclass
+class UsageTracker:
+    """Remembers each cgroup's last cumulative CPU time to turn readings into per-tick deltas."""
+
+    _previous: dict[str, int] = field(default_factory=dict)
+    _walked: bool = False
+
+    def deltas(self, usages: list[CgroupUsage]) -> dict[str, int]:
+        """Per path: CPU µs since the last tick. A cgroup born since then counts all of its CPU time; on the
+        first walk everything is a baseline; a decrease is a cgroup recreated under the same path."""
+        out: dict[str, int] = {}
+        for usage in usages:
+            before = self._previous.get(usage.path)
+            if before is None:
+                out[usage.path] = usage.usage_us if self._walked else 0
+            else:
+                out[usage.path] = usage.usage_us - before if usage.usage_us >= before else usage.usage_us
+        self._previous = {u.path: u.usage_us for u in usages}
+        self._walked = True
+        return out
+
+
+def build_tree(usages: list[CgroupUsage], deltas: dict[str, int]) -> WorkloadTree:
+    by_path: dict[str, CgroupUsage] = {}
+    workloads: dict[str, Classified] = {}
+    for usage in sorted(usages, key=lambda u: u.components):
+        if usage.workload.key not in workloads:  # the same workload twice: keep the outermost path
+            by_path[usage.path] = usage
+            workloads[usage.workload.key] = usage.workload
+
+    def nearest(components: tuple[str, ...], among: dict[str, CgroupUsage] | set[str]) -> str | None:
+        for depth in range(len(components) - 1, 0, -1):
+            path = "/".join(components[:depth])
+            if path in among:
+                return path
+        return None
+
+    parent_path = {path: nearest(u.components, by_path) for path, u in by_path.items()}
+    tops = {p for p, u in by_path.items() if parent_path[p] is None or u.workload.kind == "pod"}
+    cpu = {path: deltas.get(path, 0) for path in by_path}
+    exclusive = {path: cpu[path] for path in tops}
+    children: dict[str, list[Usage[str]]] = {path: [] for path in tops}
+    parents: dict[str, str] = {}
+    synthetic: dict[str, list[tuple[str, Usage[str]]]] = {}  # pod uid → containers naming it
+
+    for path, usage in by_path.items():
+        if path in tops:
+            enclosing = nearest(usage.components, tops)
+            if enclosing is not None:  # a pod inside another workload: its CPU is not that one's
+                exclusive[enclosing] -= cpu[path]
+            continue
+        workload = usage.workload
+        parent = parent_path[path]
+        assert parent is not None  # every non-top workload has a workload above it
+        pod_key = f"pod:{workload.pod_uid}" if workload.pod_uid else ""
+        if pod_key and by_path[parent].workload.key != pod_key and pod_key not in workloads:
+            # The path names a pod that has no cgroup of its own (containerd on v1): gather its containers.
+            synthetic.setdefault(workload.pod_uid, []).append((path, Usage(workload.key, cpu[path])))
+            continue
+        if parent in tops:
+            children[parent].append(Usage(workload.key, cpu[path]))
+            parents[workload.key] = by_path[parent].workload.key
+
+    top: list[Usage[str]] = []
+    for uid, members in synthetic.items():
+        key = f"pod:{uid}"
+        workloads[key] = Classified("pod", key, uid=uid)
+        for path, member in members:
+            parents[member.key] = key
+            enclosing = nearest(by_path[path].components, tops)
+            if enclosing is not None:
+                exclusive[enclosing] -= member.cpu_us
+        top.append(Usage(key, sum(m.cpu_us for _, m in members), tuple(m for _, m in members)))
+    for path in sorted(tops):
+        top.append(Usage(by_path[path].workload.key, max(0, exclusive[path]), tuple(children[path])))
+    return WorkloadTree(tuple(top), workloads, parents)
