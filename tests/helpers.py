@@ -104,6 +104,10 @@ class ProcTree:
         self.idle += idle
         self.write()
 
+    def advance_usec(self, busy_usec: int, idle_usec: int) -> None:
+        ticks = 1_000_000 // os.sysconf("SC_CLK_TCK")
+        self.advance(-(-busy_usec // ticks), idle_usec // ticks)
+
 
 class Daemon:
     """The real `wattlens` command in a subprocess on a free loopback port; stopped with SIGTERM."""
@@ -189,3 +193,41 @@ class Daemon:
         if self.process.poll() is None:
             self.process.kill()
             self.process.communicate(timeout=10)
+
+
+class CgroupFixture:
+    """A fake cgroup v2 hierarchy whose cpu.stat values are hierarchical, as the kernel keeps them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "cgroup.controllers").write_text("cpu memory pids\n")
+        self.usage: dict[str, int] = {"": 0}
+        self._write("")
+
+    def _write(self, path: str) -> None:
+        usage = self.usage[path]
+        (self.root / path / "cpu.stat").write_text(
+            f"usage_usec {usage}\nuser_usec {usage // 2}\nsystem_usec {usage - usage // 2}\n")
+
+    def add(self, path: str) -> None:
+        parts = path.split("/")
+        for depth in range(1, len(parts) + 1):
+            sub = "/".join(parts[:depth])
+            if sub not in self.usage:
+                (self.root / sub).mkdir()
+                self.usage[sub] = 0
+                self._write(sub)
+
+    def remove(self, path: str) -> None:
+        shutil.rmtree(self.root / path)
+        for sub in [p for p in self.usage if p == path or p.startswith(path + "/")]:
+            del self.usage[sub]
+
+    def burn(self, path: str, usec: int) -> None:
+        """`usec` of CPU in `path`: it and every ancestor count it."""
+        parts = path.split("/")
+        for depth in range(len(parts), -1, -1):
+            sub = "/".join(parts[:depth])
+            self.usage[sub] += usec
+            self._write(sub)
