@@ -231,3 +231,11 @@ class CgroupFixture:
             sub = "/".join(parts[:depth])
             self.usage[sub] += usec
             self._write(sub)
+
+
+def cgroup2_mount() -> Path:
+    """This machine's cgroup2 mount: the root on pure v2, `unified` on hybrid hosts."""
+    for candidate in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
+        if (candidate / "cgroup.controllers").exists():
+            return candidate
+    raise AssertionError("no cgroup2 mount with cgroup.controllers on this machine")

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Daemon, RaplTree
+from helpers import Daemon, RaplTree, cgroup2_mount
 
 from exporter.workloads.procfs import ProcStat
 
@@ -53,20 +53,13 @@ while True:
 """
 
 
-def _cgroup2_mount() -> Path:
-    for candidate in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
-        if (candidate / "cgroup.controllers").exists():
-            return candidate
-    pytest.fail("no cgroup2 mount with cgroup.controllers on this machine")
-
-
 @pytest.fixture
 def cgroup_root() -> Iterator[Path]:
     if os.geteuid() != 0:
         if os.environ.get("CI"):
             pytest.fail("this test needs root to create cgroups (CI runs as root)")
         pytest.skip("creating cgroups needs root")
-    root = _cgroup2_mount() / f"wattlens-test-{os.getpid()}"
+    root = cgroup2_mount() / f"wattlens-test-{os.getpid()}"
     for name in (*DUTY, "spawner"):
         (root / "system.slice" / f"{name}.service").mkdir(parents=True)
     yield root

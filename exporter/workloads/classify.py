@@ -29,8 +29,8 @@ _BARE_ID = re.compile(rf"^{_ID}$")
 # Runtime helpers whose CPU belongs to the pod or user around them, not to a workload of their own.
 _HELPERS = re.compile(r"^(?:crio-conmon|libpod-conmon)-[0-9a-f]{64}\.scope$")
 _USER = re.compile(r"^user-(?P<uid>\d+)\.slice$")
-_MACHINE = re.compile(r"^machine-(?P<name>.+)\.scope$")
-_SERVICE = re.compile(r"^(?P<unit>.+\.service)$")
+_MACHINE = re.compile(r"^machine-(?P<name>.+)\.scope$", re.DOTALL)
+_SERVICE = re.compile(r"^(?P<unit>.+\.service)$", re.DOTALL)  # any name: labels are escaped
 
 
 @dataclass(frozen=True, slots=True)
