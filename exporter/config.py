@@ -105,6 +105,12 @@ class Config(BaseModel):
         le=86400,
         json_schema_extra=_hint("seconds an ended workload's series stay exported, 0 to 86400 (default 600)"),
     )
+    process_metrics: bool = Field(
+        False, json_schema_extra=_hint("true to export per-process energy (top process_top_n + 'other')")
+    )
+    process_top_n: int = Field(
+        20, ge=1, le=1000, json_schema_extra=_hint("how many processes get a series of their own, 1 to 1000")
+    )
     kubelet_log_path: Path = Field(
         Path("/var/log"),
         json_schema_extra=_hint("the directory holding the kubelet's pods/ and containers/ log directories"),

@@ -10,11 +10,11 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 
-from exporter.attribution import IdleSplit, attribute, split_by_baseline, split_by_ratio
+from exporter.attribution import IdleSplit, Usage, attribute, split_by_baseline, split_by_ratio
 from exporter.config import Config
 from exporter.counters import MICRO, StepKind, counter_step
 from exporter.idle import IdleBaseline
-from exporter.ledger import Ledger, WorkloadLedger
+from exporter.ledger import Ledger, TopProcesses, WorkloadLedger
 from exporter.meters.base import CounterSample, Meter, ZoneId
 from exporter.meters.select import MeterReport, select_meter
 from exporter.nodeinfo import NodeInfo, read_node_info
@@ -22,6 +22,7 @@ from exporter.workloads.cgroups import CgroupTree
 from exporter.workloads.classify import Classified
 from exporter.workloads.kubernetes import KubeletLogs
 from exporter.workloads.labels import label_values
+from exporter.workloads.processes import ProcessKey, ProcessTable
 from exporter.workloads.procfs import CpuTimes, ProcStat, clock_ticks_per_second
 from exporter.workloads.tree import UsageTracker, WorkloadTree, build_tree
 
@@ -99,6 +100,8 @@ class Snapshot:
     tick_seconds: float = 0.0  # length of the last tick, for watts
     cgroup_read_errors: int = 0
     cgroup_walks_truncated: int = 0
+    processes: tuple[tuple[ProcessKey, tuple[tuple[str, int], ...]], ...] = ()
+    processes_other: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(slots=True)
@@ -116,6 +119,10 @@ class Engine:
     info: NodeInfo
     cgroups: CgroupTree | None = None
     kubelet: KubeletLogs | None = None
+    processes: ProcessTable | None = None
+    _top_processes: TopProcesses[ProcessKey] = field(default_factory=lambda: TopProcesses(20, 600.0))
+    _process_us: dict[ProcessKey, int] = field(default_factory=dict)
+    _process_shares: dict[ProcessKey, dict[str, int]] = field(default_factory=dict)
     _usage: UsageTracker = field(default_factory=UsageTracker)
     _tree: WorkloadTree = EMPTY_TREE
     _workloads: WorkloadLedger[Classified] = field(default_factory=lambda: WorkloadLedger(600.0))
@@ -161,6 +168,9 @@ class Engine:
             log.info("measuring node energy with the %s meter", meter.name)
         engine = cls(config=config, meter=meter, reports=reports, proc_stat=proc_stat, info=info)
         engine._workloads = WorkloadLedger(config.workload_ttl)
+        if config.process_metrics:
+            engine.processes = ProcessTable(config.proc_path)
+            engine._top_processes = TopProcesses(config.process_top_n, config.workload_ttl)
         if config.workloads:
             engine.cgroups = CgroupTree(config.cgroup_root)
             engine.kubelet = KubeletLogs(config.kubelet_log_path)
@@ -172,6 +182,8 @@ class Engine:
         return engine
 
     def close(self) -> None:
+        if self.processes is not None:
+            self.processes.close()
         if self.cgroups is not None:
             self.cgroups.close()
         if self.meter is not None:
@@ -188,6 +200,7 @@ class Engine:
         samples = self.meter.read(now, cpu) if self.meter is not None else []
         self._tree = self._read_workloads(now)
         self._busy_us = self._node_busy_us(cpu)
+        self._process_us = self._read_processes()
         domains: dict[str, _DomainTick] = {}
         for sample in samples:
             delta = self._account(sample, dt)
@@ -199,6 +212,9 @@ class Engine:
                 self._split(zone, domain, now, dt, cpu)
             self._deltas_seen = True
             self._dt = dt
+            if self.processes is not None:
+                self._top_processes.add_tick(now, self._process_shares)
+                self._process_shares = {}
         self._workloads.expire(now)
         self._last_now, self._last_cpu = now, cpu
         stats = self._stats
@@ -286,6 +302,17 @@ class Engine:
         self._unattributed.add(zone, shares.unattributed_uj)
         for key, microjoules in shares.workloads.items():
             self._workloads.add(key, zone, microjoules)
+        if self.processes is not None:
+            # The same split, over processes instead of workloads: a separate view of the same energy.
+            by_process = attribute(
+                domain.delta_uj,
+                split.idle_uj,
+                self._busy_us,
+                [Usage(k, us) for k, us in self._process_us.items()],
+                spread_idle=self.config.idle_attribution == "cpu",
+            )
+            for process, microjoules in by_process.workloads.items():
+                self._process_shares.setdefault(process, {})[zone] = microjoules
         if domain.complete:
             self._baseline(zone).observe(now, domain.delta_uj / MICRO, dt)
 
@@ -300,6 +327,12 @@ class Engine:
             for child in top.children:
                 self._workloads.seen(now, child.key, tree.workloads[child.key], top.key)
         return tree
+
+    def _read_processes(self) -> dict[ProcessKey, int]:
+        if self.processes is None:
+            return {}
+        usec_per_tick = 1_000_000 // clock_ticks_per_second()
+        return {key: ticks * usec_per_tick for key, ticks in self.processes.read().items()}
 
     def _node_busy_us(self, cpu: CpuTimes | None) -> int:
         before = self._last_cpu
@@ -358,6 +391,8 @@ class Engine:
             tick_seconds=self._dt,
             cgroup_read_errors=self.cgroups.malformed_reads if self.cgroups else 0,
             cgroup_walks_truncated=self.cgroups.truncated_walks if self.cgroups else 0,
+            processes=tuple((k, tuple(sorted(e.items()))) for k, e in self._top_processes.exported()),
+            processes_other=tuple(sorted(self._top_processes.other_uj.items())),
         )
 
     def _workload_states(self) -> tuple[WorkloadState, ...]:

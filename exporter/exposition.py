@@ -139,6 +139,15 @@ def _workload_families(snap: Snapshot) -> Iterator[Metric]:
     for zone, microjoules in snap.unattributed:
         _add(unattributed, [node, zone, source], microjoules / MICRO)
     yield unattributed
+    if snap.processes or snap.processes_other:
+        processes = _family(m.PROCESS_CPU_JOULES)
+        for key, energy in snap.processes:
+            for zone, microjoules in energy:
+                labels = [node, str(key.pid), key.comm, key.container_id, key.unit, zone, source]
+                _add(processes, labels, microjoules / MICRO)
+        for zone, microjoules in snap.processes_other:
+            _add(processes, [node, "", "other", "", "", zone, source], microjoules / MICRO)
+        yield processes
     workloads = _family(m.WORKLOADS)
     for kind, count in counts.items():
         _add(workloads, [node, kind], count)

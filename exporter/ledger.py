@@ -79,3 +79,47 @@ class WorkloadLedger(Generic[W]):
 
     def __len__(self) -> int:
         return len(self._records)
+
+
+@dataclass(slots=True)
+class _Exported:
+    energy_uj: dict[str, int]
+    last_seen: float
+
+
+class TopProcesses(Generic[K]):
+    """Opt-in process series, bounded: at most `top_n` processes get a series of their own; every other
+    process's energy goes to one `other` series per zone.
+
+    Membership is sticky so that every series only grows: a process keeps its series until `ttl_s` after it
+    ends; free slots go each tick to the processes that drew the most energy in that tick, whose series then
+    start from that tick (what they used before was counted in `other`).
+    """
+
+    def __init__(self, top_n: int, ttl_s: float) -> None:
+        self.top_n = top_n
+        self.ttl_s = ttl_s
+        self._exported: dict[K, _Exported] = {}
+        self.other_uj: dict[str, int] = {}
+
+    def add_tick(self, now: float, shares: dict[K, dict[str, int]]) -> None:
+        drew = {k: sum(v.values()) for k, v in shares.items() if k not in self._exported}
+        newcomers = sorted((k for k, total in drew.items() if total > 0), key=lambda k: -drew[k])
+        free = max(0, self.top_n - len(self._exported))
+        for key in newcomers[:free]:
+            self._exported[key] = _Exported({}, now)
+        for key in newcomers[free:]:
+            for zone, microjoules in shares[key].items():
+                self.other_uj[zone] = self.other_uj.get(zone, 0) + microjoules
+        for key, per_zone in shares.items():
+            exported = self._exported.get(key)
+            if exported is None:
+                continue
+            exported.last_seen = now
+            for zone, microjoules in per_zone.items():
+                exported.energy_uj[zone] = exported.energy_uj.get(zone, 0) + microjoules
+        for key in [k for k, e in self._exported.items() if now - e.last_seen > self.ttl_s]:
+            del self._exported[key]
+
+    def exported(self) -> list[tuple[K, dict[str, int]]]:
+        return [(k, dict(e.energy_uj)) for k, e in self._exported.items()]

@@ -150,6 +150,14 @@ POD_CPU_WATTS = Family(
     "A pod's CPU power over the last tick.",
     ("node", "namespace", "pod", "uid", "zone", "source"),
 )
+PROCESS_CPU_JOULES = Family(
+    "process_cpu_joules_total",
+    "counter",
+    "Opt-in (process_metrics): CPU energy of the top process_top_n processes by energy, each from when it got "
+    'its series; comm="other" holds every other process\'s. Processes that end between ticks are missed: '
+    "workload series, from cgroups, are the complete view.",
+    ("node", "pid", "comm", "container_id", "unit", "zone", "source"),
+)
 WORKLOADS = Family("workloads", "gauge", "Workloads with series exported, by kind.", ("node", "kind"))
 CGROUP_READ_ERRORS = Family(
     "cgroup_read_errors_total", "counter", "cgroup CPU files that could not be parsed.", ("node",)
