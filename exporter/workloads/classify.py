@@ -102,12 +102,15 @@ def _as_container(components: tuple[str, ...]) -> Classified | None:
 
 
 def _as_top_level_unit(components: tuple[str, ...]) -> Classified | None:
-    """Services, user sessions and VMs count only directly under the host's own slices."""
+    """Services, user sessions and VMs count only under the host's own slices: a service may sit in nested
+    slices (`system.slice/system-getty.slice/getty@tty1.service` for template instances)."""
+    if components[0] == "system.slice" and all(c.endswith(".slice") for c in components[1:-1]):
+        service = _SERVICE.match(components[-1]) if len(components) >= 2 else None
+        if service:
+            return Classified("service", f"service:{service['unit']}", unit=service["unit"])
     if len(components) != 2:
         return None
     slice_name, name = components
-    if slice_name == "system.slice" and (service := _SERVICE.match(name)):
-        return Classified("service", f"service:{service['unit']}", unit=service["unit"])
     if slice_name == "user.slice" and (user := _USER.match(name)):
         return Classified("user", f"user:{user['uid']}", uid=user["uid"])
     if slice_name == "machine.slice" and (machine := _MACHINE.match(name)):
