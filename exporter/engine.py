@@ -18,6 +18,7 @@ from exporter.ledger import Ledger, TopProcesses, WorkloadLedger
 from exporter.meters.base import CounterSample, Meter, ZoneId
 from exporter.meters.select import MeterReport, select_meter
 from exporter.nodeinfo import NodeInfo, read_node_info
+from exporter.sysfs import raise_fd_limit
 from exporter.workloads.cgroups import CgroupTree
 from exporter.workloads.classify import Classified
 from exporter.workloads.kubernetes import KubeletLogs
@@ -168,6 +169,7 @@ class Engine:
             log.info("measuring node energy with the %s meter", meter.name)
         engine = cls(config=config, meter=meter, reports=reports, proc_stat=proc_stat, info=info)
         engine._workloads = WorkloadLedger(config.workload_ttl)
+        raise_fd_limit()
         if config.process_metrics:
             engine.processes = ProcessTable(config.proc_path)
             engine._top_processes = TopProcesses(config.process_top_n, config.workload_ttl)

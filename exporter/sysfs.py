@@ -7,6 +7,7 @@ task is gone instead of silently reading a reused PID.
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 
 # Pseudo-files we read are small; anything larger than this is not what we expect and is cut off.
@@ -47,3 +48,17 @@ def read_small(path: Path, limit: int = 4096) -> str:
     """Read a small attribute file once (discovery time only), stripped."""
     with open(path, "rb") as handle:
         return handle.read(limit).decode("utf-8", "replace").strip()
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft open-files limit to the hard one (held fds scale with cgroups and, opt-in, processes);
+    returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = (1 << 20) if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft

@@ -98,3 +98,18 @@ def test_top_processes_are_bounded_monotonic_and_lose_nothing(ticks: list[dict[i
         gained = sum(after.values()) - sum(before.values()) + other - other_before
         assert gained == sum(shares.values())
         before, other_before = after, other
+
+
+def test_soft_fd_limit_is_raised_to_the_hard_limit() -> None:
+    import resource
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    code = ("import resource; from exporter.sysfs import raise_fd_limit; before = resource.getrlimit("
+            "resource.RLIMIT_NOFILE); print(before[0], raise_fd_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[1])")
+    out = subprocess.run([sys.executable, "-c", code], preexec_fn=low_soft_limit, capture_output=True, text=True,
+                         timeout=30, check=True).stdout.split()
+    before, now, hard = map(int, out)
+    assert before == 256
+    assert now == min(hard, 1 << 20) > 256
