@@ -106,8 +106,9 @@ def test_soft_fd_limit_is_raised_to_the_hard_limit() -> None:
     def low_soft_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
-    code = ("import resource; from exporter.sysfs import raise_fd_limit; before = resource.getrlimit("
-            "resource.RLIMIT_NOFILE); print(before[0], raise_fd_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[1])")
+    code = ("import resource; from exporter.sysfs import raise_fd_limit; "
+            "before = resource.getrlimit(resource.RLIMIT_NOFILE); "
+            "print(before[0], raise_fd_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[1])")
     out = subprocess.run([sys.executable, "-c", code], preexec_fn=low_soft_limit, capture_output=True, text=True,
                          timeout=30, check=True).stdout.split()
     before, now, hard = map(int, out)
