@@ -105,6 +105,16 @@ class Config(BaseModel):
         le=86400,
         json_schema_extra=_hint("seconds an ended workload's series stay exported, 0 to 86400 (default 600)"),
     )
+    gpus: bool = Field(True, json_schema_extra=_hint("true to read NVIDIA GPUs through NVML when present, or false"))
+    gpu_idle_watts: float | None = Field(
+        None,
+        ge=0,
+        le=5000,
+        json_schema_extra=_hint("idle watts of each GPU, or leave unset to learn it from unused intervals"),
+    )
+    nvml_timeout: float = Field(
+        2.0, ge=0.1, le=30, json_schema_extra=_hint("seconds a tick waits for NVML, 0.1 to 30 (default 2)")
+    )
     process_metrics: bool = Field(
         False, json_schema_extra=_hint("true to export per-process energy (top process_top_n + 'other')")
     )

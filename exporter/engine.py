@@ -13,9 +13,11 @@ from dataclasses import dataclass, field, replace
 from exporter.attribution import IdleSplit, Usage, attribute, split_by_baseline, split_by_ratio
 from exporter.config import Config
 from exporter.counters import MICRO, StepKind, counter_step
+from exporter.gpus import GpuAccounting, GpuState
 from exporter.idle import IdleBaseline
 from exporter.ledger import Ledger, TopProcesses, WorkloadLedger
-from exporter.meters.base import CounterSample, Meter, ZoneId
+from exporter.meters.base import CounterSample, Meter, MeterUnavailable, ZoneId
+from exporter.meters.nvml import NvmlMeter
 from exporter.meters.select import MeterReport, select_meter
 from exporter.nodeinfo import NodeInfo, read_node_info
 from exporter.sysfs import raise_fd_limit
@@ -23,9 +25,9 @@ from exporter.workloads.cgroups import CgroupTree
 from exporter.workloads.classify import Classified
 from exporter.workloads.kubernetes import KubeletLogs
 from exporter.workloads.labels import label_values
-from exporter.workloads.processes import ProcessKey, ProcessTable
+from exporter.workloads.processes import ProcessKey, ProcessTable, cgroup_path
 from exporter.workloads.procfs import CpuTimes, ProcStat, clock_ticks_per_second
-from exporter.workloads.tree import UsageTracker, WorkloadTree, build_tree
+from exporter.workloads.tree import UsageTracker, WorkloadTree, build_tree, owner_of
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,8 @@ class Snapshot:
     tick_seconds: float = 0.0  # length of the last tick, for watts
     cgroup_read_errors: int = 0
     cgroup_walks_truncated: int = 0
+    gpus: tuple[GpuState, ...] = ()
+    gpu_driver: str = ""
     processes: tuple[tuple[ProcessKey, tuple[tuple[str, int], ...]], ...] = ()
     processes_other: tuple[tuple[str, int], ...] = ()
 
@@ -121,6 +125,8 @@ class Engine:
     cgroups: CgroupTree | None = None
     kubelet: KubeletLogs | None = None
     processes: ProcessTable | None = None
+    gpus: GpuAccounting | None = None
+    gpu_report: MeterReport | None = None
     _top_processes: TopProcesses[ProcessKey] = field(default_factory=lambda: TopProcesses(20, 600.0))
     _process_us: dict[ProcessKey, int] = field(default_factory=dict)
     _process_shares: dict[ProcessKey, dict[str, int]] = field(default_factory=dict)
@@ -170,6 +176,8 @@ class Engine:
         engine = cls(config=config, meter=meter, reports=reports, proc_stat=proc_stat, info=info)
         engine._workloads = WorkloadLedger(config.workload_ttl)
         raise_fd_limit()
+        if config.gpus:
+            engine._open_gpus()
         if config.process_metrics:
             engine.processes = ProcessTable(config.proc_path)
             engine._top_processes = TopProcesses(config.process_top_n, config.workload_ttl)
@@ -183,7 +191,22 @@ class Engine:
             )
         return engine
 
+    def _open_gpus(self) -> None:
+        try:
+            meter = NvmlMeter.open(self.config.nvml_timeout)
+        except MeterUnavailable as exc:
+            self.gpu_report = MeterReport("nvml", False, exc.reason, exc.fix)
+            log.info("%s: GPU energy is not measured", exc.reason)
+            return
+        self.gpus = GpuAccounting(meter, self.config)
+        self.gpu_report = MeterReport(
+            "nvml", True, notes=tuple(f"GPU {g.index}: {g.model} {g.uuid}" for g in meter.gpus)
+        )
+        log.info("measuring %d NVIDIA GPU(s) through NVML (driver %s)", len(meter.gpus), meter.driver)
+
     def close(self) -> None:
+        if self.gpus is not None:
+            self.gpus.close()
         if self.processes is not None:
             self.processes.close()
         if self.cgroups is not None:
@@ -217,6 +240,10 @@ class Engine:
             if self.processes is not None:
                 self._top_processes.add_tick(now, self._process_shares)
                 self._process_shares = {}
+        if self.gpus is not None:
+            for key, per_gpu in self.gpus.tick(now, dt, self._owner_of_pid).items():
+                for gpu_domain, microjoules in per_gpu.items():
+                    self._workloads.add(key, gpu_domain, microjoules)
         self._workloads.expire(now)
         self._last_now, self._last_cpu = now, cpu
         stats = self._stats
@@ -330,6 +357,16 @@ class Engine:
                 self._workloads.seen(now, child.key, tree.workloads[child.key], top.key)
         return tree
 
+    def _owner_of_pid(self, pid: int) -> tuple[str, str | None] | None:
+        """The workload of a host PID (GPU users), through /proc/<pid>/cgroup and this tick's tree."""
+        try:
+            with open(self.config.proc_path / str(pid) / "cgroup", "rb") as handle:
+                data = handle.read(65536)
+        except OSError:
+            return None  # gone, or not visible (the exporter needs the host's PID namespace)
+        v1 = self.cgroups is not None and self.cgroups.layout.stat_file == "cpuacct.usage"
+        return owner_of(cgroup_path(data, v1=v1), self._tree)
+
     def _read_processes(self) -> dict[ProcessKey, int]:
         if self.processes is None:
             return {}
@@ -378,14 +415,17 @@ class Engine:
         sources.extend((z.source, z.device, acc.up) for z, acc in sorted(self._zones.items()))
         if self.proc_stat is not None:
             sources.append((*PROCFS_SOURCE, self._procfs_up))
-        errors = tuple((src, dev, count) for (src, dev), count in self._errors.items())
+        errors = [(src, dev, count) for (src, dev), count in self._errors.items()]
+        if self.gpus is not None:
+            sources.extend(("nvml", g.gpu.uuid, g.up) for g in self.gpus.states())
+            errors.extend(("nvml", uuid, count) for uuid, count in self.gpus.errors.items())
         return Snapshot(
             info=self.info,
             meter=source,
             zones=zones,
             domains=domains,
             sources=tuple(sources),
-            errors=errors,
+            errors=tuple(errors),
             ticks=self._stats,
             ready=self._deltas_seen,
             workloads=self._workload_states(),
@@ -393,6 +433,8 @@ class Engine:
             tick_seconds=self._dt,
             cgroup_read_errors=self.cgroups.malformed_reads if self.cgroups else 0,
             cgroup_walks_truncated=self.cgroups.truncated_walks if self.cgroups else 0,
+            gpus=self.gpus.states() if self.gpus else (),
+            gpu_driver=self.gpus.meter.driver if self.gpus else "",
             processes=tuple((k, tuple(sorted(e.items()))) for k, e in self._top_processes.exported()),
             processes_other=tuple(sorted(self._top_processes.other_uj.items())),
         )

@@ -85,6 +85,8 @@ def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: f
     yield from (up, errors)
 
     yield from _workload_families(snap)
+    if snap.gpus:
+        yield from _gpu_families(snap)
 
     build = InfoMetricFamily(m.BUILD_INFO.full_name, m.BUILD_INFO.help)
     build.add_metric([], {"version": snap.info.version, "python_version": snap.info.python_version})
@@ -121,34 +123,69 @@ def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: f
     yield served
 
 
+def _gpu_families(snap: Snapshot) -> Iterator[Metric]:
+    node = snap.info.node
+    joules, watts = _family(m.NODE_GPU_JOULES), _family(m.NODE_GPU_WATTS)
+    idle, active = _family(m.NODE_GPU_IDLE_JOULES), _family(m.NODE_GPU_ACTIVE_JOULES)
+    baseline, resets = _family(m.NODE_GPU_IDLE_WATTS), _family(m.NODE_GPU_RESETS)
+    splits, unattributed = _family(m.GPU_ATTRIBUTION_TICKS), _family(m.UNATTRIBUTED_GPU_JOULES)
+    info = InfoMetricFamily(m.NODE_GPU_INFO.full_name, m.NODE_GPU_INFO.help)
+    for g in snap.gpus:
+        labels = [node, str(g.gpu.index), g.gpu.uuid, g.gpu.model]
+        _add(joules, [*labels, g.method], g.joules_uj / MICRO)
+        _add(idle, labels, g.idle_uj / MICRO)
+        _add(active, labels, g.active_uj / MICRO)
+        _add(resets, labels, g.resets)
+        _add(unattributed, labels[:3], g.unattributed_uj / MICRO)
+        if g.watts is not None:
+            _add(watts, labels, g.watts)
+        if g.idle_watts is not None:
+            _add(baseline, [*labels, g.idle_method], g.idle_watts)
+        for split, count in g.splits:
+            _add(splits, [*labels[:3], split], count)
+        info.add_metric(
+            [],
+            {
+                "node": node,
+                "gpu": str(g.gpu.index),
+                "gpu_uuid": g.gpu.uuid,
+                "gpu_model": g.gpu.model,
+                "driver": snap.gpu_driver,
+                "mig": str(g.mig).lower(),
+            },
+        )
+    yield from (joules, watts, idle, active, baseline, resets, info, splits, unattributed)
+
+
 def _workload_families(snap: Snapshot) -> Iterator[Metric]:
     node, source = snap.info.node, snap.meter
     joules = {kind: _family(fam) for kind, fam in m.WORKLOAD_FAMILIES.items()}
+    gpu_joules = {kind: _family(fam) for kind, fam in m.WORKLOAD_GPU_FAMILIES.items()}
+    gpu_labels = {f"gpu:{g.gpu.uuid}": (str(g.gpu.index), g.gpu.uuid) for g in snap.gpus}
     pod_watts = _family(m.POD_CPU_WATTS)
-    counts = dict.fromkeys(m.WORKLOAD_FAMILIES, 0)
     for w in snap.workloads:
-        counts[w.kind] += 1
         for zone, microjoules in w.energy_uj:
-            _add(joules[w.kind], [node, *w.labels, zone, source], microjoules / MICRO)
+            if zone in gpu_labels:
+                _add(gpu_joules[w.kind], [node, *w.labels, *gpu_labels[zone]], microjoules / MICRO)
+            else:
+                _add(joules[w.kind], [node, *w.labels, zone, source], microjoules / MICRO)
         if w.kind == "pod" and snap.tick_seconds > 0:
             for zone, microjoules in w.last_uj:
-                _add(pod_watts, [node, *w.labels, zone, source], microjoules / MICRO / snap.tick_seconds)
+                if zone not in gpu_labels:
+                    _add(pod_watts, [node, *w.labels, zone, source], microjoules / MICRO / snap.tick_seconds)
     yield from joules.values()
+    if snap.gpus:
+        yield from gpu_joules.values()
     yield pod_watts
     unattributed = _family(m.UNATTRIBUTED_CPU_JOULES)
     for zone, microjoules in snap.unattributed:
         _add(unattributed, [node, zone, source], microjoules / MICRO)
     yield unattributed
-    if snap.processes or snap.processes_other:
-        processes = _family(m.PROCESS_CPU_JOULES)
-        for key, energy in snap.processes:
-            for zone, microjoules in energy:
-                labels = [node, str(key.pid), key.comm, key.container_id, key.unit, zone, source]
-                _add(processes, labels, microjoules / MICRO)
-        for zone, microjoules in snap.processes_other:
-            _add(processes, [node, "", "other", "", "", zone, source], microjoules / MICRO)
-        yield processes
+    yield from _process_families(snap)
     workloads = _family(m.WORKLOADS)
+    counts = dict.fromkeys(m.WORKLOAD_FAMILIES, 0)
+    for w in snap.workloads:
+        counts[w.kind] += 1
     for kind, count in counts.items():
         _add(workloads, [node, kind], count)
     yield workloads
@@ -159,6 +196,20 @@ def _workload_families(snap: Snapshot) -> Iterator[Metric]:
         metric = _family(fam)
         _add(metric, [node], value)
         yield metric
+
+
+def _process_families(snap: Snapshot) -> Iterator[Metric]:
+    if not (snap.processes or snap.processes_other):
+        return
+    node, source = snap.info.node, snap.meter
+    processes = _family(m.PROCESS_CPU_JOULES)
+    for key, energy in snap.processes:
+        for zone, microjoules in energy:
+            labels = [node, str(key.pid), key.comm, key.container_id, key.unit, zone, source]
+            _add(processes, labels, microjoules / MICRO)
+    for zone, microjoules in snap.processes_other:
+        _add(processes, [node, "", "other", "", "", zone, source], microjoules / MICRO)
+    yield processes
 
 
 class Renderer:

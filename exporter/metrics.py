@@ -158,6 +158,93 @@ PROCESS_CPU_JOULES = Family(
     "workload series, from cgroups, are the complete view.",
     ("node", "pid", "comm", "container_id", "unit", "zone", "source"),
 )
+GPU_LABELS = ("node", "gpu", "gpu_uuid", "gpu_model")
+NODE_GPU_JOULES = Family(
+    "node_gpu_joules_total",
+    "counter",
+    "Energy of one GPU since wattlens started: its energy counter (method energy_counter) or its power "
+    "integrated over each tick (method power_integration, GPUs before Volta).",
+    (*GPU_LABELS, "method"),
+)
+NODE_GPU_WATTS = Family("node_gpu_watts", "gauge", "A GPU's mean power over the last tick.", GPU_LABELS)
+NODE_GPU_IDLE_JOULES = Family(
+    "node_gpu_idle_joules_total",
+    "counter",
+    "Idle share of a GPU's energy (configured or learned idle watts).",
+    GPU_LABELS,
+)
+NODE_GPU_ACTIVE_JOULES = Family(
+    "node_gpu_active_joules_total",
+    "counter",
+    "Active share of a GPU's energy; idle + active = the GPU's.",
+    GPU_LABELS,
+)
+NODE_GPU_IDLE_WATTS = Family(
+    "node_gpu_idle_baseline_watts",
+    "gauge",
+    "Idle power used for a GPU in the last tick and how it was obtained (configured or learned).",
+    (*GPU_LABELS, "method"),
+)
+NODE_GPU_RESETS = Family(
+    "node_gpu_energy_resets_total",
+    "counter",
+    "GPU energy counter decreases (driver reload, GPU reset); they add no energy.",
+    GPU_LABELS,
+)
+NODE_GPU_INFO = Family(
+    "node_gpu",
+    "info",
+    'A GPU and its driver. mig="true": NVML has no per-process use under MIG, so the workload split of '
+    "this GPU is an estimate by GPU memory.",
+    ("node", "gpu", "gpu_uuid", "gpu_model", "driver", "mig"),
+)
+GPU_ATTRIBUTION_TICKS = Family(
+    "gpu_attribution_ticks_total",
+    "counter",
+    "Ticks by how a GPU's active energy was split: sm_util (NVML utilisation samples), equal (running "
+    "processes, no samples), mig_memory (estimate), none (no users: unattributed).",
+    ("node", "gpu", "gpu_uuid", "split"),
+)
+UNATTRIBUTED_GPU_JOULES = Family(
+    "unattributed_gpu_joules_total",
+    "counter",
+    "Active GPU energy no workload accounts for (no users, or users outside workload cgroups). Per GPU: "
+    "node = idle + unattributed + Σ top-level workloads.",
+    ("node", "gpu", "gpu_uuid"),
+)
+GPU_WORKLOAD_HELP = "GPU energy attributed to the {what} by its processes' SM utilisation on that GPU."
+WORKLOAD_GPU_FAMILIES: dict[str, Family] = {
+    "pod": Family(
+        "pod_gpu_joules_total",
+        "counter",
+        GPU_WORKLOAD_HELP.format(what="pod"),
+        ("node", "namespace", "pod", "uid", "gpu", "gpu_uuid"),
+    ),
+    "container": Family(
+        "container_gpu_joules_total",
+        "counter",
+        GPU_WORKLOAD_HELP.format(what="container"),
+        ("node", "namespace", "pod", "container", "container_id", "runtime", "gpu", "gpu_uuid"),
+    ),
+    "service": Family(
+        "service_gpu_joules_total",
+        "counter",
+        GPU_WORKLOAD_HELP.format(what="systemd service"),
+        ("node", "unit", "gpu", "gpu_uuid"),
+    ),
+    "vm": Family(
+        "vm_gpu_joules_total",
+        "counter",
+        GPU_WORKLOAD_HELP.format(what="virtual machine"),
+        ("node", "vm", "vm_id", "hypervisor", "gpu", "gpu_uuid"),
+    ),
+    "user": Family(
+        "user_gpu_joules_total",
+        "counter",
+        GPU_WORKLOAD_HELP.format(what="user's sessions"),
+        ("node", "uid", "gpu", "gpu_uuid"),
+    ),
+}
 WORKLOADS = Family("workloads", "gauge", "Workloads with series exported, by kind.", ("node", "kind"))
 CGROUP_READ_ERRORS = Family(
     "cgroup_read_errors_total", "counter", "cgroup CPU files that could not be parsed.", ("node",)
@@ -181,8 +268,25 @@ CATALOGUE: tuple[Family, ...] = (
     NODE_CPU_IDLE_WATTS,
     COUNTER_WRAPS,
     COUNTER_RESETS,
+    *WORKLOAD_FAMILIES.values(),
+    UNATTRIBUTED_CPU_JOULES,
+    POD_CPU_WATTS,
+    PROCESS_CPU_JOULES,
+    NODE_GPU_JOULES,
+    NODE_GPU_WATTS,
+    NODE_GPU_IDLE_JOULES,
+    NODE_GPU_ACTIVE_JOULES,
+    NODE_GPU_IDLE_WATTS,
+    NODE_GPU_RESETS,
+    NODE_GPU_INFO,
+    GPU_ATTRIBUTION_TICKS,
+    UNATTRIBUTED_GPU_JOULES,
+    *WORKLOAD_GPU_FAMILIES.values(),
     SOURCE_UP,
     SOURCE_ERRORS,
+    WORKLOADS,
+    CGROUP_READ_ERRORS,
+    CGROUP_WALKS_TRUNCATED,
     BUILD_INFO,
     NODE_INFO,
     TICKS,
@@ -192,4 +296,21 @@ CATALOGUE: tuple[Family, ...] = (
     LAST_TICK,
     SCRAPES,
     RENDER_DURATION,
+)
+# Families that appear only when their source is there: GPUs present, or process_metrics on.
+CONDITIONAL: frozenset[str] = frozenset(
+    f.full_name
+    for f in (
+        PROCESS_CPU_JOULES,
+        NODE_GPU_JOULES,
+        NODE_GPU_WATTS,
+        NODE_GPU_IDLE_JOULES,
+        NODE_GPU_ACTIVE_JOULES,
+        NODE_GPU_IDLE_WATTS,
+        NODE_GPU_RESETS,
+        NODE_GPU_INFO,
+        GPU_ATTRIBUTION_TICKS,
+        UNATTRIBUTED_GPU_JOULES,
+        *WORKLOAD_GPU_FAMILIES.values(),
+    )
 )

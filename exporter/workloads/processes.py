@@ -40,21 +40,25 @@ def parse_pid_stat(data: bytes) -> ProcessStat:
     return ProcessStat(comm, utime + stime, start)
 
 
-def parse_pid_cgroup(data: bytes) -> tuple[str, str]:
-    """(container_id, unit) of the workload a /proc/<pid>/cgroup names, '' where none.
-
-    Uses the v2 line (`0::/path`), else the v1 cpuacct line; leading `/..` parts (a cgroup-namespace-relative
-    path) are dropped; the deepest container, else the service, wins.
-    """
-    path = ""
+def cgroup_path(data: bytes, v1: bool = False) -> tuple[str, ...]:
+    """The path components of a /proc/<pid>/cgroup: the v2 line (`0::/path`), or with `v1` the cpuacct line
+    (where v1 and hybrid hosts account CPU); leading `/..` parts of a namespace-relative path are dropped."""
+    v2_path, v1_path = "", ""
     for line in data.decode("utf-8", "replace").splitlines():
         hierarchy, _, rest = line.partition(":")
-        controllers, _, cgroup_path = rest.partition(":")
+        controllers, _, path = rest.partition(":")
         if hierarchy == "0" and not controllers:
-            path = path or cgroup_path
+            v2_path = v2_path or path
         elif "cpuacct" in controllers.split(","):
-            path = cgroup_path
-    parts = tuple(p for p in path.split("/") if p and p != "..")
+            v1_path = path
+    path = (v1_path or v2_path) if v1 else (v2_path or v1_path)
+    return tuple(p for p in path.split("/") if p and p != "..")
+
+
+def parse_pid_cgroup(data: bytes) -> tuple[str, str]:
+    """(container_id, unit) of the workload a /proc/<pid>/cgroup names, '' where none: the deepest container,
+    else the service. The v1 cpuacct line wins where there is one (hybrid hosts account CPU there)."""
+    parts = cgroup_path(data, v1=True)
     container, unit = "", ""
     for depth in range(1, len(parts) + 1):
         found = classify(parts[:depth])

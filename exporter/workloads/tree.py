@@ -21,6 +21,7 @@ class WorkloadTree:
     top: tuple[Usage[str], ...]
     workloads: dict[str, Classified]  # every workload present this tick, by key
     parents: dict[str, str]  # child key → its top-level workload's key
+    paths: dict[str, str] = field(default_factory=dict)  # cgroup path → key, for top-level workloads and children
 
 
 @dataclass
@@ -66,6 +67,7 @@ def build_tree(usages: list[CgroupUsage], deltas: dict[str, int]) -> WorkloadTre
     exclusive = {path: cpu[path] for path in tops}
     children: dict[str, list[Usage[str]]] = {path: [] for path in tops}
     parents: dict[str, str] = {}
+    paths = {path: by_path[path].workload.key for path in tops}
     synthetic: dict[str, list[tuple[str, Usage[str]]]] = {}  # pod uid → containers naming it
 
     for path, usage in by_path.items():
@@ -85,6 +87,7 @@ def build_tree(usages: list[CgroupUsage], deltas: dict[str, int]) -> WorkloadTre
         if parent in tops:
             children[parent].append(Usage(workload.key, cpu[path]))
             parents[workload.key] = by_path[parent].workload.key
+            paths[path] = workload.key
 
     top: list[Usage[str]] = []
     for uid, members in synthetic.items():
@@ -92,10 +95,21 @@ def build_tree(usages: list[CgroupUsage], deltas: dict[str, int]) -> WorkloadTre
         workloads[key] = Classified("pod", key, uid=uid)
         for path, member in members:
             parents[member.key] = key
+            paths[path] = member.key
             enclosing = nearest(by_path[path].components, tops)
             if enclosing is not None:
                 exclusive[enclosing] -= member.cpu_us
         top.append(Usage(key, sum(m.cpu_us for _, m in members), tuple(m for _, m in members)))
     for path in sorted(tops):
         top.append(Usage(by_path[path].workload.key, max(0, exclusive[path]), tuple(children[path])))
-    return WorkloadTree(tuple(top), workloads, parents)
+    return WorkloadTree(tuple(top), workloads, parents, paths)
+
+
+def owner_of(components: tuple[str, ...], tree: WorkloadTree) -> tuple[str, str | None] | None:
+    """(top-level key, child key or None) of the deepest workload cgroup at or above `components`."""
+    for depth in range(len(components), 0, -1):
+        key = tree.paths.get("/".join(components[:depth]))
+        if key is not None:
+            top = tree.parents.get(key)
+            return (top, key) if top is not None else (key, None)
+    return None

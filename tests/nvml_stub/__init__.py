@@ -1,0 +1,1 @@
+"""Stub libnvidia-ml.so.1 for tests (see README.md)."""
