@@ -172,10 +172,10 @@ def _check_device_field(key: str, value: object) -> None:
             raise ValueError(f"{key} must be a bool, got {value!r}")
     elif not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"{key} must be an int, got {value!r}")
-    elif key in _UINT_FIELDS and not 0 <= value <= _UINT_FIELDS[key]:
-        raise ValueError(f"{key} out of range: {value}")
-    elif key in _INT_FIELDS and not -(2**31) <= value < 2**31:
-        raise ValueError(f"{key} out of range: {value}")
+    else:
+        low, high = (0, _UINT_FIELDS[key]) if key in _UINT_FIELDS else (-(2**31), 2**31 - 1)
+        if not low <= value <= high:
+            raise ValueError(f"{key} out of range: {value}")
 
 
 def _check_uint(name: str, value: int, bits: int) -> None:
@@ -306,9 +306,10 @@ class StubState:
         return self
 
     def render(self) -> str:
-        for item in (*self.processes, *self.samples):
-            if item["device"] not in self.devices:
-                raise ValueError(f"{item} refers to undeclared device {item['device']}")
+        used = [(p["device"], p) for p in self.processes] + [(s["device"], s) for s in self.samples]
+        for device, item in used:
+            if device not in self.devices:
+                raise ValueError(f"{item} refers to undeclared device {device}")
         lines = ["# stub libnvidia-ml.so.1 state (tests/nvml_stub/README.md)"]
         driver = f"driver version={_encode(self.driver_version)}"
         if self.nvml_version is not None:

@@ -549,6 +549,8 @@ static stub_state *state_load(void)
                 if (!st->error && ntok > 0)
                     parse_line(st, file, lineno, tok, ntok);
             }
+            if (!st->error && ferror(f))
+                fail(st, file, lineno, "cannot read state file", strerror(errno));
             free(line);
             fclose(f);
         }

@@ -1,0 +1,507 @@
+"""The stub libnvidia-ml.so.1 (tests/nvml_stub) seen through the real, unmodified pynvml (nvidia-ml-py).
+
+Every NVML call runs in a child Python process started with stub_env(), because LD_LIBRARY_PATH only takes
+effect at process start.  The child evaluates snippets sent over stdin and answers one JSON line each, so one
+child can also outlive several rewrites of the state file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nvml_stub.stub import (
+    LIB_NAME,
+    NVML_VALUE_NOT_AVAILABLE,
+    StubState,
+    build_stub,
+    default_uuid,
+    read_call_log,
+    stub_env,
+)
+
+CALL_TIMEOUT_S = 20.0
+
+# Runs in the child: a tiny eval/exec server around the real pynvml.
+_CHILD = r"""
+import json, sys, time
+import pynvml
+
+def procs(objs):
+    return [[o.pid, o.usedGpuMemory, o.gpuInstanceId, o.computeInstanceId] for o in objs]
+
+def samples(objs):
+    return [[s.pid, s.timeStamp, s.smUtil, s.memUtil, s.encUtil, s.decUtil] for s in objs]
+
+def handle(i):
+    return pynvml.nvmlDeviceGetHandleByIndex(i)
+
+ns = dict(globals())
+for line in sys.stdin:
+    req = json.loads(line)
+    try:
+        if req["mode"] == "eval":
+            value = eval(req["src"], ns)
+        else:
+            exec(req["src"], ns)
+            value = ns.get("result")
+        reply = {"ok": value}
+    except Exception as e:
+        reply = {
+            "exc": type(e).__name__,
+            "value": getattr(e, "value", None),
+            "msg": str(e),
+            "is_nvml_error": isinstance(e, pynvml.NVMLError),
+        }
+    sys.stdout.write(json.dumps(reply) + "\n")
+    sys.stdout.flush()
+"""
+
+
+class Child:
+    """A Python process with pynvml, loading whatever libnvidia-ml.so.1 its environment selects."""
+
+    def __init__(self, env: dict[str, str], stderr_path: Path) -> None:
+        self.stderr_path = stderr_path
+        with stderr_path.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=env,
+            )
+
+    def _request(self, src: str, mode: str, timeout: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"src": src, "mode": mode}) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            self.close()
+            pytest.fail(f"child did not answer {src!r} within {timeout} s; stderr: {self.stderr()}")
+        line = self.proc.stdout.readline()
+        if not line:
+            pytest.fail(f"child died on {src!r}; stderr: {self.stderr()}")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def ok(self, src: str, *, mode: str = "eval", timeout: float = CALL_TIMEOUT_S) -> Any:
+        reply = self._request(src, mode, timeout)
+        assert "exc" not in reply, f"{src!r} raised {reply}"
+        return reply["ok"]
+
+    def raises(self, src: str, *, mode: str = "eval", timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
+        reply = self._request(src, mode, timeout)
+        assert "exc" in reply, f"{src!r} returned {reply['ok']!r} instead of raising"
+        return reply
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def stub_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_stub(tmp_path_factory.mktemp("nvml_stub"))
+
+
+@pytest.fixture(scope="session")
+def old_driver_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stub without the _v3 process-list symbols, like an R470-era driver."""
+    omit = {f"nvmlDeviceGet{kind}RunningProcesses_v3" for kind in ("Compute", "Graphics", "MPSCompute")}
+    return build_stub(tmp_path_factory.mktemp("nvml_stub_old"), omit=omit)
+
+
+@pytest.fixture
+def state_path(tmp_path: Path) -> Path:
+    return tmp_path / "nvml.state"
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Child]]:
+    children: list[Child] = []
+
+    def start(env: dict[str, str]) -> Child:
+        child = Child(env, tmp_path / f"child{len(children)}.stderr")
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        child.close()
+
+
+@pytest.fixture
+def nvml(stub_lib: Path, state_path: Path, spawn: Callable[[dict[str, str]], Child]) -> Callable[[StubState], Child]:
+    """Write the state, start a child on the stub, nvmlInit() it."""
+
+    def start(state: StubState) -> Child:
+        state.write(state_path)
+        child = spawn(stub_env(stub_lib, state_path))
+        child.ok("pynvml.nvmlInit()")
+        return child
+
+    return start
+
+
+def two_gpus() -> StubState:
+    return (
+        StubState()
+        .driver("550.54.15")
+        .device(0, "NVIDIA H100 80GB HBM3", energy_mj=123_456_789_012, power_mw=350_123)
+        .device(1, "NVIDIA H100 80GB HBM3 #2 (100% = ok) é", "GPU-abc-1", energy_mj=5, power_mw=70_000)
+    )
+
+
+# ---- building and the state file ----------------------------------------------------------------------
+
+
+def test_build_is_cached_and_exports_the_soname(stub_lib: Path) -> None:
+    lib = stub_lib / LIB_NAME
+    before = lib.stat().st_mtime_ns
+    assert build_stub(stub_lib) == stub_lib
+    assert lib.stat().st_mtime_ns == before
+    dynamic = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True, timeout=30, check=False)
+    if dynamic.returncode == 0:
+        assert f"Library soname: [{LIB_NAME}]" in dynamic.stdout
+
+
+def test_build_rejects_unknown_omit(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="nvmlDeviceGetTemperature"):
+        build_stub(tmp_path, omit={"nvmlDeviceGetTemperature"})
+
+
+def test_state_rendering_and_validation(state_path: Path) -> None:
+    state = two_gpus().process(0, 42, "graphics", None, gi=1, ci=2).sample(0, 42, 1000, 50)
+    text = state.write(state_path).read_text()
+    assert "name=NVIDIA%20H100%2080GB%20HBM3%20%232%20(100%25%20%3D%20ok)%20%C3%A9" in text
+    assert "proc device=0 list=graphics pid=42 mem=na gi=1 ci=2" in text
+    assert "sample device=0 pid=42 ts=1000 sm=50 mem=0 enc=0 dec=0 jpg=0 ofa=0" in text
+    assert not list(state_path.parent.glob(".*.tmp"))
+    with pytest.raises(TypeError, match="unknown device field"):
+        StubState().device(0, energy_rcc=3)
+    with pytest.raises(ValueError, match="list must be"):
+        StubState().device(0).process(0, 1, "cuda")
+    with pytest.raises(ValueError, match="undeclared device"):
+        StubState().device(0).process(1, 1).render()
+    with pytest.raises(KeyError):
+        StubState().set_device(3, lost=True)
+
+
+# ---- through pynvml -------------------------------------------------------------------------------------
+
+
+def test_init_driver_count_names_uuids(nvml: Callable[[StubState], Child]) -> None:
+    child = nvml(two_gpus())
+    assert child.ok("pynvml.nvmlSystemGetDriverVersion()") == "550.54.15"
+    assert child.ok("pynvml.nvmlSystemGetNVMLVersion()") == "12.550.54.15"
+    assert child.ok("pynvml.nvmlDeviceGetCount()") == 2
+    assert child.ok("[pynvml.nvmlDeviceGetName(handle(i)) for i in range(2)]") == [
+        "NVIDIA H100 80GB HBM3",
+        "NVIDIA H100 80GB HBM3 #2 (100% = ok) é",
+    ]
+    assert child.ok("[pynvml.nvmlDeviceGetUUID(handle(i)) for i in range(2)]") == [default_uuid(0), "GPU-abc-1"]
+    assert child.ok("pynvml.nvmlDeviceGetIndex(pynvml.nvmlDeviceGetHandleByUUID('GPU-abc-1'))") == 1
+    assert child.raises("pynvml.nvmlDeviceGetHandleByUUID('GPU-nope')")["exc"] == "NVMLError_NotFound"
+    assert child.raises("handle(2)")["exc"] == "NVMLError_InvalidArgument"
+    assert child.ok("pynvml.nvmlDeviceGetPciInfo(handle(1)).busId") == "00000000:11:00.0"
+    assert child.ok("pynvml.nvmlDeviceGetMigMode(handle(0))") == [0, 0]
+    assert child.ok("pynvml.nvmlDeviceGetMaxMigDeviceCount(handle(0))") == 0
+    child.ok("pynvml.nvmlShutdown()")
+    assert child.raises("pynvml.nvmlDeviceGetCount()")["exc"] == "NVMLError_Uninitialized"
+    assert child.raises("pynvml.nvmlShutdown()")["exc"] == "NVMLError_Uninitialized"
+
+
+def test_energy_and_power(nvml: Callable[[StubState], Child]) -> None:
+    child = nvml(two_gpus())
+    assert child.ok("pynvml.nvmlDeviceGetTotalEnergyConsumption(handle(0))") == 123_456_789_012  # > 2**32: u64
+    assert child.ok("pynvml.nvmlDeviceGetPowerUsage(handle(0))") == 350_123
+    assert child.ok("pynvml.nvmlDeviceGetTotalEnergyConsumption(handle(1))") == 5
+    assert child.ok("pynvml.nvmlDeviceGetPowerUsage(handle(1))") == 70_000
+
+
+def test_energy_not_supported(nvml: Callable[[StubState], Child]) -> None:
+    child = nvml(StubState().device(0, power_mw=60_000, energy_rc=3).device(1, power_rc=4))
+    err = child.raises("pynvml.nvmlDeviceGetTotalEnergyConsumption(handle(0))")
+    assert (err["exc"], err["value"], err["msg"]) == ("NVMLError_NotSupported", 3, "Not Supported")
+    assert child.ok("pynvml.nvmlDeviceGetPowerUsage(handle(0))") == 60_000
+    assert child.raises("pynvml.nvmlDeviceGetPowerUsage(handle(1))")["exc"] == "NVMLError_NoPermission"
+
+
+def test_error_string_comes_from_the_library_for_codes_pynvml_does_not_know(
+    nvml: Callable[[StubState], Child],
+) -> None:
+    child = nvml(StubState().device(0, power_rc=27, energy_rc=12345))
+    err = child.raises("pynvml.nvmlDeviceGetPowerUsage(handle(0))")
+    assert (err["exc"], err["msg"]) == ("NVMLError_NotReady", "Not ready")  # via nvmlErrorString
+    err = child.raises("pynvml.nvmlDeviceGetTotalEnergyConsumption(handle(0))")
+    assert (err["exc"], err["value"], err["msg"]) == ("NVMLError", 12345, "Unknown Error")
+
+
+def test_process_lists(nvml: Callable[[StubState], Child]) -> None:
+    gib = 2**30
+    state = (
+        two_gpus()
+        .process(0, 100, "compute", gib)
+        .process(0, 100, "graphics", None)
+        .process(0, 200, "compute", 2 * gib)
+        .process(0, 300, "mps", 3 * gib, gi=1, ci=0)
+    )
+    for pid in range(1000, 1040):  # more than the first call's count: the wrapper sizes from it
+        state.process(1, pid, "compute", pid)
+    child = nvml(state)
+    na = 0xFFFFFFFF
+    compute = [[100, gib, na, na], [200, 2 * gib, na, na]]
+    for version in ("", "_v3", "_v2"):
+        assert child.ok(f"procs(pynvml.nvmlDeviceGetComputeRunningProcesses{version}(handle(0)))") == compute
+        assert child.ok(f"procs(pynvml.nvmlDeviceGetGraphicsRunningProcesses{version}(handle(0)))") == [
+            [100, None, na, na]
+        ]
+        assert child.ok(f"procs(pynvml.nvmlDeviceGetMPSComputeRunningProcesses{version}(handle(0)))") == [
+            [300, 3 * gib, 1, 0]
+        ]
+        assert child.ok(f"procs(pynvml.nvmlDeviceGetGraphicsRunningProcesses{version}(handle(1)))") == []
+    assert child.ok("procs(pynvml.nvmlDeviceGetComputeRunningProcesses(handle(1)))") == [
+        [pid, pid, na, na] for pid in range(1000, 1040)
+    ]
+
+
+def test_process_list_error_code(nvml: Callable[[StubState], Child]) -> None:
+    child = nvml(StubState().device(0, procs_rc=3).process(0, 1))
+    assert child.raises("pynvml.nvmlDeviceGetComputeRunningProcesses(handle(0))")["exc"] == "NVMLError_NotSupported"
+
+
+def test_process_utilization(nvml: Callable[[StubState], Child]) -> None:
+    state = (
+        two_gpus()
+        .sample(0, 100, 1_000, 10, 1, 2, 3)
+        .sample(0, 200, 2_000, 20, 4, 5, 6, jpg=7, ofa=8)
+        .sample(0, 100, 3_000, 30, 9, 0, 0)
+        .sample(1, 555, 9_000, 99)
+    )
+    child = nvml(state)
+    util = "samples(pynvml.nvmlDeviceGetProcessUtilization(handle(0), {}))"
+    assert child.ok(util.format(0)) == [
+        [100, 1_000, 10, 1, 2, 3],
+        [200, 2_000, 20, 4, 5, 6],
+        [100, 3_000, 30, 9, 0, 0],
+    ]
+    assert child.ok(util.format(1_000)) == [[200, 2_000, 20, 4, 5, 6], [100, 3_000, 30, 9, 0, 0]]
+    assert child.ok(util.format(2_999)) == [[100, 3_000, 30, 9, 0, 0]]
+    err = child.raises(util.format(3_000))
+    assert (err["exc"], err["value"]) == ("NVMLError_NotFound", 6)
+    assert child.raises(util.format(2**64 - 1))["exc"] == "NVMLError_NotFound"
+    assert child.ok("samples(pynvml.nvmlDeviceGetProcessUtilization(handle(1), 0))") == [[555, 9_000, 99, 0, 0, 0]]
+    info = (
+        "[[u.timeStamp, u.pid, u.smUtil, u.jpgUtil, u.ofaUtil]"
+        " for u in pynvml.nvmlDeviceGetProcessesUtilizationInfo(handle(0), {})]"
+    )
+    assert child.ok(info.format(1_500)) == [[2_000, 200, 20, 7, 8], [3_000, 100, 30, 0, 0]]
+    assert child.raises(info.format(3_000))["exc"] == "NVMLError_NotFound"
+
+
+def test_process_utilization_error_code(nvml: Callable[[StubState], Child]) -> None:
+    child = nvml(StubState().device(0, util_rc=3).sample(0, 1, 1))
+    err = child.raises("pynvml.nvmlDeviceGetProcessUtilization(handle(0), 0)")
+    assert err["exc"] == "NVMLError_NotSupported"
+
+
+def test_gpu_lost_only_on_that_device(nvml: Callable[[StubState], Child]) -> None:
+    child = nvml(two_gpus().set_device(1, lost=True).process(1, 7))
+    assert child.ok("pynvml.nvmlDeviceGetCount()") == 2
+    assert child.ok("pynvml.nvmlDeviceGetPowerUsage(handle(0))") == 350_123
+    assert child.raises("handle(1)")["exc"] == "NVMLError_GpuIsLost"
+
+
+def test_gpu_lost_after_handle_taken(state_path: Path, nvml: Callable[[StubState], Child]) -> None:
+    state = two_gpus().process(1, 7)
+    child = nvml(state)
+    child.ok("h0, h1 = handle(0), handle(1)", mode="exec")
+    state.set_device(1, lost=True).write(state_path)
+    for call in (
+        "pynvml.nvmlDeviceGetTotalEnergyConsumption(h1)",
+        "pynvml.nvmlDeviceGetPowerUsage(h1)",
+        "pynvml.nvmlDeviceGetName(h1)",
+        "pynvml.nvmlDeviceGetUUID(h1)",
+        "pynvml.nvmlDeviceGetIndex(h1)",
+        "pynvml.nvmlDeviceGetComputeRunningProcesses(h1)",
+        "pynvml.nvmlDeviceGetProcessUtilization(h1, 0)",
+        "pynvml.nvmlDeviceGetMigMode(h1)",
+    ):
+        err = child.raises(call)
+        assert (err["exc"], err["value"], err["msg"]) == ("NVMLError_GpuIsLost", 15, "GPU is lost"), call
+    assert child.ok("pynvml.nvmlDeviceGetTotalEnergyConsumption(h0)") == 123_456_789_012
+    state.remove_device(1).write(state_path)  # fell off the bus entirely: the old handle stays lost
+    assert child.raises("pynvml.nvmlDeviceGetPowerUsage(h1)")["exc"] == "NVMLError_GpuIsLost"
+    assert child.ok("pynvml.nvmlDeviceGetCount()") == 1
+
+
+def test_init_driver_not_loaded(stub_lib: Path, state_path: Path, spawn: Callable[[dict[str, str]], Child]) -> None:
+    StubState().init(9).device(0).write(state_path)
+    child = spawn(stub_env(stub_lib, state_path))
+    err = child.raises("pynvml.nvmlInit()")
+    assert (err["exc"], err["value"], err["is_nvml_error"]) == ("NVMLError_DriverNotLoaded", 9, True)
+    # the library stays loaded after a failed init; the stub then answers UNINITIALIZED like NVML does
+    assert child.raises("pynvml.nvmlDeviceGetCount()")["exc"] == "NVMLError_Uninitialized"
+
+
+def test_no_state_file_means_no_gpus(stub_lib: Path, tmp_path: Path, spawn: Callable[[dict[str, str]], Child]) -> None:
+    missing = spawn(stub_env(stub_lib, tmp_path / "does-not-exist"))
+    missing.ok("pynvml.nvmlInit()")
+    assert missing.ok("pynvml.nvmlDeviceGetCount()") == 0
+    env = stub_env(stub_lib, tmp_path / "x")
+    del env["STUB_NVML_STATE"]
+    unset = spawn(env)
+    unset.ok("pynvml.nvmlInit()")
+    assert unset.ok("pynvml.nvmlDeviceGetCount()") == 0
+    assert unset.ok("pynvml.nvmlSystemGetDriverVersion()") == "550.54.15"
+
+
+def test_without_the_stub_pynvml_finds_no_library(spawn: Callable[[dict[str, str]], Child], tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    child = spawn(env)
+    probe = child._request("pynvml.nvmlInit()", "eval", CALL_TIMEOUT_S)
+    if "exc" not in probe:
+        pytest.skip("this machine has a real libnvidia-ml.so.1")
+    assert probe["exc"] == "NVMLError_LibraryNotFound"
+
+
+def test_malformed_state_fails_loudly(nvml: Callable[[StubState], Child], state_path: Path) -> None:
+    child = nvml(two_gpus())
+    state_path.write_text("device index=0 power_mv=3\n")
+    err = child.raises("pynvml.nvmlDeviceGetPowerUsage(handle(0))")
+    assert (err["exc"], err["value"]) == ("NVMLError_Unknown", 999)
+    assert "unknown key: power_mv" in child.stderr()
+    state_path.write_text("device index=0\nproc device=1 list=compute pid=1\n")
+    assert child.raises("pynvml.nvmlDeviceGetCount()")["exc"] == "NVMLError_Unknown"
+    assert "not declared" in child.stderr()
+    state_path.write_text("# only a comment\n\n  device   index=0  # trailing comment\n")
+    assert child.ok("pynvml.nvmlDeviceGetCount()") == 1
+
+
+def test_state_changes_seen_by_a_running_process(state_path: Path, nvml: Callable[[StubState], Child]) -> None:
+    state = StubState().device(0, energy_mj=1_000, power_mw=100_000)
+    child = nvml(state)
+    child.ok("h0 = handle(0)", mode="exec")
+    energy = "pynvml.nvmlDeviceGetTotalEnergyConsumption(h0)"
+    assert child.ok(energy) == 1_000
+    assert child.ok("procs(pynvml.nvmlDeviceGetComputeRunningProcesses(h0))") == []
+    assert child.raises("pynvml.nvmlDeviceGetProcessUtilization(h0, 0)")["exc"] == "NVMLError_NotFound"
+
+    state.set_device(0, energy_mj=1_500, power_mw=120_000).process(0, 4242, mem=None).sample(0, 4242, 10, 80)
+    state.write(state_path)
+    assert child.ok(energy) == 1_500
+    assert child.ok("pynvml.nvmlDeviceGetPowerUsage(h0)") == 120_000
+    assert child.ok("procs(pynvml.nvmlDeviceGetComputeRunningProcesses(h0))") == [[4242, None, 2**32 - 1, 2**32 - 1]]
+    assert child.ok("samples(pynvml.nvmlDeviceGetProcessUtilization(h0, 0))") == [[4242, 10, 80, 0, 0, 0]]
+
+    state.device(1, "second").clear_processes().set_device(0, energy_rc=3).write(state_path)
+    assert child.ok("pynvml.nvmlDeviceGetCount()") == 2
+    assert child.ok("pynvml.nvmlDeviceGetName(handle(1))") == "second"
+    assert child.ok("procs(pynvml.nvmlDeviceGetComputeRunningProcesses(h0))") == []
+    assert child.raises(energy)["exc"] == "NVMLError_NotSupported"
+
+    # lost, then back after a driver reload (counter restarted), re-initialised by the same process
+    state.set_device(0, energy_rc=0, lost=True).write(state_path)
+    assert child.raises(energy)["exc"] == "NVMLError_GpuIsLost"
+    state.set_device(0, lost=False, energy_mj=7).init(9).write(state_path)
+    child.ok("pynvml.nvmlShutdown()")
+    assert child.raises("pynvml.nvmlInit()")["exc"] == "NVMLError_DriverNotLoaded"
+    state.init(0).write(state_path)
+    child.ok("pynvml.nvmlInit()")
+    assert child.ok(energy) == 7
+    assert NVML_VALUE_NOT_AVAILABLE == 2**64 - 1
+
+
+def test_missing_symbol_behaviour(
+    old_driver_lib: Path, state_path: Path, spawn: Callable[[dict[str, str]], Child]
+) -> None:
+    StubState().device(0).process(0, 9, "compute", 64).write(state_path)
+    child = spawn(stub_env(old_driver_lib, state_path))
+    child.ok("pynvml.nvmlInit()")
+    # unversioned wrapper: @throwOnVersionMismatch turns FunctionNotFound into NVMLLibraryMismatchError,
+    # which is NOT an NVMLError subclass
+    for kind in ("Compute", "Graphics", "MPSCompute"):
+        err = child.raises(f"pynvml.nvmlDeviceGet{kind}RunningProcesses(handle(0))")
+        assert (err["exc"], err["is_nvml_error"]) == ("NVMLLibraryMismatchError", False)
+        assert f"nvmlDeviceGet{kind}RunningProcesses_v2" in err["msg"]
+        err = child.raises(f"pynvml.nvmlDeviceGet{kind}RunningProcesses_v3(handle(0))")
+        assert (err["exc"], err["value"], err["is_nvml_error"]) == ("NVMLError_FunctionNotFound", 13, True)
+    assert child.ok("procs(pynvml.nvmlDeviceGetComputeRunningProcesses_v2(handle(0)))") == [
+        [9, 64, 2**32 - 1, 2**32 - 1]
+    ]
+    # a wrapper without the decorator whose symbol the stub never had
+    err = child.raises("pynvml.nvmlDeviceGetTemperature(handle(0), 0)")
+    assert (err["exc"], err["value"]) == ("NVMLError_FunctionNotFound", 13)
+
+
+def test_delay_applies_to_that_device_only(nvml: Callable[[StubState], Child]) -> None:
+    child = nvml(StubState().device(0).device(1, delay_ms=300, power_mw=1))
+    timed = "t = time.monotonic(); pynvml.nvmlDeviceGetPowerUsage(h); result = time.monotonic() - t"
+    child.ok("h = handle(0)", mode="exec")
+    assert child.ok(timed, mode="exec") < 0.2
+    start = time.monotonic()
+    child.ok("h = handle(1)", mode="exec")
+    assert time.monotonic() - start >= 0.3
+    assert child.ok(timed, mode="exec") >= 0.3
+
+
+def test_call_log_and_call_counter(
+    stub_lib: Path, state_path: Path, tmp_path: Path, spawn: Callable[[dict[str, str]], Child]
+) -> None:
+    two_gpus().write(state_path)
+    log = tmp_path / "calls.log"
+    child = spawn(stub_env(stub_lib, state_path, call_log=log))
+    child.ok("pynvml.nvmlInit()")
+    child.ok("pynvml.nvmlDeviceGetPowerUsage(handle(1))")
+    assert read_call_log(log) == [
+        ("nvmlInitWithFlags", None),
+        ("nvmlDeviceGetHandleByIndex_v2", 1),
+        ("nvmlDeviceGetPowerUsage", 1),
+    ]
+    assert child.ok("pynvml.nvmlLib.nvmlStubGetCallCount()") == 3
+
+
+def test_concurrent_calls_while_the_state_is_replaced(state_path: Path, nvml: Callable[[StubState], Child]) -> None:
+    state = two_gpus().set_device(0, power_mw=1)
+    child = nvml(state)
+    start = """
+import threading
+h0, seen, errors = handle(0), set(), []
+def work():
+    try:
+        for _ in range(400):
+            seen.add(pynvml.nvmlDeviceGetPowerUsage(h0))
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+"""
+    child.ok(start, mode="exec")
+    for i in range(60):
+        state.set_device(0, power_mw=2 + i % 2).write(state_path)
+    child.ok("for t in threads: t.join()", mode="exec")
+    assert child.ok("errors") == []
+    assert set(child.ok("sorted(seen)")) <= {1, 2, 3}
