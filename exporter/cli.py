@@ -19,6 +19,8 @@ from exporter.config import DEFAULT_PORT, Config, ConfigError, load_config
 from exporter.daemon import StartupError, run
 from exporter.engine import Engine, Snapshot
 from exporter.exposition import Renderer
+from exporter.meters.base import MeterUnavailable
+from exporter.meters.nvml import NvmlMeter
 from exporter.meters.select import select_meter
 from exporter.nodeinfo import read_node_info
 
@@ -157,6 +159,24 @@ def snapshot_json(snap: Snapshot) -> dict[str, Any]:
     }
 
 
+def _check_gpus(config: Config) -> None:
+    print("\nGPUs:")
+    if not config.gpus:
+        print("  off (gpus: false)")
+        return
+    try:
+        meter = NvmlMeter.open(config.nvml_timeout)
+    except MeterUnavailable as exc:
+        print(f"  [no ] nvml: {exc.reason}")
+        if exc.fix:
+            print(f"        fix: {exc.fix}")
+        return
+    print(f"  [ok ] nvml: {len(meter.gpus)} GPU(s), driver {meter.driver}")
+    for gpu in meter.gpus:
+        print(f"        GPU {gpu.index}: {gpu.model} {gpu.uuid}")
+    meter.close()
+
+
 def check(config: Config, seconds: float) -> int:
     """Human-readable diagnosis: every configured meter, why it does or does not work, and the fix."""
     info = read_node_info(config.node_name, config.proc_path, config.cgroup_root)
@@ -175,6 +195,7 @@ def check(config: Config, seconds: float) -> int:
             print(f"        note: {note}")
         if report.fix:
             print(f"        fix: {report.fix}")
+    _check_gpus(config)
     if probe is None:
         print("\nNo meter works: wattlens would serve no node energy. See the fixes above.")
         return 1

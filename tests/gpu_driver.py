@@ -1,0 +1,57 @@
+"""Runs the real Engine against the stub NVML library in its own process (LD_LIBRARY_PATH must be set at
+process start). Reads a JSON scenario on stdin, prints one JSON object per tick on stdout.
+
+scenario = {"flags": {...config flags...}, "state_path": str,
+            "steps": [{"now": float, "state": str (a prepared state file copied into state_path)}],
+            "render": bool}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from typing import Any
+
+from exporter.config import load_config
+from exporter.engine import Engine, Snapshot
+from exporter.exposition import Renderer
+
+
+def summary(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "gpus": [
+            {"index": g.gpu.index, "uuid": g.gpu.uuid, "joules_uj": g.joules_uj, "idle_uj": g.idle_uj,
+             "active_uj": g.active_uj, "unattributed_uj": g.unattributed_uj, "up": g.up, "resets": g.resets,
+             "method": g.method, "mig": g.mig, "splits": dict(g.splits), "idle_method": g.idle_method}
+            for g in snap.gpus
+        ],
+        "workloads": [{"kind": w.kind, "labels": list(w.labels), "energy_uj": dict(w.energy_uj)}
+                      for w in snap.workloads],
+        "sources": [[s, d, up] for s, d, up in snap.sources],
+        "zones": {z.zone.device: z.joules_uj for z in snap.zones},
+    }
+
+
+def main() -> None:
+    scenario = json.load(sys.stdin)
+
+    def install(state: str) -> None:
+        shutil.copy(state, scenario["state_path"] + ".next")
+        os.replace(scenario["state_path"] + ".next", scenario["state_path"])
+
+    install(scenario["steps"][0]["state"])  # the GPUs NVML lists at start
+    engine = Engine.start(load_config(scenario["flags"], None, environ={}))
+    for step in scenario["steps"]:
+        install(step["state"])
+        snap = engine.tick(step["now"])
+        out = summary(snap)
+        if scenario.get("render"):
+            out["text"] = Renderer().render(snap).text.decode()
+        print(json.dumps(out), flush=True)
+    engine.close()
+
+
+if __name__ == "__main__":
+    main()
