@@ -68,6 +68,17 @@ class CgroupUsage:
     usage_us: int
 
 
+def _may_hold_workloads(workload: Classified | None) -> bool:
+    """Whether to walk below a cgroup. Most cgroups are container scopes, each with dozens of interface files
+    to list, and a pod's containers (or a VM's vCPU threads) never hold workloads. Docker and Podman
+    containers are walked: a kind node is a Docker container with pods inside."""
+    if workload is None:
+        return True
+    if workload.kind == "vm":
+        return False
+    return workload.kind != "container" or workload.runtime in ("docker", "podman")
+
+
 def _label_safe(name: str) -> str:
     """Directory names are bytes; undecodable ones become U+FFFD rather than breaking the exposition."""
     return os.fsencode(name).decode("utf-8", "replace")
@@ -78,7 +89,7 @@ class CgroupTree:
 
     def __init__(self, cgroup_root: Path) -> None:
         self.layout = detect_layout(cgroup_root)
-        self._files: dict[Path, HeldFile] = {}
+        self._files: dict[str, HeldFile] = {}
         self.malformed_reads = 0
         self.truncated_walks = 0
         if self.layout.version == "none":
@@ -95,11 +106,11 @@ class CgroupTree:
                 usages.append(CgroupUsage("/".join(components), components, workload, usage))
         return usages
 
-    def _read(self, path: Path) -> int | None:
+    def _read(self, path: str) -> int | None:
         held = self._files.get(path)
         try:
             if held is None:
-                held = self._files[path] = HeldFile(path / self.layout.stat_file)
+                held = self._files[path] = HeldFile(Path(path, self.layout.stat_file))
             return parse_usage_us(held.read(), self.layout.stat_file)
         except OSError:
             # Removed between the walk and the read: it simply is not there this tick.
@@ -111,24 +122,20 @@ class CgroupTree:
             self.malformed_reads += 1
             return None
 
-    def _walk(self) -> dict[Path, tuple[tuple[str, ...], Classified]]:
-        found: dict[Path, tuple[tuple[str, ...], Classified]] = {}
+    def _walk(self) -> dict[str, tuple[tuple[str, ...], Classified]]:
+        found: dict[str, tuple[tuple[str, ...], Classified]] = {}
         if self.layout.version == "none":
             return found
-        stack: list[tuple[Path, tuple[str, ...]]] = [(self.layout.root, ())]
+        stack: list[tuple[str, tuple[str, ...]]] = [(str(self.layout.root), ())]
         visited = 0
         while stack:
             directory, components = stack.pop()
             try:
-                entries = list(os.scandir(directory))
+                with os.scandir(directory) as listing:
+                    entries = [e for e in listing if e.is_dir(follow_symlinks=False)]
             except OSError:
                 continue  # removed mid-walk, or unreadable: skip that subtree this tick
             for entry in entries:
-                try:
-                    if not entry.is_dir(follow_symlinks=False):
-                        continue
-                except OSError:
-                    continue
                 visited += 1
                 if visited > MAX_DIRS:
                     self.truncated_walks += 1
@@ -139,10 +146,9 @@ class CgroupTree:
                 child = (*components, name)
                 workload = classify(child)
                 if workload is not None:
-                    found[Path(entry.path)] = (child, workload)
-                # VM scopes hold only the hypervisor's own threads (vcpuN, emulator): no workloads below.
-                if (workload is None or workload.kind != "vm") and len(child) < MAX_DEPTH:
-                    stack.append((Path(entry.path), child))
+                    found[entry.path] = (child, workload)
+                if _may_hold_workloads(workload) and len(child) < MAX_DEPTH:
+                    stack.append((entry.path, child))
         return found
 
     def close(self) -> None:
