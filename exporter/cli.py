@@ -209,4 +209,49 @@ def check(config: Config, seconds: float) -> int:
     for d in snap.domains:
         idle = f"{d.idle_watts:.2f} W ({d.idle_method})" if d.idle_watts is not None else "unknown"
         print(f"  idle baseline for {d.zone}: {idle}")
+    _top_services(config, snap, seconds)
     return 0
+
+
+TOP_SERVICES = 10
+
+
+def _top_services(config: Config, snap: Snapshot, seconds: float) -> None:
+    """The systemd services that drew the most power during the measurement: their energy in the measured
+    tick over its length, per zone, ranked by the sum of zones that do not overlap (psys, or package + dram;
+    core and uncore are inside package) plus their GPUs."""
+    print(f"\nTop services by power over the last {seconds:g} s:")
+    if not config.workloads:
+        print("  off (workloads: false)")
+        return
+    length = snap.tick_seconds if snap.tick_seconds > 0 else seconds
+    zones = [d.zone for d in snap.domains]
+    summed = ["psys"] if "psys" in zones else [z for z in ("package", "dram") if z in zones] or zones[:1]
+    gpu_zones = {f"gpu:{g.gpu.uuid}" for g in snap.gpus}
+    rows = []
+    for w in snap.workloads:
+        if w.kind != "service" or not w.last_uj:
+            continue
+        watts = {zone: uj / 1e6 / length for zone, uj in w.last_uj}
+        gpu = sum(v for zone, v in watts.items() if zone in gpu_zones)
+        total = sum(watts.get(zone, 0.0) for zone in summed) + gpu
+        rows.append((total, w.labels[0], [watts.get(zone, 0.0) for zone in summed], gpu))
+    if not rows:
+        version = snap.info.cgroup_version
+        hint = ""
+        if version == "hybrid":
+            hint = (
+                "; a hybrid host may account services only in its unified hierarchy: "
+                "try --cgroup-root /sys/fs/cgroup/unified"
+            )
+        print(f"  none: no system.slice/*.service cgroup under {config.cgroup_root} (cgroups {version}){hint}")
+        return
+    rows.sort(key=lambda row: (-row[0], row[1]))
+    width = max(24, *(len(row[1]) for row in rows[:TOP_SERVICES]))
+    columns = [*summed, *(["GPU"] if gpu_zones else [])]
+    header = "".join(f"{name + ' W':>11}" for name in columns)
+    what = " + ".join(columns)
+    print(f"  {'unit':{width}} {'total W':>9}{header}   ({what}; {len(rows)} services in all)")
+    for total, unit, values, gpu in rows[:TOP_SERVICES]:
+        cells = "".join(f"{v:11.2f}" for v in [*values, *([gpu] if gpu_zones else [])])
+        print(f"  {unit:{width}} {total:9.2f}{cells}")

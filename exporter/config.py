@@ -125,6 +125,23 @@ class Config(BaseModel):
         Path("/var/log"),
         json_schema_extra=_hint("the directory holding the kubelet's pods/ and containers/ log directories"),
     )
+    kubernetes_api: bool = Field(
+        False, json_schema_extra=_hint("true to watch this node's pods in the API server (labels, owners)")
+    )
+    kubernetes_api_server: str = Field(
+        "", json_schema_extra=_hint("the API server URL, or empty for the in-cluster service")
+    )
+    kubernetes_token_file: Path = Field(
+        Path("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        json_schema_extra=_hint("the service-account token file (re-read on every request)"),
+    )
+    kubernetes_ca_file: Path = Field(
+        Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"),
+        json_schema_extra=_hint("the API server's CA bundle"),
+    )
+    pod_labels: tuple[str, ...] = Field(
+        (), json_schema_extra=_hint("comma-separated pod label keys exported in wattlens_pod_labels (allow-list)")
+    )
     node_name: str = Field(
         default_factory=socket.gethostname,
         min_length=1,
@@ -142,7 +159,7 @@ class Config(BaseModel):
         parse_listen(value)
         return value
 
-    @field_validator("meters", mode="before")
+    @field_validator("meters", "pod_labels", mode="before")
     @classmethod
     def _split_meters(cls, value: object) -> object:
         if isinstance(value, str):

@@ -21,6 +21,7 @@ from exporter.config import Config
 from exporter.engine import Engine
 from exporter.exposition import Exposition, Renderer
 from exporter.server import MetricsServer
+from exporter.workloads import pod_watch
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +92,15 @@ class Daemon:
         urls = " and ".join(f"http://{f'[{h}]' if ':' in h else h}:{p}/metrics" for h, p in bound)
         log.info("serving %s (node %s, every %.1fs)", urls, self.config.node_name, self.config.interval)
         ticking = asyncio.create_task(self.run(stop))
+        watching = asyncio.create_task(self.engine.pod_watch.run(stop)) if self.engine.pod_watch else None
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({ticking, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()
         await ticking  # let a tick in flight finish so nothing is left half-read
+        if watching is not None:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
         await self.server.close()
         self._executor.shutdown(wait=True)
         log.info("stopped")
@@ -103,7 +109,20 @@ class Daemon:
 
 def run(config: Config) -> int:
     """Start the engine and serve until SIGTERM; returns the process exit status."""
+    if config.kubernetes_api and not pod_watch.available():
+        raise StartupError(
+            "kubernetes_api=true needs the Kubernetes client. Fix: pip install 'wattlens[kubernetes]', "
+            "or set kubernetes_api to false (pod names still come from the kubelet's log directories)"
+        )
     engine = Engine.start(config)
+    if config.kubernetes_api:
+        engine.pod_watch = pod_watch.PodWatch(
+            node_name=config.node_name,
+            retain_s=config.workload_ttl + 60,
+            api_server=config.kubernetes_api_server,
+            token_file=config.kubernetes_token_file,
+            ca_file=config.kubernetes_ca_file,
+        )
     try:
         return uvloop.run(Daemon(config, engine).serve())
     finally:

@@ -23,8 +23,9 @@ from exporter.nodeinfo import NodeInfo, read_node_info
 from exporter.sysfs import raise_fd_limit
 from exporter.workloads.cgroups import CgroupTree
 from exporter.workloads.classify import Classified
-from exporter.workloads.kubernetes import KubeletLogs
+from exporter.workloads.kubernetes import ContainerName, KubeletLogs, PodName
 from exporter.workloads.labels import label_values
+from exporter.workloads.pod_watch import PodWatch
 from exporter.workloads.processes import ProcessKey, ProcessTable, cgroup_path
 from exporter.workloads.procfs import CpuTimes, ProcStat, clock_ticks_per_second
 from exporter.workloads.tree import UsageTracker, WorkloadTree, build_tree, owner_of
@@ -105,6 +106,9 @@ class Snapshot:
     cgroup_walks_truncated: int = 0
     gpus: tuple[GpuState, ...] = ()
     gpu_driver: str = ""
+    pod_label_keys: tuple[str, ...] = ()
+    pod_labels: tuple[tuple[str, ...], ...] = ()  # namespace, pod, uid, owner_kind, owner_name, *label values
+    pod_watch: tuple[int, int, int, bool] | None = None  # lists, watches, errors, synced
     processes: tuple[tuple[ProcessKey, tuple[tuple[str, int], ...]], ...] = ()
     processes_other: tuple[tuple[str, int], ...] = ()
 
@@ -126,6 +130,7 @@ class Engine:
     kubelet: KubeletLogs | None = None
     processes: ProcessTable | None = None
     gpus: GpuAccounting | None = None
+    pod_watch: PodWatch | None = None
     gpu_report: MeterReport | None = None
     _top_processes: TopProcesses[ProcessKey] = field(default_factory=lambda: TopProcesses(20, 600.0))
     _process_us: dict[ProcessKey, int] = field(default_factory=dict)
@@ -416,6 +421,8 @@ class Engine:
         if self.proc_stat is not None:
             sources.append((*PROCFS_SOURCE, self._procfs_up))
         errors = [(src, dev, count) for (src, dev), count in self._errors.items()]
+        if self.pod_watch is not None:
+            sources.append(("kubernetes-api", "", self.pod_watch.up))
         if self.gpus is not None:
             sources.extend(("nvml", g.gpu.uuid, g.up) for g in self.gpus.states())
             errors.extend(("nvml", uuid, count) for uuid, count in self.gpus.errors.items())
@@ -433,11 +440,52 @@ class Engine:
             tick_seconds=self._dt,
             cgroup_read_errors=self.cgroups.malformed_reads if self.cgroups else 0,
             cgroup_walks_truncated=self.cgroups.truncated_walks if self.cgroups else 0,
+            pod_label_keys=self.config.pod_labels if self.pod_watch else (),
+            pod_labels=self._pod_label_rows(),
+            pod_watch=(
+                (self.pod_watch.lists, self.pod_watch.watches, self.pod_watch.errors, self.pod_watch.synced)
+                if self.pod_watch
+                else None
+            ),
             gpus=self.gpus.states() if self.gpus else (),
             gpu_driver=self.gpus.meter.driver if self.gpus else "",
             processes=tuple((k, tuple(sorted(e.items()))) for k, e in self._top_processes.exported()),
             processes_other=tuple(sorted(self._top_processes.other_uj.items())),
         )
+
+    def _names(self, pod_uid: str, container_id: str) -> tuple[PodName | None, ContainerName | None]:
+        """Names from the kubelet's log directories, else from the API watch when it runs."""
+        pod = self.kubelet.pod(pod_uid) if self.kubelet and pod_uid else None
+        container = self.kubelet.container(container_id) if self.kubelet and container_id else None
+        meta = self.pod_watch.pods.get(pod_uid) if self.pod_watch and pod_uid else None
+        if meta is not None:
+            pod = pod or PodName(meta.namespace, meta.name)
+            name = dict(meta.containers).get(container_id) if container_id else None
+            if container is None and name:
+                container = ContainerName(meta.namespace, meta.name, name)
+        return pod, container
+
+    def _pod_label_rows(self) -> tuple[tuple[str, ...], ...]:
+        if self.pod_watch is None:
+            return ()
+        pods = self.pod_watch.pods
+        keys = self.config.pod_labels
+        rows = []
+        for _, record in self._workloads.records():
+            meta = pods.get(record.workload.uid) if record.workload.kind == "pod" else None
+            if meta is not None:
+                labels = dict(meta.labels)
+                rows.append(
+                    (
+                        meta.namespace,
+                        meta.name,
+                        meta.uid,
+                        meta.owner_kind,
+                        meta.owner_name,
+                        *(labels.get(k, "") for k in keys),
+                    )
+                )
+        return tuple(rows)
 
     def _workload_states(self) -> tuple[WorkloadState, ...]:
         records = self._workloads.records()
@@ -452,8 +500,7 @@ class Engine:
             pod_uid = workload.uid if workload.kind == "pod" else ""
             if record.parent.startswith("pod:"):
                 pod_uid = record.parent.removeprefix("pod:")
-            pod = kubelet.pod(pod_uid) if kubelet and pod_uid else None
-            container = kubelet.container(workload.container_id) if kubelet and workload.container_id else None
+            pod, container = self._names(pod_uid, workload.container_id)
             states.append(
                 WorkloadState(
                     kind=workload.kind,

@@ -182,6 +182,7 @@ def _workload_families(snap: Snapshot) -> Iterator[Metric]:
         _add(unattributed, [node, zone, source], microjoules / MICRO)
     yield unattributed
     yield from _process_families(snap)
+    yield from _pod_watch_families(snap)
     workloads = _family(m.WORKLOADS)
     counts = dict.fromkeys(m.WORKLOAD_FAMILIES, 0)
     for w in snap.workloads:
@@ -196,6 +197,27 @@ def _workload_families(snap: Snapshot) -> Iterator[Metric]:
         metric = _family(fam)
         _add(metric, [node], value)
         yield metric
+
+
+def label_name(key: str) -> str:
+    """A Kubernetes label key as a Prometheus label name, as kube-state-metrics writes it."""
+    return "label_" + "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in key)
+
+
+def _pod_watch_families(snap: Snapshot) -> Iterator[Metric]:
+    if snap.pod_watch is None:
+        return
+    node = snap.info.node
+    names = [*m.POD_LABELS.labels, *map(label_name, snap.pod_label_keys)]
+    labels = GaugeMetricFamily(m.POD_LABELS.full_name, m.POD_LABELS.help, labels=names)
+    for row in snap.pod_labels:
+        labels.add_metric([node, *row], 1.0)
+    lists, watches, errors, _synced = snap.pod_watch
+    requests, failures = _family(m.POD_WATCH_REQUESTS), _family(m.POD_WATCH_ERRORS)
+    _add(requests, [node, "list"], lists)
+    _add(requests, [node, "watch"], watches)
+    _add(failures, [node], errors)
+    yield from (labels, requests, failures)
 
 
 def _process_families(snap: Snapshot) -> Iterator[Metric]:

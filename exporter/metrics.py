@@ -245,6 +245,22 @@ WORKLOAD_GPU_FAMILIES: dict[str, Family] = {
         ("node", "uid", "gpu", "gpu_uuid"),
     ),
 }
+POD_LABELS = Family(
+    "pod_labels",
+    "gauge",
+    "With kubernetes_api: each pod's owner and its allow-listed labels (pod_labels setting) as label_<key>, "
+    "value 1; join on uid (like kube_pod_labels).",
+    ("node", "namespace", "pod", "uid", "owner_kind", "owner_name"),
+)
+POD_WATCH_REQUESTS = Family(
+    "pod_watch_requests_total",
+    "counter",
+    "API server requests of the pod watch: list (only at start and after a 410 Gone) and watch.",
+    ("node", "verb"),
+)
+POD_WATCH_ERRORS = Family(
+    "pod_watch_errors_total", "counter", "Failed pod-watch requests (retried with backoff).", ("node",)
+)
 WORKLOADS = Family("workloads", "gauge", "Workloads with series exported, by kind.", ("node", "kind"))
 CGROUP_READ_ERRORS = Family(
     "cgroup_read_errors_total", "counter", "cgroup CPU files that could not be parsed.", ("node",)
@@ -282,6 +298,9 @@ CATALOGUE: tuple[Family, ...] = (
     GPU_ATTRIBUTION_TICKS,
     UNATTRIBUTED_GPU_JOULES,
     *WORKLOAD_GPU_FAMILIES.values(),
+    POD_LABELS,
+    POD_WATCH_REQUESTS,
+    POD_WATCH_ERRORS,
     SOURCE_UP,
     SOURCE_ERRORS,
     WORKLOADS,
@@ -302,6 +321,9 @@ CONDITIONAL: frozenset[str] = frozenset(
     f.full_name
     for f in (
         PROCESS_CPU_JOULES,
+        POD_LABELS,
+        POD_WATCH_REQUESTS,
+        POD_WATCH_ERRORS,
         NODE_GPU_JOULES,
         NODE_GPU_WATTS,
         NODE_GPU_IDLE_JOULES,
