@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,24 @@ from exporter.workloads.pod_watch import PodWatch, pod_meta
 
 UID_WEB = "0000000a-0000-4000-8000-00000000000a"
 UID_DB = "0000000b-0000-4000-8000-00000000000b"
+
+
+def run_watch(watch: PodWatch, server: FakeApiServer, steps: Callable[[], Awaitable[None]]) -> None:
+    """Run the watch on an event loop while `steps` drive the server; stop both afterwards, always."""
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(watch.run(stop))
+        try:
+            await steps()
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=10)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.close()
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -33,50 +51,41 @@ def test_watch_survives_drops_token_rotation_and_410(tmp_path: Path) -> None:
     server.put(pod("elsewhere", "node-b", "0000000c-0000-4000-8000-00000000000c"))
     watch = PodWatch(node_name="node-a", api_server=server.url, token_file=token, ca_file=tmp_path / "none")
 
-    async def scenario() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(watch.run(stop))
-        try:
-            await until(lambda: UID_WEB in watch.pods)
-            assert set(watch.pods) == {UID_WEB}  # the field selector keeps other nodes' pods out
-            web = watch.pods[UID_WEB]
-            assert (web.owner_kind, web.owner_name, dict(web.labels)) == ("ReplicaSet", "web-7f",
-                                                                         {"app": "web", "team": "shop"})
-            server.put(pod("db-0", "node-a", UID_DB, labels={"app": "db"}, owner=("StatefulSet", "db")))
-            await until(lambda: UID_DB in watch.pods)
-            server.bookmark()
-            await until(lambda: watch._resource_version == str(server.version))
+    async def steps() -> None:
+        await until(lambda: UID_WEB in watch.pods)
+        assert set(watch.pods) == {UID_WEB}  # the field selector keeps other nodes' pods out
+        web = watch.pods[UID_WEB]
+        assert (web.owner_kind, web.owner_name, dict(web.labels)) == ("ReplicaSet", "web-7f",
+                                                                     {"app": "web", "team": "shop"})
+        server.put(pod("db-0", "node-a", UID_DB, labels={"app": "db"}, owner=("StatefulSet", "db")))
+        await until(lambda: UID_DB in watch.pods)
+        server.bookmark()
+        await until(lambda: watch._resource_version == str(server.version))
 
-            server.drop_watches()  # the connection drops: resume from the last resourceVersion
-            server.put(pod("web-1", "node-a", UID_WEB, labels={"app": "web", "team": "checkout"},
-                           owner=("ReplicaSet", "web-7f")))
-            await until(lambda: dict(watch.pods[UID_WEB].labels).get("team") == "checkout")
-            assert server.lists == 1
+        server.drop_watches()  # the connection drops: resume from the last resourceVersion
+        server.put(pod("web-1", "node-a", UID_WEB, labels={"app": "web", "team": "checkout"},
+                       owner=("ReplicaSet", "web-7f")))
+        await until(lambda: dict(watch.pods[UID_WEB].labels).get("team") == "checkout")
+        assert server.lists == 1
 
-            token.write_text("second\n")  # the kubelet rotates the projected token
-            server.token = "second"
-            server.drop_watches()
-            server.delete(UID_DB)
-            await until(lambda: server.watches >= 3 and watch._resource_version == str(server.version))
-            assert UID_DB in watch.pods  # a deleted pod's labels stay while its series do
-            assert server.lists == 1
+        token.write_text("second\n")  # the kubelet rotates the projected token
+        server.token = "second"
+        server.drop_watches()
+        server.delete(UID_DB)
+        await until(lambda: server.watches >= 3 and watch._resource_version == str(server.version))
+        assert UID_DB in watch.pods  # a deleted pod's labels stay while its series do
+        assert server.lists == 1
 
-            server.expire_history()  # compaction: the watch's resourceVersion is now too old
-            server.drop_watches()
-            await until(lambda: server.lists == 2)
-            server.put(pod("web-2", "node-a", "0000000d-0000-4000-8000-00000000000d"))
-            await until(lambda: "0000000d-0000-4000-8000-00000000000d" in watch.pods)
-            await asyncio.sleep(0.3)
-            assert server.lists == 2  # one list per relist, never more
-            assert watch.up
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, timeout=10)
+        server.expire_history()  # compaction: the watch's resourceVersion is now too old
+        server.drop_watches()
+        await until(lambda: server.lists == 2)
+        server.put(pod("web-2", "node-a", "0000000d-0000-4000-8000-00000000000d"))
+        await until(lambda: "0000000d-0000-4000-8000-00000000000d" in watch.pods)
+        await asyncio.sleep(0.3)
+        assert server.lists == 2  # one list per relist, never more
+        assert watch.up
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        server.close()
+    run_watch(watch, server, steps)
     assert watch.lists == server.lists == 2
 
 
@@ -87,23 +96,14 @@ def test_unauthorized_backs_off_and_recovers(tmp_path: Path) -> None:
     server.put(pod("web-1", "node-a", UID_WEB))
     watch = PodWatch(node_name="node-a", api_server=server.url, token_file=token, ca_file=tmp_path / "none")
 
-    async def scenario() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(watch.run(stop))
-        try:
-            await until(lambda: watch.errors >= 1)
-            assert not watch.up
-            token.write_text("right")
-            await until(lambda: UID_WEB in watch.pods, timeout=15)
-            assert watch.up
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, timeout=10)
+    async def steps() -> None:
+        await until(lambda: watch.errors >= 1)
+        assert not watch.up
+        token.write_text("right")
+        await until(lambda: UID_WEB in watch.pods, timeout=15)
+        assert watch.up
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        server.close()
+    run_watch(watch, server, steps)
     assert 1 <= server.unauthorized <= 3  # it backed off instead of hammering the API server
 
 
