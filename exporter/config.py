@@ -142,6 +142,19 @@ class Config(BaseModel):
     pod_labels: tuple[str, ...] = Field(
         (), json_schema_extra=_hint("comma-separated pod label keys exported in wattlens_pod_labels (allow-list)")
     )
+    carbon_intensity: float | None = Field(
+        None,
+        ge=0,
+        le=5000,
+        json_schema_extra=_hint("grid carbon intensity in gCO2e/kWh, 0 to 5000, or unset"),
+    )
+    carbon_intensity_file: Path | None = Field(
+        None, json_schema_extra=_hint("a file holding the current gCO2e/kWh, re-read every tick, or unset")
+    )
+    web_config_file: Path | None = Field(
+        None,
+        json_schema_extra=_hint("a Prometheus exporter-toolkit web-config.yml (TLS, basic auth), or unset"),
+    )
     node_name: str = Field(
         default_factory=socket.gethostname,
         min_length=1,

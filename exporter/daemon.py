@@ -21,6 +21,7 @@ from exporter.config import Config
 from exporter.engine import Engine
 from exporter.exposition import Exposition, Renderer
 from exporter.server import MetricsServer
+from exporter.webconfig import BasicAuth, TlsContext, WebConfigError, load_web_config
 from exporter.workloads import pod_watch
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,19 @@ class Daemon:
         self.engine = engine
         self.renderer = Renderer()
         self.exposition: Exposition | None = None
-        self.server = MetricsServer(lambda: self.exposition, self.healthy)
+        self.tls: TlsContext | None = None
+        auth: BasicAuth | None = None
+        headers: tuple[tuple[str, str], ...] = ()
+        if config.web_config_file is not None:
+            try:
+                web = load_web_config(config.web_config_file)
+                if web.tls_server_config is not None:
+                    self.tls = TlsContext(config.web_config_file, web.tls_server_config)
+            except WebConfigError as exc:
+                raise StartupError(str(exc)) from None
+            auth = BasicAuth(web.basic_auth_users) if web.basic_auth_users else None
+            headers = tuple(web.http_server_config.headers.items())
+        self.server = MetricsServer(lambda: self.exposition, self.healthy, auth=auth, extra_headers=headers)
         self._last_tick_end = time.monotonic()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wattlens-tick")
 
@@ -58,6 +71,8 @@ class Daemon:
             try:
                 self.exposition = await loop.run_in_executor(self._executor, self._tick)
                 self._last_tick_end = time.monotonic()
+                if self.tls is not None:
+                    self.tls.reload_if_changed()  # certificate rotation: new handshakes get the new pair
                 failing = False
             except Exception:
                 # A bug, not a source failure (those are handled per source). Keep serving the last
@@ -83,13 +98,14 @@ class Daemon:
             loop.add_signal_handler(sig, stop.set)
         host, port = self.config.listen_address()
         try:
-            bound = await self.server.start(host, port)
+            bound = await self.server.start(host, port, self.tls.context if self.tls else None)
         except OSError as exc:
             raise StartupError(
                 f"cannot listen on {self.config.listen}: {exc.strerror or exc}. "
                 "Fix: set listen (--listen / WATTLENS_LISTEN) to a free port and an address of this host"
             ) from None
-        urls = " and ".join(f"http://{f'[{h}]' if ':' in h else h}:{p}/metrics" for h, p in bound)
+        scheme = "https" if self.tls else "http"
+        urls = " and ".join(f"{scheme}://{f'[{h}]' if ':' in h else h}:{p}/metrics" for h, p in bound)
         log.info("serving %s (node %s, every %.1fs)", urls, self.config.node_name, self.config.interval)
         ticking = asyncio.create_task(self.run(stop))
         watching = asyncio.create_task(self.engine.pod_watch.run(stop)) if self.engine.pod_watch else None

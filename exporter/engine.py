@@ -20,7 +20,7 @@ from exporter.meters.base import CounterSample, Meter, MeterUnavailable, ZoneId
 from exporter.meters.nvml import NvmlMeter
 from exporter.meters.select import MeterReport, select_meter
 from exporter.nodeinfo import NodeInfo, read_node_info
-from exporter.sysfs import raise_fd_limit
+from exporter.sysfs import raise_fd_limit, read_small
 from exporter.workloads.cgroups import CgroupTree
 from exporter.workloads.classify import Classified
 from exporter.workloads.kubernetes import ContainerName, KubeletLogs, PodName
@@ -106,6 +106,7 @@ class Snapshot:
     cgroup_walks_truncated: int = 0
     gpus: tuple[GpuState, ...] = ()
     gpu_driver: str = ""
+    carbon_intensity: float | None = None  # gCO2e per kWh
     pod_label_keys: tuple[str, ...] = ()
     pod_labels: tuple[tuple[str, ...], ...] = ()  # namespace, pod, uid, owner_kind, owner_name, *label values
     pod_watch: tuple[int, int, int, bool] | None = None  # lists, watches, errors, synced
@@ -152,6 +153,8 @@ class Engine:
     _last_now: float | None = None
     _last_cpu: CpuTimes | None = None
     _deltas_seen: bool = False
+    _carbon: float | None = None
+    _carbon_up: bool = True
     _stats: TickStats = field(default_factory=TickStats)
 
     @classmethod
@@ -228,6 +231,7 @@ class Engine:
         cpu = self._read_cpu()
         dt = None if self._last_now is None else now - self._last_now
         samples = self.meter.read(now, cpu) if self.meter is not None else []
+        self._read_carbon()
         self._tree = self._read_workloads(now)
         self._busy_us = self._node_busy_us(cpu)
         self._process_us = self._read_processes()
@@ -362,6 +366,25 @@ class Engine:
                 self._workloads.seen(now, child.key, tree.workloads[child.key], top.key)
         return tree
 
+    def _read_carbon(self) -> None:
+        """Grid carbon intensity: the configured value, or the operator's file (re-read every tick; on a bad
+        read the last good value stays and the source is down)."""
+        path = self.config.carbon_intensity_file
+        if path is None:
+            self._carbon = self.config.carbon_intensity
+            return
+        try:
+            value = float(read_small(path, 64).split()[0])
+            if not 0 <= value <= 5000:
+                raise ValueError(f"{value} is outside 0..5000 gCO2e/kWh")
+        except (OSError, ValueError, IndexError) as exc:
+            self._errors.add(("carbon", str(path)), 1)
+            if self._carbon_up:
+                log.warning("carbon intensity file %s unusable (%s); keeping the last value", path, exc)
+            self._carbon_up = False
+            return
+        self._carbon, self._carbon_up = value, True
+
     def _owner_of_pid(self, pid: int) -> tuple[str, str | None] | None:
         """The workload of a host PID (GPU users), through /proc/<pid>/cgroup and this tick's tree."""
         try:
@@ -423,6 +446,8 @@ class Engine:
         errors = [(src, dev, count) for (src, dev), count in self._errors.items()]
         if self.pod_watch is not None:
             sources.append(("kubernetes-api", "", self.pod_watch.up))
+        if self.config.carbon_intensity_file is not None:
+            sources.append(("carbon", str(self.config.carbon_intensity_file), self._carbon_up))
         if self.gpus is not None:
             sources.extend(("nvml", g.gpu.uuid, g.up) for g in self.gpus.states())
             errors.extend(("nvml", uuid, count) for uuid, count in self.gpus.errors.items())
@@ -440,6 +465,7 @@ class Engine:
             tick_seconds=self._dt,
             cgroup_read_errors=self.cgroups.malformed_reads if self.cgroups else 0,
             cgroup_walks_truncated=self.cgroups.truncated_walks if self.cgroups else 0,
+            carbon_intensity=self._carbon,
             pod_label_keys=self.config.pod_labels if self.pod_watch else (),
             pod_labels=self._pod_label_rows(),
             pod_watch=(

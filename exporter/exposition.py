@@ -87,6 +87,10 @@ def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: f
     yield from _workload_families(snap)
     if snap.gpus:
         yield from _gpu_families(snap)
+    if snap.carbon_intensity is not None:
+        carbon = _family(m.GRID_CARBON_INTENSITY)
+        _add(carbon, [node], snap.carbon_intensity)
+        yield carbon
 
     build = InfoMetricFamily(m.BUILD_INFO.full_name, m.BUILD_INFO.help)
     build.add_metric([], {"version": snap.info.version, "python_version": snap.info.python_version})

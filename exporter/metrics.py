@@ -261,6 +261,13 @@ POD_WATCH_REQUESTS = Family(
 POD_WATCH_ERRORS = Family(
     "pod_watch_errors_total", "counter", "Failed pod-watch requests (retried with backoff).", ("node",)
 )
+GRID_CARBON_INTENSITY = Family(
+    "grid_carbon_intensity_grams_per_kwh",
+    "gauge",
+    "Carbon intensity of the grid powering this node, gCO2e per kWh (carbon_intensity or carbon_intensity_file); "
+    "grams CO2e = joules / 3.6e6 * this.",
+    ("node",),
+)
 WORKLOADS = Family("workloads", "gauge", "Workloads with series exported, by kind.", ("node", "kind"))
 CGROUP_READ_ERRORS = Family(
     "cgroup_read_errors_total", "counter", "cgroup CPU files that could not be parsed.", ("node",)
@@ -301,6 +308,7 @@ CATALOGUE: tuple[Family, ...] = (
     POD_LABELS,
     POD_WATCH_REQUESTS,
     POD_WATCH_ERRORS,
+    GRID_CARBON_INTENSITY,
     SOURCE_UP,
     SOURCE_ERRORS,
     WORKLOADS,
@@ -321,6 +329,7 @@ CONDITIONAL: frozenset[str] = frozenset(
     f.full_name
     for f in (
         PROCESS_CPU_JOULES,
+        GRID_CARBON_INTENSITY,
         POD_LABELS,
         POD_WATCH_REQUESTS,
         POD_WATCH_ERRORS,

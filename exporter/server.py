@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import h11
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as CONTENT_TYPE_OPENMETRICS
 
 from exporter.exposition import CONTENT_TYPE_TEXT, Exposition
+from exporter.webconfig import BasicAuth
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +86,30 @@ class MetricsServer:
         current: Callable[[], Exposition | None],
         healthy: Callable[[], bool],
         limits: Limits | None = None,
+        auth: BasicAuth | None = None,
+        extra_headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self._current = current
         self._healthy = healthy
         self.limits = limits or Limits()
+        self.auth = auth
+        self.extra_headers = extra_headers
         self.scrapes: Counter[tuple[str, str]] = Counter()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._idle: set[asyncio.Task[None]] = set()  # waiting for a request, none of it received yet
         self._closing = False
 
-    async def start(self, host: str | None, port: int) -> list[tuple[str, int]]:
-        """Bind and listen; returns the bound (host, port) pairs (port 0 picks a free port)."""
-        self._server = await asyncio.start_server(self._accept, host=host, port=port, reuse_address=True)
+    async def start(self, host: str | None, port: int, tls: ssl.SSLContext | None = None) -> list[tuple[str, int]]:
+        """Bind and listen (TLS when given a context); returns the bound (host, port) pairs (port 0: a free one)."""
+        self._server = await asyncio.start_server(
+            self._accept,
+            host=host,
+            port=port,
+            reuse_address=True,
+            ssl=tls,
+            ssl_handshake_timeout=self.limits.request_timeout_s if tls else None,
+        )
         return [sock.getsockname()[:2] for sock in self._server.sockets]
 
     async def close(self) -> None:
@@ -145,7 +158,7 @@ class MetricsServer:
                 return
             if request is None:
                 return
-            reply = self._route(request)
+            reply = await self._authorized_route(request)
             try:
                 await self._send(conn, writer, reply, head_only=request.method == b"HEAD")
             except (TimeoutError, ConnectionError):
@@ -193,6 +206,19 @@ class MetricsServer:
             elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return None
 
+    async def _authorized_route(self, request: h11.Request) -> Reply:
+        if self.auth is not None:
+            header = next((v.decode("latin-1") for k, v in request.headers if k == b"authorization"), "")
+            # bcrypt is slow by design: check off the event loop (successful pairs are cached).
+            allowed = await asyncio.get_running_loop().run_in_executor(None, self.auth.check, header)
+            if not allowed:
+                return Reply(
+                    401,
+                    b"Unauthorized\n",
+                    (("Content-Type", "text/plain; charset=utf-8"), ("WWW-Authenticate", 'Basic realm="wattlens"')),
+                )
+        return self._route(request)
+
     def _route(self, request: h11.Request) -> Reply:
         path = request.target.split(b"?", 1)[0]
         if request.method not in (b"GET", b"HEAD"):
@@ -230,7 +256,12 @@ class MetricsServer:
     async def _send(
         self, conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply, head_only: bool = False
     ) -> None:
-        headers = [*reply.headers, ("Content-Length", str(len(reply.body))), ("Server", "wattlens")]
+        headers = [
+            *reply.headers,
+            *self.extra_headers,
+            ("Content-Length", str(len(reply.body))),
+            ("Server", "wattlens"),
+        ]
         if self._closing and not any(name == "Connection" for name, _ in reply.headers):
             headers.append(("Connection", "close"))
         writer.write(conn.send(h11.Response(status_code=reply.status, headers=headers)))

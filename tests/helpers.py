@@ -133,7 +133,7 @@ class Daemon:
             if not line:
                 raise AssertionError("wattlens exited early:\n" + "".join(self.log))
             self.log.append(line)
-            match = re.search(r"serving http://127\.0\.0\.1:(\d+)/metrics", line)
+            match = re.search(r"serving https?://127\.0\.0\.1:(\d+)/metrics", line)
             if match:
                 self.port = int(match.group(1))
                 break

@@ -1,0 +1,155 @@
+"""Endpoint security with an exporter-toolkit web-config.yml: real TLS, client certificates, bcrypt users."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import bcrypt
+import pytest
+from helpers import REPO, Daemon, RaplTree
+
+from exporter.webconfig import BasicAuth
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_cert(pki: Path, name: str, ca: str, san: str | None) -> None:
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}", cwd=pki)
+    extensions = pki / f"{name}.ext"
+    extensions.write_text(f"subjectAltName={san}\n" if san else "extendedKeyUsage=clientAuth\n")
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "2", "-extfile", str(extensions), cwd=pki)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pki = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=test-ca", cwd=pki)
+    make_cert(pki, "server", "ca", "IP:127.0.0.1")
+    make_cert(pki, "client", "ca", None)
+    return pki
+
+
+ALICE = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+
+
+def web_config(pki: Path, tmp: Path, client_auth: str = "NoClientCert", users: bool = True) -> Path:
+    lines = ["tls_server_config:", "  cert_file: server.crt", "  key_file: server.key",
+             f"  client_auth_type: {client_auth}", "  client_ca_file: ca.crt",
+             "http_server_config:", "  headers:", "    X-Content-Type-Options: nosniff"]
+    if users:
+        lines += ["basic_auth_users:", f"  alice: {ALICE}"]
+    path = pki / f"web-{client_auth}.yml"  # relative paths resolve against the file's directory
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def get(port: int, context: ssl.SSLContext, user: str | None = None, password: str = "") -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    headers = {}
+    if user is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    try:
+        conn.request("GET", "/metrics", headers=headers)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def ready(port: int, context: ssl.SSLContext, user: str | None = None, password: str = "") -> None:
+    """Wait (bounded) until the first tick is served: 503 until then."""
+    deadline = time.monotonic() + 20
+    while get(port, context, user, password)[0] == 503:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def plain_http(port: int) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        return conn.getresponse().read()
+    finally:
+        conn.close()
+
+
+def client_context(pki: Path, with_cert: bool = False) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    if with_cert:
+        context.load_cert_chain(pki / "client.crt", pki / "client.key")
+    return context
+
+
+def test_tls_and_basic_auth(pki: Path, tmp_path: Path) -> None:
+    rapl = RaplTree.copy("unreadable", tmp_path)
+    config = web_config(pki, tmp_path)
+    with Daemon("--sys", str(rapl.root), "--interval", "0.5", env={"WATTLENS_WEB_CONFIG_FILE": str(config)}) as daemon:
+        assert "serving https://127.0.0.1:" in "".join(daemon.log)
+        context = client_context(pki)
+        ready(daemon.port, context, "alice", "s3cret")
+        status, headers, body = get(daemon.port, context, "alice", "s3cret")
+        assert status == 200
+        assert b"wattlens_node_cpu_joules_total" in body
+        assert headers["x-content-type-options"] == "nosniff"
+        for user, password in (("alice", "wrong"), ("bob", "s3cret"), (None, "")):
+            status, headers, body = get(daemon.port, context, user, password)
+            assert status == 401
+            assert headers["www-authenticate"].startswith("Basic")
+            assert b"wattlens" not in body  # no data at all
+        # Plain HTTP to the TLS port gets nothing.
+        with pytest.raises((http.client.HTTPException, ConnectionError, OSError)):
+            plain_http(daemon.port)
+        assert daemon.stop()[0] == 0
+
+
+def test_client_certificates_are_required_when_configured(pki: Path, tmp_path: Path) -> None:
+    rapl = RaplTree.copy("unreadable", tmp_path)
+    config = web_config(pki, tmp_path, client_auth="RequireAndVerifyClientCert", users=False)
+    with Daemon("--sys", str(rapl.root), "--interval", "0.5", env={"WATTLENS_WEB_CONFIG_FILE": str(config)}) as daemon:
+        ready(daemon.port, client_context(pki, with_cert=True))
+        assert get(daemon.port, client_context(pki, with_cert=True))[0] == 200
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            get(daemon.port, client_context(pki, with_cert=False))
+        assert daemon.stop()[0] == 0
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("tls_server_config:\n  cert_file: nope.crt\n  key_file: nope.key\n", "TLS certificate"),
+    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [X]\n", "cipher_suites"),
+    ("basic_auth_users:\n  alice: plaintext\n", "is not a bcrypt hash"),
+    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequireAndVerifyClientCert\n",
+     "needs client_ca_file"),
+    ("tls_server_config: [\n", "not valid YAML"),
+])
+def test_bad_web_config_is_one_line_and_exit_2(tmp_path: Path, content: str, expected: str) -> None:
+    config = tmp_path / "web.yml"
+    config.write_text(content)
+    result = subprocess.run([sys.executable, "-m", "exporter", "--listen", "127.0.0.1:0", "--meters", "model"],
+                            capture_output=True, text=True, timeout=30, cwd=REPO,
+                            env={"PATH": "/usr/bin:/bin", "WATTLENS_WEB_CONFIG_FILE": str(config)})
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("wattlens: web_config_file") and expected in last and "Fix:" in last
+    assert "Traceback" not in result.stderr
+
+
+def test_basic_auth_checks() -> None:
+    auth = BasicAuth({"alice": ALICE})
+    good = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    assert auth.check(good)
+    assert auth.check(good)  # cached
+    assert not auth.check("Basic " + base64.b64encode(b"alice:nope").decode())
+    assert not auth.check("Bearer xyz")
+    assert not auth.check("Basic !!!notbase64")
+    assert not auth.check("Basic " + base64.b64encode(b"no-colon").decode())
