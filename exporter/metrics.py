@@ -345,3 +345,28 @@ CONDITIONAL: frozenset[str] = frozenset(
         *WORKLOAD_GPU_FAMILIES.values(),
     )
 )
+
+
+def reference_markdown() -> str:
+    """docs/metrics.md, generated from this catalogue (`python -m exporter.metrics > docs/metrics.md`)."""
+    lines = [
+        "# Metric reference",
+        "",
+        "Generated from `exporter/metrics.py` by `python -m exporter.metrics > docs/metrics.md`; the test suite",
+        "fails when this file and the code disagree. Families marked *conditional* appear only when their",
+        "source is there (GPUs, `process_metrics`, `kubernetes_api`, a carbon intensity).",
+        "",
+        "| metric | type | labels | conditional | help |",
+        "|---|---|---|---|---|",
+    ]
+    for family in CATALOGUE:
+        name = family.full_name + ("_info" if family.kind == "info" else "")
+        kind = "gauge (info)" if family.kind == "info" else family.kind
+        labels = ", ".join(f"`{label}`" for label in family.labels)
+        conditional = "yes" if family.full_name in CONDITIONAL else ""
+        lines.append(f"| `{name}` | {kind} | {labels} | {conditional} | {family.help.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

@@ -91,3 +91,8 @@ def test_readme_documents_every_metric_and_setting() -> None:
     for key in ModelConfig.model_fields:
         assert f"`model.{key}`" in readme, f"README configuration table lacks model.{key}"
     assert (FIXTURES.parent / "README.md").exists()
+
+
+def test_metric_reference_is_generated_from_the_code() -> None:
+    assert (REPO / "docs" / "metrics.md").read_text() == metrics.reference_markdown(), (
+        "docs/metrics.md is stale: run python -m exporter.metrics > docs/metrics.md")
