@@ -15,42 +15,46 @@ Nothing outside the temporary directory is written; no network is used. Exit 0, 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import logging
 import math
 import os
-import platform
 import random
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
+from common import (  # benchmarks/common.py; it also puts the repository root on sys.path
+    FIXTURE,
+    Deadline,
+    add_energy,
+    copy_rapl_fixture,
+    hard_deadline,
+    heading,
+    machine,
+    ms,
+    pct,
+    positive,
+    run_bench,
+    timed,
+)
 from prometheus_client.exposition import generate_latest as render_text
 from prometheus_client.openmetrics.exposition import generate_latest as render_openmetrics
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # a plain checkout without an editable install
-    sys.path.insert(0, str(REPO))
+from exporter.attribution import Usage, attribute
+from exporter.config import Config, load_config
+from exporter.engine import Engine, Snapshot, _DomainTick
+from exporter.exposition import Exposition, Renderer, families
+from exporter.workloads.kubernetes import KubeletLogs
+from exporter.workloads.processes import ProcessTable, parse_pid_cgroup, parse_pid_stat
+from exporter.workloads.tree import UsageTracker, build_tree
 
-from exporter import __version__  # noqa: E402
-from exporter.attribution import Usage, attribute  # noqa: E402
-from exporter.config import Config, load_config  # noqa: E402
-from exporter.engine import Engine, Snapshot, _DomainTick  # noqa: E402
-from exporter.exposition import Exposition, Renderer, families  # noqa: E402
-from exporter.workloads.kubernetes import KubeletLogs  # noqa: E402
-from exporter.workloads.processes import ProcessTable, parse_pid_cgroup, parse_pid_stat  # noqa: E402
-from exporter.workloads.tree import UsageTracker, build_tree  # noqa: E402
-
-FIXTURE = REPO / "fixtures" / "sysfs" / "intel-2socket-server"
 TICK_S = 5.0  # synthetic monotonic clock advance per tick (the default interval)
 HZ = os.sysconf("SC_CLK_TCK")  # USER_HZ: the unit of /proc/stat and /proc/<pid>/stat times
 USEC_PER_TICK = 1_000_000 // HZ
@@ -186,42 +190,7 @@ CGROUP_FILES = tuple(
 KUBEPODS_CPU_STAT_TAIL = "nr_periods 0\nnr_throttled 0\nthrottled_usec 0\nnr_bursts 0\nburst_usec 0\n"
 
 
-class Deadline(Exception):
-    """The hard timeout of the whole run fired."""
-
-
 # --- small helpers ------------------------------------------------------------------------------------
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of unsorted values."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:8.2f}"
-
-
-def heading(title: str) -> None:
-    print(f"\n== {title} " + "=" * max(0, 100 - len(title)))
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"nproc {nproc} ({model}), Python {platform.python_version()} ({platform.python_implementation()}),"
-        f" {platform.system()} {platform.release()}, wattlens {__version__}"
-    )
 
 
 def hex_id(rng: random.Random) -> str:
@@ -539,12 +508,7 @@ class Node:
         write(str(self.proc / "stat"), "\n".join(lines) + "\n")
 
     def build_rapl(self) -> None:
-        shutil.copytree(FIXTURE, self.sys, symlinks=True)
-        for energy in sorted((self.sys / "devices" / "virtual" / "powercap").rglob("energy_uj")):
-            name = (energy.parent / "name").read_text().strip()
-            self.rapl.append(
-                RaplZone(energy, name.split("-", 1)[0], int((energy.parent / "max_energy_range_uj").read_text()))
-            )
+        self.rapl = [RaplZone(*zone) for zone in copy_rapl_fixture(self.sys)]
 
     # ticking ----------------------------------------------------------------------------------------------
 
@@ -636,10 +600,7 @@ class Node:
             else:
                 watts = 7.0 + 12.0 * utilisation + rng.uniform(-0.5, 0.5)
             step = int(watts * seconds * 1_000_000)
-            value = int(zone.path.read_bytes()) + step
-            if value >= zone.max_uj:
-                value -= zone.max_uj
-            zone.path.write_bytes(f"{value}\n".encode())
+            add_energy(zone.path, step, zone.max_uj)
             self.written_uj[zone.zone] = self.written_uj.get(zone.zone, 0) + step
 
     # ground truth ---------------------------------------------------------------------------------------
@@ -784,20 +745,6 @@ def print_tick_table(runs: Sequence[Run]) -> None:
 # --- 2. where the time goes -------------------------------------------------------------------------------
 
 
-def timed(pieces: Sequence[tuple[str, Callable[[], object]]], reps: int) -> list[tuple[str, float]]:
-    """Median thread CPU seconds per call of each piece (after one untimed call)."""
-    out = []
-    for label, fn in pieces:
-        fn()
-        samples = []
-        for _ in range(reps):
-            t0 = time.thread_time()
-            fn()
-            samples.append(time.thread_time() - t0)
-        out.append((label, statistics.median(samples)))
-    return out
-
-
 def list_tree(root: Path) -> int:
     """A bare os.scandir walk of every directory: the cost of listing the entries alone."""
     entries, stack = 0, [str(root)]
@@ -862,7 +809,7 @@ def tick_breakdown(engine: Engine, node: Node, reps: int) -> list[tuple[str, flo
         ("kubelet names: lookups + labels (Engine._workload_states)", engine._workload_states),
         ("Engine.snapshot() (includes the line above)", engine.snapshot),
     ]
-    return timed(pieces, reps)
+    return timed(pieces, reps, median=True)
 
 
 def render_breakdown(snap: Snapshot, reps: int) -> list[tuple[str, float]]:
@@ -873,7 +820,7 @@ def render_breakdown(snap: Snapshot, reps: int) -> list[tuple[str, float]]:
         ("text 0.0.4 (generate_latest, incl. families)", lambda: render_text(renderer.registry)),
         ("OpenMetrics (generate_latest, incl. families)", lambda: render_openmetrics(renderer.registry)),  # type: ignore[no-untyped-call]
     ]
-    return timed(pieces, reps)
+    return timed(pieces, reps, median=True)
 
 
 # --- 3. series ---------------------------------------------------------------------------------------------
@@ -1024,28 +971,6 @@ def identity_check(snap: Snapshot, node: Node) -> tuple[bool, str]:
 # --- main ----------------------------------------------------------------------------------------------------
 
 
-def _on_deadline(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
-    raise Deadline(f"benchmark exceeded {HARD_TIMEOUT_S} s")
-
-
-@contextlib.contextmanager
-def hard_deadline(seconds: int) -> Iterator[None]:
-    previous = signal.signal(signal.SIGALRM, _on_deadline)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ticks", type=positive, default=200, help="timed ticks per run (default 200)")
@@ -1063,12 +988,7 @@ def temp_parent() -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return bench(args)
-    except (Deadline, OSError, AssertionError) as exc:
-        print(f"\nbenchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    return run_bench(bench, parse_args(argv), (Deadline, OSError, AssertionError))
 
 
 def bench(args: argparse.Namespace) -> int:

@@ -18,10 +18,8 @@ import gzip
 import http.client
 import logging
 import os
-import platform
 import random
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -29,27 +27,33 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 import psutil
+from common import (  # benchmarks/common.py; it also puts the repository root on sys.path
+    Deadline,
+    add_energy,
+    copy_rapl_fixture,
+    hard_deadline,
+    heading,
+    machine,
+    ms,
+    pct,
+    positive,
+    run_bench,
+    timed,
+)
 from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.exposition import generate_latest as render_text
 from prometheus_client.openmetrics.exposition import generate_latest as render_openmetrics
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # a plain checkout without an editable install
-    sys.path.insert(0, str(REPO))
+from exporter.config import Config, load_config
+from exporter.engine import Engine
+from exporter.exposition import GZIP_LEVEL, Exposition, Renderer
+from exporter.idle import IdleBaseline
 
-from exporter import __version__  # noqa: E402
-from exporter.config import Config, load_config  # noqa: E402
-from exporter.engine import Engine  # noqa: E402
-from exporter.exposition import GZIP_LEVEL, Exposition, Renderer  # noqa: E402
-from exporter.idle import IdleBaseline  # noqa: E402
-
-FIXTURE = REPO / "fixtures" / "sysfs" / "intel-2socket-server"
 TICK_STEP_S = 5.0  # synthetic monotonic clock advance per tick
 # Plausible draw of a 2-socket Xeon under mixed load: package ~95-165 W per socket, DRAM ~8-22 W.
 WATTS = {"package": (95.0, 165.0), "dram": (8.0, 22.0), "core": (30.0, 120.0), "uncore": (5.0, 15.0)}
@@ -60,32 +64,11 @@ STOP_TIMEOUT_S = 10.0
 OPENMETRICS_ACCEPT = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
-class Deadline(Exception):
-    """The hard timeout of the whole run fired."""
-
-
 # --- small helpers ------------------------------------------------------------------------------------
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of unsorted values."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 def us(seconds: float) -> str:
     return f"{seconds * 1e6:9.1f}"
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:8.3f}"
-
-
-def heading(title: str) -> None:
-    print(f"\n== {title} " + "=" * max(0, 100 - len(title)))
 
 
 def series_count(text: bytes) -> tuple[int, int, int]:
@@ -130,24 +113,14 @@ class RaplFixture:
     @classmethod
     def copy(cls, into: Path, seed: int) -> RaplFixture:
         root = into / "sys"
-        shutil.copytree(FIXTURE, root, symlinks=True)
-        fixture = cls(root, random.Random(seed))
-        for energy in sorted((root / "devices" / "virtual" / "powercap").rglob("energy_uj")):
-            name = (energy.parent / "name").read_text().strip()
-            zone = name.split("-", 1)[0]
-            top = int((energy.parent / "max_energy_range_uj").read_text())
-            fixture.zones.append((energy, zone, top))
-        return fixture
+        return cls(root, random.Random(seed), copy_rapl_fixture(root))
 
     def advance(self, seconds: float, count: bool) -> None:
         """Add a plausible amount of energy to every counter, wrapping like the hardware does."""
         for path, zone, top in self.zones:
             low, high = WATTS.get(zone, (10.0, 50.0))
             step = int(self.rng.uniform(low, high) * seconds * 1_000_000)
-            value = int(path.read_bytes()) + step
-            if value >= top:  # the reader's wrap rule is cur + (max - prev): wrap modulo max exactly
-                value -= top
-            path.write_bytes(f"{value}\n".encode())
+            add_energy(path, step, top)
             if count:
                 self.written_uj[zone] = self.written_uj.get(zone, 0) + step
 
@@ -212,18 +185,6 @@ def bench_ticks(name: str, config: Config, ticks: int, warmup: int, fixture: Rap
     finally:
         engine.close()
     return run
-
-
-def timed(pieces: Sequence[tuple[str, Callable[[], object]]], reps: int) -> list[tuple[str, float]]:
-    """Mean thread CPU seconds per call of each piece (after one untimed call)."""
-    out = []
-    for label, fn in pieces:
-        fn()
-        t0 = time.thread_time()
-        for _ in range(reps):
-            fn()
-        out.append((label, (time.thread_time() - t0) / reps))
-    return out
 
 
 def tick_breakdown(engine: Engine, reps: int) -> list[tuple[str, float]]:
@@ -524,27 +485,13 @@ def print_scrape_table(results: Sequence[ScrapeResult]) -> None:
     for r in results:
         n = max(1, len(r.latencies))
         print(
-            f"{r.name:38} {len(r.latencies):5d} {ms(pct(r.latencies, 50))} {ms(pct(r.latencies, 90))}"
-            f" {ms(pct(r.latencies, 99))} {ms(max(r.latencies, default=float('nan')))} {n / r.wall_s:8.0f}"
+            f"{r.name:38} {len(r.latencies):5d} {ms(pct(r.latencies, 50), 3)} {ms(pct(r.latencies, 90), 3)}"
+            f" {ms(pct(r.latencies, 99), 3)} {ms(max(r.latencies, default=float('nan')), 3)} {n / r.wall_s:8.0f}"
             f" {r.server_cpu_s / n * 1e6:10.1f} {r.client_cpu_s / n * 1e6:10.1f} {r.body_bytes:7d} {r.errors:3d}"
         )
 
 
 # --- main ----------------------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"nproc {nproc} ({model}), Python {platform.python_version()} ({platform.python_implementation()}),"
-        f" {platform.system()} {platform.release()}, wattlens {__version__}"
-    )
 
 
 def cpu_counters() -> tuple[int, int] | None:
@@ -554,28 +501,6 @@ def cpu_counters() -> tuple[int, int] | None:
     except (OSError, ValueError):
         return None
     return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
-
-
-def _on_deadline(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
-    raise Deadline(f"benchmark exceeded {HARD_TIMEOUT_S} s")
-
-
-@contextlib.contextmanager
-def hard_deadline(seconds: int) -> Iterator[None]:
-    previous = signal.signal(signal.SIGALRM, _on_deadline)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -590,12 +515,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return bench(args)
-    except (Deadline, RuntimeError, OSError, http.client.HTTPException) as exc:
-        print(f"\nbenchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    return run_bench(bench, parse_args(argv), (Deadline, RuntimeError, OSError, http.client.HTTPException))
 
 
 def bench(args: argparse.Namespace) -> int:
