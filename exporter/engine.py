@@ -392,8 +392,8 @@ class Engine:
                 data = handle.read(65536)
         except OSError:
             return None  # gone, or not visible (the exporter needs the host's PID namespace)
-        v1 = self.cgroups is not None and self.cgroups.layout.stat_file == "cpuacct.usage"
-        return owner_of(cgroup_path(data, v1=v1), self._tree)
+        # Hybrid hosts name a process's cgroup in both hierarchies; either may be the one walked.
+        return owner_of(cgroup_path(data), self._tree) or owner_of(cgroup_path(data, v1=True), self._tree)
 
     def _read_processes(self) -> dict[ProcessKey, int]:
         if self.processes is None:

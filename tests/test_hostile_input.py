@@ -91,7 +91,7 @@ def test_removed_between_walk_and_read_on_real_cgroupfs() -> None:
         assert [u.path for u in walker.read()] == ["system.slice/a.service"]
         found = walker._walk()
         service.rmdir()
-        assert [walker._read(path) for path in found] == [None]
+        assert [walker._read(path, stat_file) for path, (_, _, stat_file) in found.items()] == [None]
         assert walker.read() == []
         walker.close()
     finally:
@@ -153,3 +153,28 @@ def test_classifier_never_raises(components: list[str]) -> None:
 def test_kubelet_name_parsers_never_raise(name: str) -> None:
     parse_pod_dir(name)
     parse_container_log(name)
+
+
+def test_hybrid_hosts_walk_both_hierarchies_without_duplicates(tmp_path: Path) -> None:
+    """Hybrid: systemd's units live in the unified tree (the v1 cpuacct tree may lack them), cgroupfs Docker
+    containers only in v1; a path in both is read once, from the unified tree."""
+    root = tmp_path / "cgroup"
+    unified = CgroupFixture(root / "unified")
+    unified.add("system.slice/sshd.service")
+    unified.burn("system.slice/sshd.service", 7_000)
+    v1 = root / "cpu,cpuacct"
+    for path, ns in (("", 90_000_000), ("system.slice/sshd.service", 6_000_000), (f"docker/{'d' * 64}", 5_000_000)):
+        (v1 / path).mkdir(parents=True, exist_ok=True)
+        (v1 / path / "cpuacct.usage").write_text(f"{ns}\n")
+    walker = CgroupTree(root)
+    assert walker.layout.version == "hybrid"
+    usages = {u.path: u.usage_us for u in walker.read()}
+    assert usages == {"system.slice/sshd.service": 7_000, f"docker/{'d' * 64}": 5_000}
+    walker.close()
+
+
+def test_this_machines_cgroups_are_walked() -> None:
+    walker = CgroupTree(Path("/sys/fs/cgroup"))
+    assert walker.layout.version in ("v2", "hybrid", "v1")
+    walker.read()  # whatever is there, the walk and reads must not fail
+    walker.close()

@@ -24,23 +24,40 @@ _V1_CPUACCT = ("cpu,cpuacct", "cpuacct,cpu", "cpuacct")
 
 
 @dataclass(frozen=True, slots=True)
-class Layout:
-    version: str  # v2 | v1 | hybrid | none
-    root: Path  # the hierarchy walked
+class Hierarchy:
+    root: Path
     stat_file: str  # cpu.stat (µs) or cpuacct.usage (ns)
 
 
+@dataclass(frozen=True, slots=True)
+class Layout:
+    version: str  # v2 | v1 | hybrid | none
+    hierarchies: tuple[Hierarchy, ...]  # walked in this order; the first to have a path wins it
+
+    @property
+    def root(self) -> Path:
+        return self.hierarchies[0].root if self.hierarchies else Path()
+
+
 def detect_layout(cgroup_root: Path) -> Layout:
-    """Pure v2 walks the root; v1 and hybrid walk the v1 cpuacct hierarchy, where runtimes account."""
+    """Pure v2: the root. v1: the cpuacct hierarchy. Hybrid: both the unified hierarchy (where systemd keeps
+    its units) and the v1 cpuacct one (where cgroupfs-driver runtimes put containers)."""
     if (cgroup_root / "cgroup.controllers").exists():
-        return Layout("v2", cgroup_root, "cpu.stat")
-    hybrid = (cgroup_root / "unified" / "cgroup.controllers").exists()
-    for name in _V1_CPUACCT:
-        if (cgroup_root / name / "cpuacct.usage").exists():
-            return Layout("hybrid" if hybrid else "v1", cgroup_root / name, "cpuacct.usage")
-    if hybrid:
-        return Layout("hybrid", cgroup_root / "unified", "cpu.stat")
-    return Layout("none", cgroup_root, "")
+        return Layout("v2", (Hierarchy(cgroup_root, "cpu.stat"),))
+    v1 = next(
+        (
+            Hierarchy(cgroup_root / name, "cpuacct.usage")
+            for name in _V1_CPUACCT
+            if (cgroup_root / name / "cpuacct.usage").exists()
+        ),
+        None,
+    )
+    if (cgroup_root / "unified" / "cgroup.controllers").exists():
+        unified = Hierarchy(cgroup_root / "unified", "cpu.stat")
+        return Layout("hybrid", (unified, v1) if v1 else (unified,))
+    if v1 is not None:
+        return Layout("v1", (v1,))
+    return Layout("none", ())
 
 
 def parse_usage_us(data: bytes, stat_file: str) -> int:
@@ -100,18 +117,18 @@ class CgroupTree:
         for gone in self._files.keys() - found.keys():
             self._files.pop(gone).close()
         usages: list[CgroupUsage] = []
-        for path, (components, workload) in found.items():
-            usage = self._read(path)
+        for path, (components, workload, stat_file) in found.items():
+            usage = self._read(path, stat_file)
             if usage is not None:
                 usages.append(CgroupUsage("/".join(components), components, workload, usage))
         return usages
 
-    def _read(self, path: str) -> int | None:
+    def _read(self, path: str, stat_file: str) -> int | None:
         held = self._files.get(path)
         try:
             if held is None:
-                held = self._files[path] = HeldFile(Path(path, self.layout.stat_file))
-            return parse_usage_us(held.read(), self.layout.stat_file)
+                held = self._files[path] = HeldFile(Path(path, stat_file))
+            return parse_usage_us(held.read(), stat_file)
         except OSError:
             # Removed between the walk and the read: it simply is not there this tick.
             if held is not None:
@@ -122,33 +139,36 @@ class CgroupTree:
             self.malformed_reads += 1
             return None
 
-    def _walk(self) -> dict[str, tuple[tuple[str, ...], Classified]]:
-        found: dict[str, tuple[tuple[str, ...], Classified]] = {}
-        if self.layout.version == "none":
-            return found
-        stack: list[tuple[str, tuple[str, ...]]] = [(str(self.layout.root), ())]
+    def _walk(self) -> dict[str, tuple[tuple[str, ...], Classified, str]]:
+        """Every workload cgroup of every hierarchy, by filesystem path; a relative path found in an earlier
+        hierarchy is not taken again from a later one (hybrid hosts mirror systemd's tree in both)."""
+        found: dict[str, tuple[tuple[str, ...], Classified, str]] = {}
+        taken: set[tuple[str, ...]] = set()
         visited = 0
-        while stack:
-            directory, components = stack.pop()
-            try:
-                with os.scandir(directory) as listing:
-                    entries = [e for e in listing if e.is_dir(follow_symlinks=False)]
-            except OSError:
-                continue  # removed mid-walk, or unreadable: skip that subtree this tick
-            for entry in entries:
-                visited += 1
-                if visited > MAX_DIRS:
-                    self.truncated_walks += 1
-                    return found
-                name = _label_safe(entry.name)
-                if is_helper(name):
-                    continue
-                child = (*components, name)
-                workload = classify(child)
-                if workload is not None:
-                    found[entry.path] = (child, workload)
-                if _may_hold_workloads(workload) and len(child) < MAX_DEPTH:
-                    stack.append((entry.path, child))
+        for hierarchy in self.layout.hierarchies:
+            stack: list[tuple[str, tuple[str, ...]]] = [(str(hierarchy.root), ())]
+            while stack:
+                directory, components = stack.pop()
+                try:
+                    with os.scandir(directory) as listing:
+                        entries = [e for e in listing if e.is_dir(follow_symlinks=False)]
+                except OSError:
+                    continue  # removed mid-walk, or unreadable: skip that subtree this tick
+                for entry in entries:
+                    visited += 1
+                    if visited > MAX_DIRS:
+                        self.truncated_walks += 1
+                        return found
+                    name = _label_safe(entry.name)
+                    if is_helper(name):
+                        continue
+                    child = (*components, name)
+                    workload = classify(child)
+                    if workload is not None and child not in taken:
+                        taken.add(child)
+                        found[entry.path] = (child, workload, hierarchy.stat_file)
+                    if _may_hold_workloads(workload) and len(child) < MAX_DEPTH:
+                        stack.append((entry.path, child))
         return found
 
     def close(self) -> None:

@@ -57,16 +57,20 @@ def cgroup_path(data: bytes, v1: bool = False) -> tuple[str, ...]:
 
 def parse_pid_cgroup(data: bytes) -> tuple[str, str]:
     """(container_id, unit) of the workload a /proc/<pid>/cgroup names, '' where none: the deepest container,
-    else the service. The v1 cpuacct line wins where there is one (hybrid hosts account CPU there)."""
-    parts = cgroup_path(data, v1=True)
-    container, unit = "", ""
-    for depth in range(1, len(parts) + 1):
-        found = classify(parts[:depth])
-        if found is not None and found.kind == "container":
-            container = found.container_id
-        elif found is not None and found.kind == "service":
-            unit = found.unit
-    return container, unit
+    else the service. Hybrid hosts name the cgroup in both hierarchies; the one that says more wins."""
+    best = ("", "")
+    for v1 in (False, True):
+        parts = cgroup_path(data, v1=v1)
+        container, unit = "", ""
+        for depth in range(1, len(parts) + 1):
+            found = classify(parts[:depth])
+            if found is not None and found.kind == "container":
+                container = found.container_id
+            elif found is not None and found.kind == "service":
+                unit = found.unit
+        if container or (unit and not best[0]):
+            best = (container or best[0], unit or best[1])
+    return best
 
 
 @dataclass(frozen=True, slots=True)
