@@ -1,0 +1,417 @@
+"""The container image: built from the Containerfile by a real Docker engine, run the way the DaemonSet
+runs it (read-only root, every capability dropped, no-new-privileges, UID 0, host trees mounted read-only
+under /host), it measures RAPL and names pods from the kubelet's log directories, and stops cleanly.
+
+No registry is reachable in CI, so the test starts its own dockerd (a temporary data root, exec root and
+socket; no iptables, no bridge) and imports the base image from the suite's debootstrap tree
+(tests/rootfs.py). Builds have no network either: wattlens and its dependencies are turned into wheels on
+the host, for the base image's Python, and the Containerfile installs them with --no-index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import REPO
+
+pytestmark = pytest.mark.slow
+
+DOCKER = "/usr/bin/docker"  # Debian's client, the same version as the engine (docker.io)
+BASE_TAG = "localhost/wattlens-base:bookworm"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+IMAGE_TAG = "localhost/wattlens:test"
+FIXTURES = REPO / "fixtures"
+NODE = FIXTURES / "nodes" / "k8s-systemd-containerd"
+LEDGER = ("payments", "ledger-0", "e88b7591-31db-4e32-98dc-b35f94c662cd")  # the pod the test keeps busy
+LEDGER_SCOPE = ("kubepods.slice/kubepods-pode88b7591_31db_4e32_98dc_b35f94c662cd.slice/"
+                "cri-containerd-f89a6643543bcd04365e52e7c87383f4b1429de17c47571849dc9b34eae3732d.scope")
+# Not in the base image: documentation, man pages, translations, apt's caches and lists.
+TRIM = ("./usr/share/doc", "./usr/share/man", "./usr/share/info", "./usr/share/locale", "./var/cache/apt/*",
+        "./var/lib/apt/lists/*", "./var/log/*", "./dev/*", "./.complete")
+
+
+def _require(condition: bool, reason: str) -> None:
+    """Skip on a developer machine that lacks something; fail in CI, which must run everything."""
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run this test: {reason}")
+    pytest.skip(reason)
+
+
+@dataclass
+class Engine:
+    """A dockerd of our own, reachable only through a socket in a temporary directory."""
+
+    root: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.root / 'docker.sock'}"
+
+    def env(self) -> dict[str, str]:
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DOCKER_CONFIG": str(self.root / "client"),
+                "DOCKER_BUILDKIT": "0", "HOME": str(self.root)}
+
+    def run(self, *args: str, timeout: float = 60, check: bool = True,
+            stdin: int | None = None) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run([DOCKER, "-H", self.host, *args], stdin=stdin, capture_output=True, text=True,
+                             timeout=timeout, env=self.env())
+        if check and out.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        return out
+
+    def log(self) -> str:
+        return (self.root / "dockerd.log").read_text(errors="replace")[-4000:]
+
+
+def _stop_dockerd(engine: Engine) -> None:
+    running = engine.run("ps", "-aq", check=False, timeout=30).stdout.split()
+    if running:
+        engine.run("rm", "-f", *running, check=False, timeout=60)
+    if engine.process.poll() is None:
+        engine.process.send_signal(signal.SIGTERM)  # dockerd stops the containerd it started, too
+        try:
+            engine.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(engine.process.pid, signal.SIGKILL)
+            engine.process.wait(timeout=10)
+    # Mounts a killed engine may have left (overlay layers, container shm) must go before the files can.
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(str(engine.root))), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount], capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    _require(os.geteuid() == 0, "needs root (a Docker engine of its own)")
+    _require(shutil.which("dockerd") is not None and Path(DOCKER).exists(),
+             "needs Debian's docker.io (dockerd and /usr/bin/docker)")
+    # Short: the engine's sockets live in here, and a unix socket path has at most 107 bytes.
+    root = Path(tempfile.mkdtemp(prefix="wl-dk-", dir="/tmp"))
+    (root / "client").mkdir()
+    tag = root.name.replace("-", "")
+    log = (root / "dockerd.log").open("wb")
+    process = subprocess.Popen(
+        ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+         "--pidfile", str(root / "dockerd.pid"), "-H", f"unix://{root / 'docker.sock'}",
+         "--iptables=false", "--ip-masq=false", "--bridge=none", "--log-level=warn",
+         # If the host runs a containerd of its own, keep to our own namespaces in it.
+         "--containerd-namespace", tag, "--containerd-plugins-namespace", f"{tag}p"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    engine = Engine(root, process)
+    try:
+        deadline = time.monotonic() + 60
+        while engine.run("version", check=False, timeout=10).returncode != 0:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"dockerd did not start:\n{engine.log()}")
+            time.sleep(0.2)
+        yield engine
+    finally:
+        try:
+            _stop_dockerd(engine)
+        finally:
+            log.close()
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _python_with_pip(workdir: Path) -> str:
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        if subprocess.run([candidate, "-m", "pip", "--version"], capture_output=True).returncode == 0:
+            return candidate
+    venv = workdir / "pip-venv"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, timeout=120)
+    return str(venv / "bin" / "python")
+
+
+def _wheels(context: Path, python_version: str) -> None:
+    """wattlens as a wheel, and every dependency (with the `kubernetes` extra the image installs) as a
+    binary wheel for the base image's CPython on this architecture."""
+    wheels = context / "dist" / "wheels"
+    pip = [_python_with_pip(context.parent), "-m", "pip", "--disable-pip-version-check", "-q"]
+    built = subprocess.run([*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(REPO)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    [wheel] = wheels.glob("wattlens-*.whl")
+    arch = platform.machine()
+    platforms = [f"--platform={p}_{arch}" for p in ("manylinux_2_28", "manylinux_2_17", "manylinux2014",
+                                                    "manylinux_2_12", "manylinux2010", "manylinux_2_5",
+                                                    "manylinux1")]
+    fetched = subprocess.run([*pip, "download", "--only-binary=:all:", f"--python-version={python_version}",
+                              "--implementation=cp", *platforms, "--dest", str(wheels), f"{wheel}[kubernetes]"],
+                             capture_output=True, text=True, timeout=300)
+    assert fetched.returncode == 0, fetched.stderr
+
+
+@dataclass
+class Built:
+    engine: Engine
+    image: str
+    seconds: dict[str, float]
+
+
+@pytest.fixture(scope="module")
+def image(engine: Engine) -> Built:
+    _require(shutil.which("debootstrap") is not None, "needs debootstrap (the base image's root filesystem)")
+    from rootfs import debian_rootfs
+
+    seconds: dict[str, float] = {}
+    started = time.monotonic()
+    rootfs = debian_rootfs()  # cached and shared: read here (tar), never changed
+    python_version = os.readlink(rootfs / "usr" / "bin" / "python3").removeprefix("python")
+    assert re.fullmatch(r"3\.\d+", python_version), python_version
+    excludes = [f"--exclude={pattern}" for pattern in TRIM]
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", *excludes, "."], stdout=subprocess.PIPE)
+    assert tar.stdout is not None
+    try:
+        # A PATH, as real base images have (an imported tree has no image config).
+        engine.run("import", "--change", f"ENV PATH={SYSTEM_PATH}", "-", BASE_TAG, stdin=tar.stdout.fileno(),
+                   timeout=300)
+    finally:
+        tar.stdout.close()
+        assert tar.wait(timeout=60) == 0
+    seconds["base import"] = time.monotonic() - started
+
+    context = engine.root / "context"
+    (context / "dist" / "wheels").mkdir(parents=True)
+    _wheels(context, python_version)
+    seconds["wheels"] = time.monotonic() - started - sum(seconds.values())
+    for name in ("Containerfile", ".dockerignore"):
+        shutil.copy(REPO / name, context / name)
+    # What .dockerignore is for (a checkout's .venv, .git, fixtures): 32 MiB the engine must never get.
+    with (context / "not-for-the-engine.bin").open("wb") as decoy:
+        decoy.truncate(32 * 2**20)
+    built = engine.run("build", "--network", "none", "--build-arg", f"BASE={BASE_TAG}", "-t", IMAGE_TAG,
+                       "-f", str(context / "Containerfile"), str(context), timeout=400)
+    seconds["build"] = time.monotonic() - started - sum(seconds.values())
+    sent = re.search(r"Sending build context to Docker daemon\s+([\d.]+)([kMG]?B)", built.stdout)
+    assert sent is not None, built.stdout
+    wheels = sum(p.stat().st_size for p in (context / "dist" / "wheels").iterdir())
+    size = float(sent.group(1)) * {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}[sent.group(2)]
+    assert size < wheels + 1e6, f"the build context is {sent.group(0)}: .dockerignore lets more than the wheels in"
+    print(f"\nimage build: {', '.join(f'{k} {v:.1f} s' for k, v in seconds.items())}")
+    return Built(engine, IMAGE_TAG, seconds)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    return {k: float(v) for k, v in re.findall(rf"^({name}\{{[^}}]*\}}) (\S+)$", text, re.MULTILINE)}
+
+
+def _labels(key: str) -> dict[str, str]:
+    return dict(re.findall(r'(\w+)="([^"]*)"', key))
+
+
+def _bump(path: Path, edit: re.Pattern[str], amount: int) -> None:
+    """Add `amount` to the number the pattern's group 2 matches, in place (same inode, one pwrite), as
+    the kernel changes a file a reader holds open."""
+    old = path.read_text()
+    new = edit.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + amount}", old, count=1)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, new.encode().ljust(len(old.encode())), 0)
+    finally:
+        os.close(fd)
+
+
+class BusyNode:
+    """Fixture trees that move on: RAPL counters grow (root-only 0400 files, as the kernel makes them),
+    the node is busy, and the busy time is the ledger-0 pod's."""
+
+    ENERGY = re.compile(r"^()(\d+)")
+    USAGE = re.compile(r"^(usage_usec )(\d+)", re.MULTILINE)
+    USER = re.compile(r"^(user_usec )(\d+)", re.MULTILINE)
+    STAT_USER = re.compile(r"^(cpu  )(\d+)", re.MULTILINE)
+    STAT_IDLE = re.compile(r"^(cpu  \d+ \d+ \d+ )(\d+)", re.MULTILINE)
+
+    def __init__(self, root: Path) -> None:
+        self.sys = root / "sys"
+        self.node = root / "node"
+        shutil.copytree(FIXTURES / "sysfs" / "intel-2socket-server", self.sys, symlinks=True)
+        (self.sys / "fs" / "cgroup").mkdir(parents=True)  # the mount point of the cgroup tree, as in /sys
+        shutil.copytree(NODE, self.node, symlinks=True)
+        self.energy = sorted({p.resolve() for p in self.sys.rglob("energy_uj")})
+        for path in self.energy:
+            path.chmod(0o400)
+        scope = self.node / "cgroup" / LEDGER_SCOPE
+        self.cgroups = [scope, scope.parent, scope.parent.parent, self.node / "cgroup"]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def step(self) -> None:
+        for path in self.energy:
+            _bump(path, self.ENERGY, 15_000_000)  # 15 J a step per zone
+        for path in self.cgroups:
+            for pattern in (self.USAGE, self.USER):
+                _bump(path / "cpu.stat", pattern, 200_000)  # 0.2 s of CPU, all of it ledger-0's
+        stat = self.node / "proc" / "stat"
+        _bump(stat, self.STAT_USER, 200_000 // (1_000_000 // os.sysconf("SC_CLK_TCK")))
+        _bump(stat, self.STAT_IDLE, 20)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.step()
+
+    def __enter__(self) -> BusyNode:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _memory_limit_bytes() -> int:
+    daemonset = yaml.safe_load((REPO / "deploy" / "daemonset" / "base" / "daemonset.yaml").read_text())
+    limit = daemonset["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    match = re.fullmatch(r"(\d+)(Mi|Gi)", limit)
+    assert match, limit
+    return int(match.group(1)) * {"Mi": 2**20, "Gi": 2**30}[match.group(2)]
+
+
+def test_image_is_slim_and_has_no_build_tools(image: Built) -> None:
+    engine = image.engine
+    info = json.loads(engine.run("image", "inspect", image.image).stdout)[0]
+    base = json.loads(engine.run("image", "inspect", BASE_TAG).stdout)[0]
+    config = info["Config"]
+    assert config["User"] == "0"
+    assert f"PATH=/opt/wattlens/bin:{SYSTEM_PATH}" in config["Env"]
+    assert config["Entrypoint"] == ["/opt/wattlens/bin/wattlens"]
+    assert "9875/tcp" in config["ExposedPorts"]
+    added = info["Size"] - base["Size"]
+    # The venv: wattlens, its dependencies and the Kubernetes client (~90 MB); no wheels, no pip cache.
+    assert added < 150e6, f"the image adds {added / 1e6:.0f} MB to its base"
+    tools = engine.run("run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL",
+                       "--entrypoint", "/bin/sh", image.image, "-c",
+                       f"PATH=/opt/wattlens/bin:{SYSTEM_PATH};"
+                       " for t in gcc cc c++ clang make pip pip3; do command -v $t; done;"
+                       " ls /tmp/wheels 2>/dev/null; /opt/wattlens/bin/python -c 'import pip' 2>/dev/null"
+                       " && echo 'pip module'; true").stdout
+    assert tools == "", f"build tools in the image:\n{tools}"
+    version = engine.run("run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL", image.image,
+                         "--version").stdout
+    assert version.startswith("wattlens "), version
+
+
+def test_image_serves_metrics_read_only_and_stops_cleanly(image: Built, tmp_path: Path) -> None:
+    engine = image.engine
+    node = BusyNode(tmp_path)
+    config = tmp_path / "config"
+    config.mkdir()
+    # The DaemonSet's own configuration file (the base ConfigMap), unchanged.
+    shutil.copy(REPO / "deploy" / "daemonset" / "base" / "wattlens.yaml", config / "wattlens.yaml")
+    port = _free_port()
+    name = f"wattlens-test-{os.getpid()}"
+    ro = [("sys", node.sys, "/host/sys"), ("cgroup", node.node / "cgroup", "/host/sys/fs/cgroup"),
+          ("proc", node.node / "proc", "/host/proc"), ("pods", node.node / "log" / "pods", "/host/var/log/pods"),
+          ("containers", node.node / "log" / "containers", "/host/var/log/containers"),
+          ("config", config, "/etc/wattlens")]
+    mounts = [arg for _, source, target in ro for arg in ("--volume", f"{source}:{target}:ro")]
+    engine.run("run", "--detach", "--name", name, "--read-only", "--network", "host", "--cap-drop", "ALL",
+               "--security-opt", "no-new-privileges", *mounts,
+               "--env", "WATTLENS_CONFIG=/etc/wattlens/wattlens.yaml", "--env", "NODE_NAME=fixture-node",
+               # Only what a test needs on top: a free loopback port (host network) and a fast tick.
+               "--env", f"WATTLENS_LISTEN=127.0.0.1:{port}", "--env", "WATTLENS_INTERVAL=0.5", image.image)
+    try:
+        with node:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if _get(port, "/readyz")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                state = json.loads(engine.run("inspect", name).stdout)[0]["State"]
+                assert state["Running"], engine.run("logs", name).stderr
+                assert time.monotonic() < deadline, "never ready:\n" + engine.run("logs", name).stderr
+                time.sleep(0.2)
+            # Wait for energy to be measured and attributed (the first ticks only set baselines).
+            deadline = time.monotonic() + 60
+            while True:
+                status, text = _get(port, "/metrics")
+                assert status == 200
+                package = {k: v for k, v in _samples(text, "wattlens_node_cpu_joules_total").items()
+                           if 'zone="package"' in k}
+                pods = {k: v for k, v in _samples(text, "wattlens_pod_cpu_joules_total").items()
+                        if 'pod="ledger-0"' in k and 'zone="package"' in k}
+                if package and pods and min(package.values()) > 0 and min(pods.values()) > 0:
+                    break
+                assert time.monotonic() < deadline, text
+                time.sleep(0.5)
+        assert _get(port, "/readyz")[0] == 200
+        assert _get(port, "/healthz")[0] == 200
+
+        # RAPL, read through the read-only host mount from root-only files, on both sockets.
+        assert {_labels(k)["socket"] for k in package} == {"0", "1"}
+        assert all(_labels(k)["source"] == "rapl" and _labels(k)["node"] == "fixture-node" for k in package)
+        # Pods and containers are named from the kubelet's log directories, with no API server.
+        named = {(_labels(k)["namespace"], _labels(k)["pod"], _labels(k)["uid"])
+                 for k in _samples(text, "wattlens_pod_cpu_joules_total")}
+        for directory in (node.node / "log" / "pods").iterdir():
+            assert tuple(directory.name.split("_")) in named
+        containers = {_labels(k)["container"] for k in _samples(text, "wattlens_container_cpu_joules_total")}
+        assert {"ledger", "nginx", "php-fpm", "kube-apiserver", "shell"} <= containers
+        [ledger] = [k for k in pods if _labels(k)["uid"] == LEDGER[2]]
+        assert _labels(ledger)["namespace"] == LEDGER[0]
+
+        # The process really is UID 0 with nothing else: no capability, no-new-privileges, seccomp on.
+        pid = json.loads(engine.run("inspect", name).stdout)[0]["State"]["Pid"]
+        status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if ":\t" in line)
+        assert status["Uid"].split()[:2] == ["0", "0"]
+        for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert int(status[cap], 16) == 0, (cap, status[cap])
+        assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
+        rss = int(status["VmRSS"].split()[0]) * 1024
+        assert rss < _memory_limit_bytes(), f"RSS {rss / 2**20:.0f} MiB is over the DaemonSet's memory limit"
+        # ... and cannot write: not its root, not the host's trees.
+        for target in ("/opt/wattlens/x", "/tmp/x", "/host/sys/class/powercap/intel-rapl:0/energy_uj",
+                       "/host/sys/fs/cgroup/cgroup.procs", "/host/var/log/pods/x"):
+            wrote = engine.run("exec", name, "/bin/sh", "-c", f"echo 1 > {target}", check=False)
+            assert wrote.returncode != 0 and "Read-only file system" in wrote.stderr, (target, wrote.stderr)
+
+        # docker stop = SIGTERM: it finishes the tick in flight and exits 0, well within the DaemonSet's
+        # terminationGracePeriodSeconds.
+        started = time.monotonic()
+        engine.run("stop", "--time", "10", name, timeout=30)
+        took = time.monotonic() - started
+        state = json.loads(engine.run("inspect", name).stdout)[0]["State"]
+        logs = engine.run("logs", name).stderr
+        assert state["ExitCode"] == 0 and not state["OOMKilled"], logs
+        assert took < 5, f"docker stop took {took:.1f} s"
+        assert "stopped" in logs.splitlines()[-1], logs
+        assert "Traceback" not in logs, logs
+    finally:
+        engine.run("rm", "-f", name, check=False)
