@@ -5,13 +5,16 @@ Run from the repository root:  .venv/bin/python benchmarks/run.py   (see benchma
 
 Everything runs against a temporary copy of fixtures/sysfs/intel-2socket-server (the RAPL meter) or the
 real /proc (the model meter); the HTTP part starts the real `wattlens` daemon on 127.0.0.1 with a free port
-and stops it with SIGTERM. Nothing outside 127.0.0.1 is contacted, and nothing in the checkout is written.
+and stops it with SIGTERM, then does the same again with TLS and basic auth (a web-config.yml, a throwaway CA
+and server certificate made with the openssl CLI, bcrypt hashes). Nothing outside 127.0.0.1 is contacted,
+and nothing in the checkout is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import gc
 import gzip
@@ -20,17 +23,21 @@ import logging
 import os
 import random
 import re
+import secrets
+import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import bcrypt
 import psutil
 from common import (  # benchmarks/common.py; it also puts the repository root on sys.path
     Deadline,
@@ -62,6 +69,9 @@ HTTP_TIMEOUT_S = 10.0
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 OPENMETRICS_ACCEPT = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+OPENSSL_TIMEOUT_S = 30.0  # each openssl CLI call (an RSA 2048 key takes well under a second)
+BCRYPT_ROUNDS = 10  # the cost `htpasswd -B` uses by default
+FRESH_USERS = 10  # users whose first request (an uncached bcrypt check) row (e) times, one each
 
 
 # --- small helpers ------------------------------------------------------------------------------------
@@ -269,11 +279,66 @@ class ScrapeResult:
     client_cpu_s: float
 
 
-class DaemonProcess:
-    """`wattlens serve` on 127.0.0.1:0 against the copied fixture; the port is read from its log."""
+def openssl(*args: str, cwd: Path) -> None:
+    """Run the openssl CLI (bounded); a failure becomes one RuntimeError line."""
+    try:
+        subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=OPENSSL_TIMEOUT_S)
+    except subprocess.CalledProcessError as exc:
+        detail = exc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {exc.returncode}"]
+        raise RuntimeError(f"openssl {args[0]} failed: {detail[0]}") from None
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"openssl {args[0]} took more than {OPENSSL_TIMEOUT_S:.0f} s") from None
 
-    def __init__(self, sys_path: Path, workdir: Path) -> None:
-        self.log_path = workdir / "wattlens.log"
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@dataclass
+class TlsSetup:
+    """A web-config.yml with TLS and bcrypt users, and what a client needs to get through both."""
+
+    web_config: Path
+    context: ssl.SSLContext  # trusts only the throwaway CA and checks the certificate's IP SAN
+    auth: dict[str, str]  # Authorization header of the user every row but (e) uses
+    fresh: list[dict[str, str]]  # one header per further user, each first used in row (e)
+    setup_s: float
+
+    @classmethod
+    def make(cls, into: Path, fresh_users: int) -> TlsSetup:
+        """A CA and a server certificate for IP 127.0.0.1 (RSA 2048, valid 1 day), users hashed like htpasswd -B."""
+        t0 = time.perf_counter()
+        into.mkdir()
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
+                "-subj", "/CN=wattlens-bench-ca", cwd=into)  # fmt: skip
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+                "-subj", "/CN=127.0.0.1", cwd=into)  # fmt: skip
+        (into / "server.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", "server.crt", "-days", "1", "-extfile", "server.ext", cwd=into)  # fmt: skip
+        users = {"prometheus": secrets.token_urlsafe(18)}
+        users |= {f"scraper{i:02d}": secrets.token_urlsafe(18) for i in range(fresh_users)}
+        lines = ["tls_server_config:", "  cert_file: server.crt", "  key_file: server.key", "basic_auth_users:"]
+        for user, password in users.items():
+            hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode()
+            lines.append(f"  {user}: '{hashed}'")
+        web_config = into / "web-config.yml"  # relative paths in it resolve against its directory
+        web_config.write_text("\n".join(lines) + "\n")
+        context = ssl.create_default_context(cafile=str(into / "ca.crt"))
+        headers = [basic_auth(user, password) for user, password in users.items()]
+        return cls(web_config, context, headers[0], headers[1:], time.perf_counter() - t0)
+
+
+class DaemonProcess:
+    """`wattlens serve` on 127.0.0.1:0 against the copied fixture; the port is read from its log. With `tls`,
+    the daemon gets its web-config.yml (WATTLENS_WEB_CONFIG_FILE) and every request here goes over TLS with the
+    benchmark user's credentials."""
+
+    def __init__(self, sys_path: Path, workdir: Path, tls: TlsSetup | None = None) -> None:
+        self.log_path = workdir / ("wattlens-tls.log" if tls else "wattlens.log")
+        self.context = tls.context if tls else None
+        self.headers: dict[str, str] = dict(tls.auth) if tls else {}
+        self.scheme = "https" if tls else "http"
         exe = Path(sys.executable).with_name("wattlens")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "exporter"]
         cmd += [
@@ -292,16 +357,24 @@ class DaemonProcess:
             "info",
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("WATTLENS_")}
+        if tls is not None:
+            env["WATTLENS_WEB_CONFIG_FILE"] = str(tls.web_config)
         self._log = self.log_path.open("wb")
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
         self.ps = psutil.Process(self.proc.pid)
         self.port = 0
 
+    def connect(self, timeout: float = HTTP_TIMEOUT_S) -> http.client.HTTPConnection:
+        """A new, not yet connected client connection (it connects, and shakes hands, on the first request)."""
+        if self.context is not None:
+            return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout, context=self.context)
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
     def wait_ready(self) -> float:
-        """Port from the 'serving http://127.0.0.1:PORT/metrics' line, then poll /readyz; seconds taken."""
+        """Port from the 'serving http(s)://127.0.0.1:PORT/metrics' line, then poll /readyz; seconds taken."""
         deadline = time.monotonic() + READY_TIMEOUT_S
-        pattern = re.compile(rb"serving http://127\.0\.0\.1:(\d+)/metrics")
+        pattern = re.compile(rb"serving " + self.scheme.encode() + rb"://127\.0\.0\.1:(\d+)/metrics")
         while not self.port:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}: {self.log_tail()}")
@@ -314,8 +387,8 @@ class DaemonProcess:
                 time.sleep(0.02)
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError, http.client.HTTPException):
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/readyz")
+                conn = self.connect(timeout=2)
+                conn.request("GET", "/readyz", headers=self.headers)  # with auth on, /readyz needs it too
                 if conn.getresponse().status == 200:
                     conn.close()
                     return time.perf_counter() - self.started
@@ -354,6 +427,20 @@ class DaemonProcess:
         except OSError:
             return "(no log)"
 
+    def tls_session(self) -> str:
+        """Protocol version and cipher a client connection here negotiates ('' without TLS)."""
+        if self.context is None:
+            return ""
+        conn = self.connect()
+        try:
+            conn.connect()
+            sock = conn.sock
+            assert isinstance(sock, ssl.SSLSocket)
+            cipher = sock.cipher()
+            return f"{sock.version()} {cipher[0] if cipher else '?'}"
+        finally:
+            conn.close()
+
 
 def _get(conn: http.client.HTTPConnection, headers: dict[str, str]) -> tuple[int, int, str]:
     conn.request("GET", "/metrics", headers=headers)
@@ -363,9 +450,11 @@ def _get(conn: http.client.HTTPConnection, headers: dict[str, str]) -> tuple[int
 
 
 def scrape_sequential(daemon: DaemonProcess, name: str, n: int, headers: dict[str, str]) -> ScrapeResult:
-    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=HTTP_TIMEOUT_S)
+    wanted_gzip = "gzip" in headers.get("Accept-Encoding", "")
+    headers = {**daemon.headers, **headers}
+    conn = daemon.connect()
     try:
-        for _ in range(50):  # warm-up: connection set-up, first-use paths
+        for _ in range(50):  # warm-up: connection set-up (and TLS handshake), first-use paths
             _get(conn, headers)
         lat: list[float] = []
         errors = size = 0
@@ -374,12 +463,43 @@ def scrape_sequential(daemon: DaemonProcess, name: str, n: int, headers: dict[st
             s = time.perf_counter()
             status, size, encoding = _get(conn, headers)
             lat.append(time.perf_counter() - s)
-            wanted_gzip = "gzip" in headers.get("Accept-Encoding", "")
             errors += status != 200 or (encoding == "gzip") != wanted_gzip
         wall = time.perf_counter() - t0
         return ScrapeResult(name, lat, wall, errors, size, daemon.cpu_s() - cpu0, time.process_time() - client0)
     finally:
         conn.close()
+
+
+def scrape_new_connections(
+    daemon: DaemonProcess, name: str, auths: Sequence[Mapping[str, str]], warmup: int
+) -> ScrapeResult:
+    """One request per connection, in sequence: connect (TCP, plus the TLS handshake with TLS on), GET /metrics,
+    read the body, close. The latency counts from before the connect. `auths`: the extra headers of each request."""
+
+    def once(headers: Mapping[str, str]) -> tuple[int, int]:
+        conn = daemon.connect()
+        try:
+            status, got, _ = _get(conn, dict(headers))
+        finally:
+            conn.close()
+        return status, got
+
+    for _ in range(warmup):
+        once(daemon.headers)
+    lat: list[float] = []
+    errors = size = 0
+    cpu0, client0, t0 = daemon.cpu_s(), time.process_time(), time.perf_counter()
+    for headers in auths:
+        s = time.perf_counter()
+        try:
+            status, size = once(headers)
+        except (OSError, http.client.HTTPException):
+            errors += 1
+            continue
+        lat.append(time.perf_counter() - s)
+        errors += status != 200
+    wall = time.perf_counter() - t0
+    return ScrapeResult(name, lat, wall, errors, size, daemon.cpu_s() - cpu0, time.process_time() - client0)
 
 
 def scrape_threads(daemon: DaemonProcess, name: str, clients: int, each: int) -> ScrapeResult:
@@ -388,28 +508,30 @@ def scrape_threads(daemon: DaemonProcess, name: str, clients: int, each: int) ->
     size = [0]
     lock = threading.Lock()
     barrier = threading.Barrier(clients + 1, timeout=HTTP_TIMEOUT_S)
+    headers = daemon.headers
 
     def client() -> None:
         mine: list[float] = []
         bad = 0
-        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=HTTP_TIMEOUT_S)
+        conn = daemon.connect()
         try:
-            _get(conn, {})  # connect and warm up before the clock starts
+            _get(conn, headers)  # connect (and shake hands) and warm up before the clock starts
             barrier.wait()
             for _ in range(each):
                 s = time.perf_counter()
                 try:
-                    status, got, _ = _get(conn, {})
+                    status, got, _ = _get(conn, headers)
                 except (OSError, http.client.HTTPException):
                     bad += 1
                     conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=HTTP_TIMEOUT_S)
+                    conn = daemon.connect()
                     continue
                 mine.append(time.perf_counter() - s)
                 bad += status != 200
                 size[0] = got
-        except threading.BrokenBarrierError:
+        except (OSError, http.client.HTTPException, threading.BrokenBarrierError):
             bad += each
+            barrier.abort()  # a client that could not warm up: the others (and the main thread) stop waiting
         finally:
             conn.close()
         with lock:
@@ -419,7 +541,8 @@ def scrape_threads(daemon: DaemonProcess, name: str, clients: int, each: int) ->
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for t in threads:
         t.start()
-    barrier.wait()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait()
     cpu0, client0, t0 = daemon.cpu_s(), time.process_time(), time.perf_counter()
     for t in threads:
         t.join(HTTP_TIMEOUT_S * each)
@@ -427,21 +550,28 @@ def scrape_threads(daemon: DaemonProcess, name: str, clients: int, each: int) ->
     return ScrapeResult(name, lat, wall, errors[0], size[0], daemon.cpu_s() - cpu0, time.process_time() - client0)
 
 
-async def _async_clients(port: int, clients: int, each: int) -> tuple[list[float], int, int, float]:
-    request = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/plain\r\n\r\n"
+async def _async_clients(daemon: DaemonProcess, name: str, clients: int, each: int) -> ScrapeResult:
+    auth = "".join(f"{k}: {v}\r\n" for k, v in daemon.headers.items()).encode("latin-1")
+    request = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/plain\r\n" + auth + b"\r\n"
     start = asyncio.Event()
+    warmed = asyncio.Event()
+    settled = 0
     lat: list[float] = []
     errors = 0
     size = 0
 
     async def one() -> None:
-        nonlocal errors, size
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        nonlocal errors, size, settled
+        writer: asyncio.StreamWriter | None = None
         try:
+            reader, stream = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", daemon.port, ssl=daemon.context), HTTP_TIMEOUT_S
+            )
+            writer = stream
 
             async def get() -> int:
                 nonlocal size
-                writer.write(request)
+                stream.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = int(head.split(b" ", 2)[1])
                 length = int(re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
@@ -449,7 +579,16 @@ async def _async_clients(port: int, clients: int, each: int) -> tuple[list[float
                 size = length
                 return status
 
-            await get()
+            await asyncio.wait_for(get(), HTTP_TIMEOUT_S)  # connect (and shake hands) and warm up
+        except BaseException:
+            if writer is not None:
+                writer.close()
+            raise
+        finally:
+            settled += 1
+            if settled == clients:
+                warmed.set()
+        try:
             await start.wait()
             for _ in range(each):
                 s = time.perf_counter()
@@ -457,24 +596,20 @@ async def _async_clients(port: int, clients: int, each: int) -> tuple[list[float
                 lat.append(time.perf_counter() - s)
                 errors += status != 200
         finally:
-            writer.close()
+            stream.close()
 
     tasks = [asyncio.create_task(one()) for _ in range(clients)]
-    await asyncio.sleep(0.2)  # let every client connect and warm up
-    t0 = time.perf_counter()
+    await asyncio.wait_for(warmed.wait(), HTTP_TIMEOUT_S * 2)  # every client connected and warmed up (or failed)
+    cpu0, client0, t0 = daemon.cpu_s(), time.process_time(), time.perf_counter()
     start.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
+    wall = time.perf_counter() - t0
     errors += sum(each for r in results if isinstance(r, BaseException))
-    return lat, errors, size, time.perf_counter() - t0
+    return ScrapeResult(name, lat, wall, errors, size, daemon.cpu_s() - cpu0, time.process_time() - client0)
 
 
 def scrape_asyncio(daemon: DaemonProcess, name: str, clients: int, each: int) -> ScrapeResult:
-    cpu0, client0 = daemon.cpu_s(), time.process_time()
-    lat, errors, size, wall = asyncio.run(
-        asyncio.wait_for(_async_clients(daemon.port, clients, each), HTTP_TIMEOUT_S * 3)
-    )
-    # The server CPU window includes the 0.2 s connect/warm-up; negligible against the run.
-    return ScrapeResult(name, lat, wall, errors, size, daemon.cpu_s() - cpu0, time.process_time() - client0)
+    return asyncio.run(asyncio.wait_for(_async_clients(daemon, name, clients, each), HTTP_TIMEOUT_S * 3))
 
 
 def print_scrape_table(results: Sequence[ScrapeResult]) -> None:
@@ -489,6 +624,122 @@ def print_scrape_table(results: Sequence[ScrapeResult]) -> None:
             f" {ms(pct(r.latencies, 99), 3)} {ms(max(r.latencies, default=float('nan')), 3)} {n / r.wall_s:8.0f}"
             f" {r.server_cpu_s / n * 1e6:10.1f} {r.client_cpu_s / n * 1e6:10.1f} {r.body_bytes:7d} {r.errors:3d}"
         )
+
+
+def scrape_daemon(
+    daemon: DaemonProcess, args: argparse.Namespace, fresh: Sequence[Mapping[str, str]], note: str = ""
+) -> dict[str, ScrapeResult]:
+    """Wait for the daemon, run rows (a)-(d) (and (e) for the `fresh` users), print them, stop it; rows by letter."""
+    ready_s = daemon.wait_ready()
+    print(
+        f"daemon pid {daemon.proc.pid} on {daemon.scheme}://127.0.0.1:{daemon.port}; /readyz 200 after {ready_s:.2f} s"
+    )
+    if daemon.context is not None:
+        conn = daemon.connect()
+        try:
+            refused = _get(conn, {})[0]  # the same request without credentials: must be 401
+        finally:
+            conn.close()
+        print(f"{daemon.tls_session()}, {note}; without credentials: HTTP {refused}")
+    rows = {
+        "a": scrape_sequential(daemon, f"(a) sequential text x{args.requests}", args.requests, {}),
+        "b": scrape_sequential(
+            daemon,
+            f"(b) sequential OpenMetrics+gzip x{args.requests}",
+            args.requests,
+            {"Accept": OPENMETRICS_ACCEPT, "Accept-Encoding": "gzip"},
+        ),
+        "c": scrape_threads(
+            daemon, f"(c) {args.clients} threads x{args.per_client} text", args.clients, args.per_client
+        ),
+        "c'": scrape_asyncio(
+            daemon, f"(c') {args.clients} asyncio x{args.per_client} text", args.clients, args.per_client
+        ),
+        "d": scrape_new_connections(
+            daemon,
+            f"(d) new connection per request x{args.new_connections}",
+            [daemon.headers] * args.new_connections,
+            warmup=20,
+        ),
+    }
+    if fresh:
+        rows["e"] = scrape_new_connections(daemon, f"(e) new conn, user's 1st request x{len(fresh)}", fresh, 0)
+    print_scrape_table(list(rows.values()))
+    print(
+        "  latency = request sent to body read, client side ((a)-(c') keep-alive; (d), (e) from connect to"
+        " close); srv/cli µs/req = CPU of the daemon / of this process per request"
+    )
+    rss = daemon.ps.memory_info().rss
+    code, stop_s = daemon.stop()
+    verdict = "killed after timeout" if code is None else f"exit code {code}"
+    print(f"daemon RSS {rss / 2**20:.1f} MiB; SIGTERM -> {verdict} in {stop_s * 1e3:.0f} ms")
+    if code != 0:
+        print("  daemon log tail: " + daemon.log_tail().replace("\n", "\n    "))
+    return rows
+
+
+def bcrypt_check_s(rounds: int, reps: int = 3) -> float:
+    """Median seconds of one bcrypt.checkpw at cost `rounds` in this process, for scale."""
+    hashed = bcrypt.hashpw(b"benchmark", bcrypt.gensalt(rounds=rounds))
+    samples = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        bcrypt.checkpw(b"benchmark", hashed)
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def compare_rows(plain: Mapping[str, ScrapeResult], tls: Mapping[str, ScrapeResult]) -> None:
+    """What TLS + basic auth add, row by row: p50 and server CPU per request against the plain daemon."""
+
+    def srv(r: ScrapeResult) -> float:
+        return r.server_cpu_s / max(1, len(r.latencies)) * 1e6
+
+    keys = [k for k in plain if k in tls]
+    print(
+        "  vs plain HTTP, p50 ms: "
+        + ", ".join(
+            f"({k}) {pct(plain[k].latencies, 50) * 1e3:.3f} -> {pct(tls[k].latencies, 50) * 1e3:.3f}" for k in keys
+        )
+    )
+    print(
+        "  vs plain HTTP, srv µs/req: "
+        + ", ".join(
+            f"({k}) {srv(plain[k]):.0f} -> {srv(tls[k]):.0f} (x{srv(tls[k]) / max(srv(plain[k]), 1e-9):.1f})"
+            for k in keys
+        )
+    )
+
+
+def scrape_tls(sys_path: Path, work: Path, args: argparse.Namespace, plain: Mapping[str, ScrapeResult]) -> None:
+    """Section 2 again, against a daemon with a web-config.yml (TLS + basic auth), compared with `plain`."""
+    if shutil.which("openssl") is None:
+        print("\nTLS + basic auth run skipped: no openssl on PATH to make its certificates (--skip-tls)")
+        return
+    heading("2. scrape latency, the same daemon with TLS + basic auth (web-config.yml)")
+    tls = TlsSetup.make(work / "pki", FRESH_USERS)
+    note = (
+        f"server key RSA 2048 from a throwaway CA, no session resumption; {1 + len(tls.fresh)} basic-auth users,"
+        f" bcrypt cost {BCRYPT_ROUNDS} (CA, certificate and hashes made in {tls.setup_s:.2f} s)"
+    )
+    daemon = DaemonProcess(sys_path, work, tls)
+    try:
+        rows = scrape_daemon(daemon, args, tls.fresh, note)
+    finally:
+        daemon.kill()
+    compare_rows(plain, rows)
+
+    def p50_ms(r: ScrapeResult) -> float:
+        return pct(r.latencies, 50) * 1e3
+
+    new_conn = p50_ms(rows["d"]) - p50_ms(rows["a"])
+    handshake = p50_ms(rows["d"]) - p50_ms(plain["d"])
+    first_check = p50_ms(rows["e"]) - p50_ms(rows["d"])
+    print(
+        f"  p50 (d) - (a), a new connection against keep-alive: {new_conn:.2f} ms; (d) - plain (d), the TLS"
+        f" handshake: {handshake:.2f} ms; (e) - (d), a user's first, uncached bcrypt check: {first_check:.2f} ms"
+        f" (bcrypt.checkpw at cost {BCRYPT_ROUNDS} in this process: {bcrypt_check_s(BCRYPT_ROUNDS) * 1e3:.1f} ms)"
+    )
 
 
 # --- main ----------------------------------------------------------------------------------------------
@@ -510,7 +761,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=positive, default=50, help="concurrent scrape clients (default 50)")
     p.add_argument("--per-client", type=positive, default=100, help="scrapes per concurrent client (default 100)")
     p.add_argument("--seed", type=int, default=1, help="seed of the fixture's energy steps (default 1)")
+    p.add_argument(
+        "--new-connections",
+        type=positive,
+        default=500,
+        help="scrapes on a new connection each, row (d) (default 500)",
+    )
     p.add_argument("--skip-http", action="store_true", help="only the in-process tick benchmark")
+    p.add_argument("--skip-tls", action="store_true", help="no second daemon run with TLS + basic auth")
     return p.parse_args(argv)
 
 
@@ -554,36 +812,11 @@ def bench(args: argparse.Namespace) -> int:
             heading("2. scrape latency, real daemon (wattlens serve --interval 1 --meters rapl on 127.0.0.1)")
             daemon = DaemonProcess(fixture.root, work)
             try:
-                ready_s = daemon.wait_ready()
-                print(f"daemon pid {daemon.proc.pid} on 127.0.0.1:{daemon.port}; /readyz 200 after {ready_s:.2f} s")
-                results = [
-                    scrape_sequential(daemon, f"(a) sequential text x{args.requests}", args.requests, {}),
-                    scrape_sequential(
-                        daemon,
-                        f"(b) sequential OpenMetrics+gzip x{args.requests}",
-                        args.requests,
-                        {"Accept": OPENMETRICS_ACCEPT, "Accept-Encoding": "gzip"},
-                    ),
-                    scrape_threads(
-                        daemon, f"(c) {args.clients} threads x{args.per_client} text", args.clients, args.per_client
-                    ),
-                    scrape_asyncio(
-                        daemon, f"(c') {args.clients} asyncio x{args.per_client} text", args.clients, args.per_client
-                    ),
-                ]
-                print_scrape_table(results)
-                print(
-                    "  latency = request sent to body read, client side (keep-alive); srv/cli µs/req = CPU of"
-                    " the daemon / of this process per request"
-                )
-                rss = daemon.ps.memory_info().rss
-                code, stop_s = daemon.stop()
-                verdict = "killed after timeout" if code is None else f"exit code {code}"
-                print(f"daemon RSS {rss / 2**20:.1f} MiB; SIGTERM -> {verdict} in {stop_s * 1e3:.0f} ms")
-                if code != 0:
-                    print("  daemon log tail: " + daemon.log_tail().replace("\n", "\n    "))
+                plain = scrape_daemon(daemon, args, [])
             finally:
                 daemon.kill()
+            if not args.skip_tls:
+                scrape_tls(fixture.root, work, args, plain)
     heading("3. exposition size (rapl meter, intel-2socket-server fixture)")
     final = rapl.exposition or exposition
     samples, ours, families = series_count(final.text)
