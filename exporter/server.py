@@ -8,6 +8,7 @@ the number of open connections is capped, so slow or hostile clients cannot pile
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import socket
@@ -94,6 +95,7 @@ class MetricsServer:
         self.limits = limits or Limits()
         self.auth = auth
         self.extra_headers = extra_headers
+        self._auth_worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wattlens-auth")
         self.scrapes: Counter[tuple[str, str]] = Counter()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -127,6 +129,7 @@ class MetricsServer:
                 await asyncio.wait(pending, timeout=1.0)
         if self._server is not None:
             await self._server.wait_closed()
+        self._auth_worker.shutdown(wait=False, cancel_futures=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -209,8 +212,9 @@ class MetricsServer:
     async def _authorized_route(self, request: h11.Request) -> Reply:
         if self.auth is not None:
             header = next((v.decode("latin-1") for k, v in request.headers if k == b"authorization"), "")
-            # bcrypt is slow by design: check off the event loop (successful pairs are cached).
-            allowed = await asyncio.get_running_loop().run_in_executor(None, self.auth.check, header)
+            allowed = self.auth.cached(header)
+            if allowed is None:  # bcrypt is slow by design: one worker thread, never the event loop
+                allowed = await asyncio.get_running_loop().run_in_executor(self._auth_worker, self.auth.check, header)
             if not allowed:
                 return Reply(
                     401,

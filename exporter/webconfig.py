@@ -165,34 +165,50 @@ class TlsContext:
 
 
 class BasicAuth:
-    """Checks `Authorization: Basic …` against bcrypt hashes. Successful (user, password) pairs are cached
-    (bcrypt costs tens of milliseconds by design); the checks run outside the event loop."""
+    """Checks `Authorization: Basic …` against bcrypt hashes.
+
+    bcrypt costs tens of milliseconds by design, so results — good and bad — are cached per (user, password)
+    (bounded), `cached()` answers repeats without a thread, and the server runs uncached checks on one
+    worker thread: a flood of wrong passwords can cost at most one core and never reaches the event loop.
+    """
 
     def __init__(self, users: dict[str, str]) -> None:
         self.users = {user: hashed.encode() for user, hashed in users.items()}
-        self._good: OrderedDict[tuple[str, bytes], bool] = OrderedDict()
+        self._results: OrderedDict[tuple[str, bytes], bool] = OrderedDict()
         self._lock = threading.Lock()
 
-    def check(self, header: str) -> bool:
+    @staticmethod
+    def _credentials(header: str) -> tuple[str, bytes] | None:
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
-            return False
+            return None
         try:
             user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
         except (binascii.Error, UnicodeDecodeError):
+            return None
+        return (user, password.encode()) if sep else None
+
+    def cached(self, header: str) -> bool | None:
+        """The answer without bcrypt when it is known (malformed headers are always False), else None."""
+        key = self._credentials(header)
+        if key is None:
             return False
-        if not sep:
-            return False
-        key = (user, password.encode())
         with self._lock:
-            if key in self._good:
-                self._good.move_to_end(key)
-                return True
-        hashed = self.users.get(user)
+            result = self._results.get(key)
+            if result is not None:
+                self._results.move_to_end(key)
+            return result
+
+    def check(self, header: str) -> bool:
+        known = self.cached(header)
+        if known is not None:
+            return known
+        key = self._credentials(header)
+        assert key is not None  # cached() answers False for anything unparsable
+        hashed = self.users.get(key[0])
         ok = bcrypt.checkpw(key[1], hashed if hashed is not None else _DUMMY_HASH) and hashed is not None
-        if ok:
-            with self._lock:
-                self._good[key] = True
-                while len(self._good) > _CACHE_SIZE:
-                    self._good.popitem(last=False)
+        with self._lock:
+            self._results[key] = ok
+            while len(self._results) > _CACHE_SIZE:
+                self._results.popitem(last=False)
         return ok

@@ -147,9 +147,13 @@ def test_bad_web_config_is_one_line_and_exit_2(tmp_path: Path, content: str, exp
 def test_basic_auth_checks() -> None:
     auth = BasicAuth({"alice": ALICE})
     good = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    bad = "Basic " + base64.b64encode(b"alice:nope").decode()
+    assert auth.cached(good) is None  # unknown yet: the server sends it to the bcrypt worker
     assert auth.check(good)
-    assert auth.check(good)  # cached
-    assert not auth.check("Basic " + base64.b64encode(b"alice:nope").decode())
+    assert auth.cached(good) is True  # answered on the event loop from now on
+    assert not auth.check(bad)
+    assert auth.cached(bad) is False  # a repeated wrong password costs no second bcrypt run
+    assert auth.cached("Bearer xyz") is False
     assert not auth.check("Bearer xyz")
     assert not auth.check("Basic !!!notbase64")
     assert not auth.check("Basic " + base64.b64encode(b"no-colon").decode())
