@@ -39,3 +39,35 @@ def counter_step(prev: int | None, cur: int, max_range_uj: int, dt: float, max_w
         if wrapped <= limit:
             return Step(wrapped, StepKind.WRAP)
     return Step(0, StepKind.RESET)
+
+
+@dataclass(slots=True)
+class CounterTrack:
+    """The running state of one cumulative hardware counter (a RAPL zone, a GPU): baseline, wraps, resets,
+    up/down, and the power of the last tick. Pure: the caller reads the hardware and does the logging."""
+
+    prev_raw: int | None = None
+    up: bool = True
+    error: str = ""
+    watts: float | None = None
+    wraps: int = 0
+    resets: int = 0
+
+    def failed(self, error: str) -> bool:
+        """The read failed: the counter must be re-baselined. True if it was up until now."""
+        was_up = self.up
+        self.up, self.error, self.watts, self.prev_raw = False, error, None, None
+        return was_up
+
+    def observe(self, raw: int, max_range_uj: int, dt: float | None, max_watts: float) -> tuple[Step, bool]:
+        """Fold a reading in: (its step, whether the counter has just come back after failing)."""
+        came_back = not self.up
+        self.up, self.error = True, ""
+        step = counter_step(self.prev_raw, raw, max_range_uj, dt or 0.0, max_watts)
+        self.prev_raw = raw
+        if step.kind is StepKind.WRAP:
+            self.wraps += 1
+        elif step.kind is StepKind.RESET:
+            self.resets += 1
+        self.watts = step.delta_uj / MICRO / dt if dt and step.kind is not StepKind.FIRST else self.watts
+        return step, came_back

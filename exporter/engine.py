@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from exporter.attribution import IdleSplit, Usage, attribute, split_by_baseline, split_by_ratio
 from exporter.config import Config
-from exporter.counters import MICRO, StepKind, counter_step
+from exporter.counters import MICRO, CounterTrack, StepKind
 from exporter.gpus import GpuAccounting, GpuState
 from exporter.idle import IdleBaseline
 from exporter.ledger import Ledger, TopProcesses, WorkloadLedger
@@ -34,18 +34,6 @@ log = logging.getLogger(__name__)
 
 PROCFS_SOURCE = ("procfs", "stat")
 EMPTY_TREE = WorkloadTree((), {}, {})
-
-
-@dataclass(slots=True)
-class ZoneAccount:
-    """Running state of one physical counter."""
-
-    prev_raw: int | None = None
-    up: bool = True
-    error: str = ""
-    watts: float | None = None
-    wraps: int = 0
-    resets: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +130,7 @@ class Engine:
     _unattributed: Ledger[str] = field(default_factory=Ledger)
     _busy_us: int = 0
     _dt: float = 0.0
-    _zones: dict[ZoneId, ZoneAccount] = field(default_factory=dict)
+    _zones: dict[ZoneId, CounterTrack] = field(default_factory=dict)
     _zone_energy: Ledger[ZoneId] = field(default_factory=Ledger)
     _idle: Ledger[str] = field(default_factory=Ledger)
     _active: Ledger[str] = field(default_factory=Ledger)
@@ -287,27 +275,19 @@ class Engine:
 
     def _account(self, sample: CounterSample, dt: float | None) -> int | None:
         """Fold one counter reading into its zone's total; the delta, or None if the zone is down."""
-        account = self._zones.setdefault(sample.zone, ZoneAccount())
+        track = self._zones.setdefault(sample.zone, CounterTrack())
         zone = sample.zone
         if sample.energy_uj is None:
             self._errors.add((zone.source, zone.device), 1)
-            if account.up:
+            if track.failed(sample.error):
                 log.warning(
                     "%s %s (%s) is down: %s; retrying with backoff", zone.source, zone.device, zone.zone, sample.error
                 )
-            account.up, account.error, account.watts, account.prev_raw = False, sample.error, None, None
             return None
-        if not account.up:
+        step, came_back = track.observe(sample.energy_uj, sample.max_range_uj, dt, self.config.max_zone_watts)
+        if came_back:
             log.info("%s %s (%s) is back", zone.source, zone.device, zone.zone)
-        account.up, account.error = True, ""
-        step = counter_step(
-            account.prev_raw, sample.energy_uj, sample.max_range_uj, dt or 0.0, self.config.max_zone_watts
-        )
-        account.prev_raw = sample.energy_uj
-        if step.kind is StepKind.WRAP:
-            account.wraps += 1
-        elif step.kind is StepKind.RESET:
-            account.resets += 1
+        if step.kind is StepKind.RESET:
             log.warning(
                 "%s %s (%s) counter reset (no plausible wrap); adding nothing for this tick",
                 zone.source,
@@ -317,7 +297,6 @@ class Engine:
         self._zone_energy.add(zone, step.delta_uj)
         if step.kind is StepKind.FIRST:
             return 0 if dt is None else None  # a re-baselined zone has no delta this tick
-        account.watts = step.delta_uj / MICRO / dt if dt else None
         return step.delta_uj
 
     def _split(self, zone: str, domain: _DomainTick, now: float, dt: float, cpu: CpuTimes | None) -> None:

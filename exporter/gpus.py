@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from exporter.attribution import Usage, attribute
 from exporter.config import Config
-from exporter.counters import MICRO, StepKind, counter_step
+from exporter.counters import MICRO, CounterTrack, StepKind
 from exporter.idle import IdleBaseline
 from exporter.ledger import Ledger
 from exporter.meters.nvml import Gpu, GpuSample, NvmlMeter
@@ -37,11 +37,7 @@ def domain_of(gpu: Gpu) -> str:
 @dataclass(slots=True)
 class _Account:
     gpu: Gpu
-    prev_raw: int | None = None
-    up: bool = True
-    error: str = ""
-    watts: float | None = None
-    resets: int = 0
+    counter: CounterTrack = field(default_factory=CounterTrack)
     method: str = "energy_counter"
     mig: bool = False
     idle_watts: float | None = None
@@ -97,24 +93,19 @@ class GpuAccounting:
         account.method, account.mig = sample.method, sample.mig
         if sample.energy_uj is None:
             self.errors.add(uuid, 1)
-            if account.up:
+            if account.counter.failed(sample.error):
                 log.warning("GPU %d (%s) is down: %s; retrying with backoff", sample.gpu.index, uuid, sample.error)
-            account.up, account.error, account.watts, account.prev_raw = False, sample.error, None, None
             return None
-        if not account.up:
+        step, came_back = account.counter.observe(sample.energy_uj, 0, dt, self.config.max_zone_watts)
+        if came_back:
             log.info("GPU %d (%s) is back", sample.gpu.index, uuid)
-        account.up, account.error = True, ""
-        step = counter_step(account.prev_raw, sample.energy_uj, 0, dt or 0.0, self.config.max_zone_watts)
-        account.prev_raw = sample.energy_uj
         if step.kind is StepKind.RESET:
-            account.resets += 1
             log.warning(
                 "GPU %d (%s) energy counter reset (driver reload or GPU reset); adding nothing", sample.gpu.index, uuid
             )
         self._energy.add(uuid, step.delta_uj)
         if step.kind is StepKind.FIRST or not dt:
             return None
-        account.watts = step.delta_uj / MICRO / dt
         return step.delta_uj
 
     def _split(
@@ -168,11 +159,11 @@ class GpuAccounting:
                 idle_uj=self._idle.get(uuid),
                 active_uj=self._active.get(uuid),
                 unattributed_uj=self._unattributed.get(uuid),
-                watts=a.watts,
+                watts=a.counter.watts,
                 idle_watts=a.idle_watts,
                 idle_method=a.idle_method,
-                up=a.up,
-                resets=a.resets,
+                up=a.counter.up,
+                resets=a.counter.resets,
                 mig=a.mig,
                 splits=tuple(sorted(a.splits.items())),
             )

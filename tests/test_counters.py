@@ -54,3 +54,19 @@ def test_any_sequence_gives_bounded_non_negative_deltas(readings: list[int], dt:
         if prev is not None and cur >= prev and cur - prev <= limit:
             assert step.delta_uj == cur - prev
         prev = cur
+
+
+def test_counter_track_baselines_fails_and_comes_back() -> None:
+    from exporter.counters import CounterTrack
+
+    track = CounterTrack()
+    assert track.observe(1_000, INTEL_MAX, None, 2500) == (counter_step(None, 1_000, INTEL_MAX, 0, 2500), False)
+    step, back = track.observe(6_000_000, INTEL_MAX, 5.0, 2500)
+    assert (step.delta_uj, back, track.watts) == (5_999_000, False, 5_999_000 / 1e6 / 5.0)
+    assert track.failed("EIO") is True
+    assert track.failed("EIO") is False  # already down: the caller logs once
+    assert (track.up, track.prev_raw, track.watts) == (False, None, None)
+    step, back = track.observe(10, INTEL_MAX, 5.0, 2500)
+    assert (step.kind, back, track.up) == (StepKind.FIRST, True, True)  # re-baselined, nothing guessed
+    step, _ = track.observe(5, INTEL_MAX, 5.0, 2500)
+    assert (step.kind, track.resets) == (StepKind.RESET, 1)
