@@ -239,3 +239,22 @@ def cgroup2_mount() -> Path:
         if (candidate / "cgroup.controllers").exists():
             return candidate
     raise AssertionError("no cgroup2 mount with cgroup.controllers on this machine")
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip on a developer machine that lacks something; fail in CI, which installs and runs everything."""
+    import pytest
+
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run this test: {reason}")
+    pytest.skip(reason)
+
+
+def tool(name: str, install: str) -> str:
+    """The path of a command-line tool the test needs (`install` says how .ci/run gets it)."""
+    path = shutil.which(name)
+    require(path is not None, f"{name} is not installed ({install})")
+    assert path is not None
+    return path

@@ -25,7 +25,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from helpers import REPO
+from helpers import REPO, tool
 
 from exporter.config import load_config
 
@@ -52,12 +52,7 @@ Docs = list[dict[str, Any]]
 
 
 def _kubectl() -> str:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        if os.environ.get("CI"):
-            pytest.fail("kubectl (with `kubectl kustomize`) is needed to render the manifests")
-        pytest.skip("kubectl not installed")
-    return kubectl
+    return tool("kubectl", "with `kubectl kustomize`, to render the manifests")
 
 
 def kustomize(path: Path) -> Docs:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import FIXTURES, REPO, RaplTree, make_config
+from helpers import FIXTURES, REPO, RaplTree, make_config, tool
 
 from exporter import metrics
 from exporter.engine import Engine
@@ -18,12 +16,7 @@ from exporter.exposition import Renderer
 
 
 def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    return path
+    return tool("promtool", "apt-get install prometheus")
 
 
 @pytest.mark.parametrize("tree", ["intel-2socket-server", "intel-laptop", "amd-epyc-2socket", "near-wrap", "empty"])

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO, CgroupFixture, Daemon, ProcTree, RaplTree
+from helpers import REPO, CgroupFixture, Daemon, ProcTree, RaplTree, tool
 from nvml_stub.stub import StubState, build_stub, default_uuid, stub_env
 
 from exporter.attribution import apportion
@@ -204,9 +203,7 @@ def test_gpu_exposition_passes_promtool(tmp_path: Path, stub_dir: Path) -> None:
     for family in ("node_gpu_joules_total", "pod_gpu_joules_total", "container_gpu_joules_total",
                    "unattributed_gpu_joules_total", "gpu_attribution_ticks_total"):
         assert f"# TYPE wattlens_{family} counter" in text
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed")
+    promtool = tool("promtool", "apt-get install prometheus")
     lint = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
     assert lint.returncode == 0, lint.stderr.decode()
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO
+from helpers import REPO, require
 
 pytestmark = pytest.mark.slow
 
@@ -46,15 +46,6 @@ LEDGER_SCOPE = ("kubepods.slice/kubepods-pode88b7591_31db_4e32_98dc_b35f94c662cd
 # Not in the base image: documentation, man pages, translations, apt's caches and lists.
 TRIM = ("./usr/share/doc", "./usr/share/man", "./usr/share/info", "./usr/share/locale", "./var/cache/apt/*",
         "./var/lib/apt/lists/*", "./var/log/*", "./dev/*", "./.complete")
-
-
-def _require(condition: bool, reason: str) -> None:
-    """Skip on a developer machine that lacks something; fail in CI, which must run everything."""
-    if condition:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run this test: {reason}")
-    pytest.skip(reason)
 
 
 @dataclass
@@ -103,8 +94,8 @@ def _stop_dockerd(engine: Engine) -> None:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Engine]:
-    _require(os.geteuid() == 0, "needs root (a Docker engine of its own)")
-    _require(shutil.which("dockerd") is not None and Path(DOCKER).exists(),
+    require(os.geteuid() == 0, "needs root (a Docker engine of its own)")
+    require(shutil.which("dockerd") is not None and Path(DOCKER).exists(),
              "needs Debian's docker.io (dockerd and /usr/bin/docker)")
     # Short: the engine's sockets live in here, and a unix socket path has at most 107 bytes.
     root = Path(tempfile.mkdtemp(prefix="wl-dk-", dir="/tmp"))
@@ -171,7 +162,7 @@ class Built:
 
 @pytest.fixture(scope="module")
 def image(engine: Engine) -> Built:
-    _require(shutil.which("debootstrap") is not None, "needs debootstrap (the base image's root filesystem)")
+    require(shutil.which("debootstrap") is not None, "needs debootstrap (the base image's root filesystem)")
     from rootfs import debian_rootfs
 
     seconds: dict[str, float] = {}

@@ -5,13 +5,12 @@ The nodes and their expected.yaml are described, with sources, in fixtures/READM
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import FIXTURES, make_config
+from helpers import FIXTURES, make_config, tool
 
 from exporter.engine import Engine
 from exporter.exposition import Renderer
@@ -74,8 +73,6 @@ def test_node_exposition_is_clean(name: str, tmp_path: Path) -> None:
     snap = engine.tick(5.0)
     assert len(snap.workloads) == len(expected(node)[0])
     text = Renderer().render(snap).text
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed")
+    promtool = tool("promtool", "apt-get install prometheus")
     lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
     assert lint.returncode == 0, lint.stderr.decode()

@@ -4,16 +4,14 @@ every wattlens metric and label the rules use exists in the exporter's catalogue
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers import REPO
+from helpers import REPO, tool
 
 from exporter import metrics
 
@@ -27,12 +25,7 @@ FOREIGN_LABELS = {"job", "instance", "model_name", "engine"}
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed (apt-get install prometheus); CI must run these tests")
-        pytest.skip("promtool not installed (apt-get install -y --no-install-recommends prometheus)")
-    return path
+    return tool("promtool", "apt-get install -y --no-install-recommends prometheus")
 
 
 def _rules(path: Path) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import REPO, CgroupFixture, ProcTree, RaplTree, make_config
+from helpers import REPO, CgroupFixture, ProcTree, RaplTree, make_config, require
 from nvml_stub.stub import LIB_NAME, StubState, build_stub
 
 from exporter import cli
@@ -49,17 +49,8 @@ BUSY_UNIT = "wattlens-busy.service"
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _require(condition: bool, reason: str) -> None:
-    """Skip on a developer machine that lacks something; fail in CI, which must run everything."""
-    if condition:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run this test: {reason}")
-    pytest.skip(reason)
-
-
 def _tool(name: str) -> None:
-    _require(shutil.which(name) is not None, f"{name} is not installed")
+    require(shutil.which(name) is not None, f"{name} is not installed")
 
 
 # ---- systemd-analyze ---------------------------------------------------------------------------------------
@@ -376,7 +367,7 @@ def workdir() -> Iterator[Path]:
 
 @pytest.mark.slow
 def test_documented_install_runs_unprivileged_under_a_real_systemd(workdir: Path) -> None:
-    _require(os.geteuid() == 0, "needs root (systemd-nspawn, debootstrap)")
+    require(os.geteuid() == 0, "needs root (systemd-nspawn, debootstrap)")
     for tool in ("systemd-nspawn", "debootstrap", "nsenter", "systemd-tmpfiles", "gcc"):
         _tool(tool)
     from rootfs import debian_rootfs
