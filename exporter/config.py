@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import reprlib
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -341,8 +342,8 @@ def _known_keys(path: tuple[str, ...]) -> list[str]:
 def _describe(exc: ValidationError, merged: Mapping[str, Any], origin: Origin) -> str:
     error = exc.errors()[0]
     loc = tuple(str(p) for p in error["loc"])
-    # Errors inside a list or dict carry an index; the setting is the named part before it.
-    path = tuple(p for p in loc if not p.isdigit())
+    # Errors inside a list or dict carry an index after the setting's name; the name itself may be anything.
+    path = loc[:1] + tuple(p for p in loc[1:] if not p.isdigit())
     while path and path not in origin and _field_hint(path) is None and len(path) > 1:
         path = path[:-1]
     key = ".".join(path) or "config"
@@ -359,4 +360,14 @@ def _describe(exc: ValidationError, merged: Mapping[str, Any], origin: Origin) -
     message = str(error["msg"]).removeprefix("Value error, ")
     hint = _field_hint(path)
     fix = f" Fix: set {key} to {hint}." if hint else ""
-    return f"invalid setting {key}={value!r} (from {where}): {message}.{fix}"
+    return f"invalid setting {key}={_shown(value)} (from {where}): {message}.{fix}"
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    """The offending value as the one line shows it: its repr, cut short (a YAML alias bomb is millions long)."""
+    shorten = reprlib.Repr()  # keyword arguments only from Python 3.12
+    shorten.maxstring = shorten.maxother = limit
+    shorten.maxlist = shorten.maxdict = shorten.maxtuple = 8
+    shorten.maxlevel = 3
+    text = shorten.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
