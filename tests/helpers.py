@@ -258,3 +258,13 @@ def tool(name: str, install: str) -> str:
     require(path is not None, f"{name} is not installed ({install})")
     assert path is not None
     return path
+
+
+def python_with_pip(workdir: Path) -> str:
+    """An interpreter that has pip (the CI venv is built without it): this one, Debian's, or a venv made here."""
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        if subprocess.run([candidate, "-m", "pip", "--version"], capture_output=True).returncode == 0:
+            return candidate
+    venv = workdir / "pip-venv"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, timeout=120)
+    return str(venv / "bin" / "python")

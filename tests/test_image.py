@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, require
+from helpers import REPO, python_with_pip, require
 
 pytestmark = pytest.mark.slow
 
@@ -125,20 +124,11 @@ def engine() -> Iterator[Engine]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _python_with_pip(workdir: Path) -> str:
-    for candidate in (sys.executable, "/usr/bin/python3"):
-        if subprocess.run([candidate, "-m", "pip", "--version"], capture_output=True).returncode == 0:
-            return candidate
-    venv = workdir / "pip-venv"
-    subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, timeout=120)
-    return str(venv / "bin" / "python")
-
-
 def _wheels(context: Path, python_version: str) -> None:
     """wattlens as a wheel, and every dependency (with the `kubernetes` extra the image installs) as a
     binary wheel for the base image's CPython on this architecture."""
     wheels = context / "dist" / "wheels"
-    pip = [_python_with_pip(context.parent), "-m", "pip", "--disable-pip-version-check", "-q"]
+    pip = [python_with_pip(context.parent), "-m", "pip", "--disable-pip-version-check", "-q"]
     built = subprocess.run([*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(REPO)],
                            capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr

@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -23,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import REPO, CgroupFixture, ProcTree, RaplTree, make_config, require
+from helpers import REPO, CgroupFixture, ProcTree, RaplTree, make_config, python_with_pip, require
 from nvml_stub.stub import LIB_NAME, StubState, build_stub
 
 from exporter import cli
@@ -208,15 +207,6 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _python_with_pip(tmp_path: Path) -> str:
-    for candidate in (sys.executable, "/usr/bin/python3"):
-        if subprocess.run([candidate, "-m", "pip", "--version"], capture_output=True).returncode == 0:
-            return candidate
-    venv = tmp_path / "pip-venv"
-    subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, timeout=120)
-    return str(venv / "bin" / "python")
-
-
 def _scrape(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         body = response.read().decode()
@@ -392,7 +382,7 @@ def test_documented_install_runs_unprivileged_under_a_real_systemd(workdir: Path
     _copy_source(source)
     shim = workdir / "bin"
     shim.mkdir()
-    (shim / "python3").write_text(f'#!/bin/sh\nexec {_python_with_pip(workdir)} "$@"\n')
+    (shim / "python3").write_text(f'#!/bin/sh\nexec {python_with_pip(workdir)} "$@"\n')
     (shim / "python3").chmod(0o755)
     build = re.sub(r"(?m)^PYVER=\S+", f"PYVER={rootfs_python}", steps["build"])
     built = subprocess.run(["bash", "-euo", "pipefail", "-c", build], cwd=source, capture_output=True, text=True,
