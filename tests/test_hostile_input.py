@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import CgroupFixture, ProcTree, RaplTree, cgroup2_mount, make_config
+from helpers import CgroupFixture, ProcTree, RaplTree, cgroup2_mount, make_config, require
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -79,10 +79,7 @@ def test_directories_vanishing_mid_walk(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_removed_between_walk_and_read_on_real_cgroupfs() -> None:
     """On cgroupfs a held fd of a removed cgroup fails with ENODEV: that cgroup is dropped, nothing breaks."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("needs root to create a cgroup (CI runs as root)")
-        pytest.skip("needs root to create a cgroup")
+    require(os.geteuid() == 0, "creating a cgroup needs root (CI runs as root)")
     root = cgroup2_mount() / f"wattlens-vanish-{os.getpid()}"
     service = root / "system.slice" / "a.service"
     service.mkdir(parents=True)

@@ -45,7 +45,7 @@ from typing import Any
 import pytest
 import yaml
 from fake_apiserver import FakeApiServer, pod
-from helpers import REPO, Daemon, RaplTree, cgroup2_mount
+from helpers import REPO, Daemon, RaplTree, cgroup2_mount, require, tool
 from nvml_stub.stub import StubState, build_stub, stub_env
 
 DASHBOARD = REPO / "deploy" / "grafana" / "wattlens-dashboard.json"
@@ -346,14 +346,8 @@ def _rmdir(directory: Path) -> None:
 
 @pytest.fixture
 def node() -> Iterator[Node]:
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("this test needs root to create cgroups (CI runs as root)")
-        pytest.skip("creating cgroups needs root")
-    if shutil.which("prometheus") is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus is not installed (apt-get install prometheus); CI must run this test")
-        pytest.skip("prometheus not installed (apt-get install -y --no-install-recommends prometheus)")
+    require(os.geteuid() == 0, "creating cgroups needs root (CI runs as root)")
+    tool("prometheus", "apt-get install -y --no-install-recommends prometheus")
     root = cgroup2_mount() / f"wattlens-e2e-{os.getpid()}"
     cgroups = {unit: root / "system.slice" / unit for unit in SERVICES}
     cgroups["pod"] = root / POD_CGROUP

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Daemon, RaplTree, cgroup2_mount
+from helpers import Daemon, RaplTree, cgroup2_mount, require
 
 from exporter.workloads.procfs import ProcStat
 
@@ -55,10 +55,7 @@ while True:
 
 @pytest.fixture
 def cgroup_root() -> Iterator[Path]:
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("this test needs root to create cgroups (CI runs as root)")
-        pytest.skip("creating cgroups needs root")
+    require(os.geteuid() == 0, "creating cgroups needs root (CI runs as root)")
     root = cgroup2_mount() / f"wattlens-test-{os.getpid()}"
     for name in (*DUTY, "spawner"):
         (root / "system.slice" / f"{name}.service").mkdir(parents=True)
