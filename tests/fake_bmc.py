@@ -34,11 +34,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+_UTC = timezone.utc  # noqa: UP017 (datetime.UTC is Python 3.11+; tests run on 3.10 too)
 SESSIONS = "/redfish/v1/SessionService/Sessions"
 PUBLIC = {"/redfish", "/redfish/v1", "/redfish/v1/odata", "/redfish/v1/$metadata"}
 ALL_RESOURCES = frozenset({"EnvironmentMetrics", "PowerSubsystem", "Power", "Sensors"})
@@ -218,7 +219,7 @@ class FakeBmc:
         self._lock = threading.Lock()
         self._power = float(power_watts)
         self._energy: float | None = energy_joules
-        self._reset_time = datetime.now(UTC)
+        self._reset_time = datetime.now(_UTC)
         self._sessions: dict[str, _Session] = {}
         self._faults: list[Fault] = []
         self._log: list[LoggedRequest] = []
@@ -280,7 +281,7 @@ class FakeBmc:
         """The counter restarts from 0, as after Sensor.ResetMetrics or a BMC reboot."""
         with self._lock:
             self._energy = 0.0
-            self._reset_time = datetime.now(UTC)
+            self._reset_time = datetime.now(_UTC)
 
     def expire_sessions(self) -> None:
         """Every session token stops working (BMC session timeout or reboot): the next use gets 401."""
@@ -354,7 +355,7 @@ class FakeBmc:
         c = f"/redfish/v1/Chassis/{self.chassis_id}"
         with self._lock:
             power, energy, reset = self._power, self._energy, self._reset_time
-        now = datetime.now(UTC).isoformat(timespec="seconds")
+        now = datetime.now(_UTC).isoformat(timespec="seconds")
         status = {"State": "Enabled", "Health": "OK"}
 
         def odata(path: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
