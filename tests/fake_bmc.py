@@ -76,58 +76,13 @@ def make_tls(directory: Path, common_name: str = "fake-bmc") -> TlsFiles:
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
 
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        str(ca_key),
-        "-out",
-        str(ca_cert),
-        "-days",
-        "2",
-        "-subj",
-        "/CN=wattlens test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    )
-    openssl(
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        str(key),
-        "-out",
-        str(csr),
-        "-subj",
-        f"/CN={common_name}",
-    )
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        str(csr),
-        "-CA",
-        str(ca_cert),
-        "-CAkey",
-        str(ca_key),
-        "-CAcreateserial",
-        "-out",
-        str(cert),
-        "-days",
-        "2",
-        "-extfile",
-        str(ext),
-    )
+    new_key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")  # P-256, unencrypted
+    ca_ext = ("-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl("req", "-x509", *new_key, "-keyout", str(ca_key), "-out", str(ca_cert), "-days", "2",
+            "-subj", "/CN=wattlens test CA", *ca_ext)  # fmt: skip
+    openssl("req", *new_key, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={common_name}")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
+            "-out", str(cert), "-days", "2", "-extfile", str(ext))  # fmt: skip
     return TlsFiles(ca_cert=ca_cert, cert=cert, key=key)
 
 
@@ -364,6 +319,10 @@ class FakeBmc:
         def excerpt(reading: float, source: str) -> dict[str, Any]:
             return {"Reading": reading, "DataSourceUri": f"{c}/Sensors/{source}"}
 
+        def collection(path: str, kind: str, name: str, members: list[str]) -> Callable[[], dict[str, Any]]:
+            body = {"Name": name, "Members@odata.count": len(members), "Members": [{"@odata.id": m} for m in members]}
+            return lambda: odata(path, f"#{kind}.{kind}", body)
+
         chassis_links: dict[str, Any] = {}
         if "EnvironmentMetrics" in self.resources:
             chassis_links["EnvironmentMetrics"] = {"@odata.id": f"{c}/EnvironmentMetrics"}
@@ -410,11 +369,7 @@ class FakeBmc:
                 },
             ),
             SESSIONS: lambda: odata(SESSIONS, "#SessionCollection.SessionCollection", self._session_members()),
-            "/redfish/v1/Chassis": lambda: odata(
-                "/redfish/v1/Chassis",
-                "#ChassisCollection.ChassisCollection",
-                {"Name": "Chassis Collection", "Members@odata.count": 1, "Members": [{"@odata.id": c}]},
-            ),
+            "/redfish/v1/Chassis": collection("/redfish/v1/Chassis", "ChassisCollection", "Chassis Collection", [c]),
             c: lambda: odata(
                 c,
                 "#Chassis.v1_22_0.Chassis",
@@ -444,15 +399,7 @@ class FakeBmc:
             )
         if "Sensors" in self.resources:
             sensors = [f"{c}/Sensors/TotalPower"] + ([f"{c}/Sensors/TotalEnergy"] if energy is not None else [])
-            routes[f"{c}/Sensors"] = lambda: odata(
-                f"{c}/Sensors",
-                "#SensorCollection.SensorCollection",
-                {
-                    "Name": "Chassis sensors",
-                    "Members@odata.count": len(sensors),
-                    "Members": [{"@odata.id": s} for s in sensors],
-                },
-            )
+            routes[f"{c}/Sensors"] = collection(f"{c}/Sensors", "SensorCollection", "Chassis sensors", sensors)
             routes[f"{c}/Sensors/TotalPower"] = lambda: odata(
                 f"{c}/Sensors/TotalPower",
                 "#Sensor.v1_6_0.Sensor",
@@ -499,14 +446,8 @@ class FakeBmc:
                     "PowerSupplies": {"@odata.id": f"{ps}/PowerSupplies"},
                 },
             )
-            routes[f"{ps}/PowerSupplies"] = lambda: odata(
-                f"{ps}/PowerSupplies",
-                "#PowerSupplyCollection.PowerSupplyCollection",
-                {
-                    "Name": "Power Supply Collection",
-                    "Members@odata.count": len(bays),
-                    "Members": [{"@odata.id": b} for b in bays],
-                },
+            routes[f"{ps}/PowerSupplies"] = collection(
+                f"{ps}/PowerSupplies", "PowerSupplyCollection", "Power Supply Collection", bays
             )
             for i, (bay, share) in enumerate(zip(bays, self.psu_shares, strict=True)):
                 routes[bay] = self._psu(bay, i + 1, status, odata)
