@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fake_intensity import FakeIntensityServer, Reply, Request
 
 from exporter.carbon.intensity import (
     GRAMS_PER_KWH_PER_LB_PER_MWH,
@@ -30,7 +31,6 @@ from exporter.carbon.intensity import (
     watttime,
     watttime_parser,
 )
-from tests.fake_intensity import FakeIntensityServer, Reply, Request
 
 FAST = PollTiming(interval_s=0.2, timeout_s=0.5, min_backoff_s=0.05, max_backoff_s=0.4)
 EM_PATH = "/v3/carbon-intensity/latest"
