@@ -126,6 +126,57 @@ def test_otlp_push_with_prometheus_naming_and_delta_dropped(tmp_path: Path):
         assert "unsupported delta temporality" in vm.log()
 
 
+def test_otlp_push_built_from_a_snapshot_without_sdk_instruments(tmp_path: Path):
+    """The path issue 16 needs: data points built straight from a snapshot (no MeterProvider, whose instruments
+    keep every attribute set ever seen), one exporter call, and a Resource without the SDK's random
+    service.instance.id, so a restarted daemon continues the same series."""
+    otel_sdk()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics.export import (
+        AggregationTemporality,
+        Metric,
+        MetricExportResult,
+        MetricsData,
+        NumberDataPoint,
+        ResourceMetrics,
+        ScopeMetrics,
+        Sum,
+    )
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    now = time.time_ns()
+
+    def point(pod: str, joules: float) -> NumberDataPoint:
+        return NumberDataPoint(attributes={"k8s.namespace.name": "llm", "k8s.pod.name": pod, "hw.type": "cpu",
+                                           "hw.id": "package-0"},
+                               start_time_unix_nano=now - 60 * 10**9, time_unix_nano=now, value=joules, exemplars=[])
+
+    energy = Sum(data_points=[point("a", 10.5), point("b", 2.25)],
+                 aggregation_temporality=AggregationTemporality.CUMULATIVE, is_monotonic=True)
+    resource = Resource({"host.name": "node-a", "k8s.node.name": "node-a", "service.name": "wattlens",
+                         "service.instance.id": "node-a"})
+    data = MetricsData(resource_metrics=[ResourceMetrics(
+        resource=resource, schema_url="",
+        scope_metrics=[ScopeMetrics(scope=InstrumentationScope("wattlens"), schema_url="", metrics=[
+            Metric(name="wattlens.pod.energy", description="", unit="J", data=energy)])])])
+    with VictoriaMetrics(tmp_path / "vm") as vm:
+        exporter = OTLPMetricExporter(endpoint=f"{vm.url}/opentelemetry/v1/metrics", timeout=5)
+        assert exporter.export(data, timeout_millis=5_000) == MetricExportResult.SUCCESS
+        exporter.shutdown()
+        vm.flush()
+        deadline = time.monotonic() + 5
+        while len(result := vm.query("wattlens.pod.energy")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            vm.flush()
+        labels = {sample["metric"]["k8s.pod.name"]: (sample["metric"], sample["value"][1]) for sample in result}
+        assert labels["a"][1] == "10.5" and labels["b"][1] == "2.25"
+        assert labels["a"][0] == {"__name__": "wattlens.pod.energy", "host.name": "node-a", "k8s.node.name": "node-a",
+                                  "service.name": "wattlens", "service.instance.id": "node-a",
+                                  "k8s.namespace.name": "llm", "k8s.pod.name": "a", "hw.type": "cpu",
+                                  "hw.id": "package-0"}
+
+
 EXPOSITION = (
     b"# HELP wattlens_node_energy_joules_total Energy.\n# TYPE wattlens_node_energy_joules_total counter\n"
     b'wattlens_node_energy_joules_total{node="node-a",zone="package-0"} 123.5\n'
