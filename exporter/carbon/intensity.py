@@ -400,12 +400,10 @@ def read_intensity_file(path: Path, limit: int = MAX_FILE_BYTES) -> tuple[float,
     return checked_grams(number, str(path)), info.st_mtime
 
 
-class FileIntensity:
-    """The operator's file, read each time the tick asks; a bad read keeps the last good value."""
+class _Tracked:
+    """A source whose name, kind and status live in its `_Health`."""
 
-    def __init__(self, path: Path, kind: Kind = "average", name: str | None = None) -> None:
-        self.path = path
-        self._health = _Health(name or f"file:{path}", kind)
+    _health: _Health
 
     @property
     def name(self) -> str:
@@ -414,6 +412,14 @@ class FileIntensity:
     @property
     def kind(self) -> Kind:
         return self._health.get().kind
+
+
+class FileIntensity(_Tracked):
+    """The operator's file, read each time the tick asks; a bad read keeps the last good value."""
+
+    def __init__(self, path: Path, kind: Kind = "average", name: str | None = None) -> None:
+        self.path = path
+        self._health = _Health(name or f"file:{path}", kind)
 
     def latest(self) -> IntensityStatus:
         try:
@@ -468,7 +474,7 @@ class _Response:
     body: bytes
 
 
-class HttpIntensity:
+class HttpIntensity(_Tracked):
     """A JSON API polled in a background daemon thread; `latest()` returns the held status at once.
 
     `start()` begins polling (the first request at once); `close()` stops the thread, aborting a request in
@@ -509,14 +515,6 @@ class HttpIntensity:
         self._thread: threading.Thread | None = None
         self._inflight_lock = threading.Lock()
         self._inflight: http.client.HTTPConnection | None = None
-
-    @property
-    def name(self) -> str:
-        return self._health.get().source
-
-    @property
-    def kind(self) -> Kind:
-        return self._health.get().kind
 
     def latest(self) -> IntensityStatus:
         return self._health.get()
