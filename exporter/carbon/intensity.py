@@ -90,7 +90,7 @@ UNIT_FACTORS: Mapping[str, float] = {
 }
 
 WATTTIME_KINDS: Mapping[str, Kind] = {"co2_moer": "marginal", "co2_aoer": "average"}
-WATTTIME_TOKEN_LIFETIME_S = 30 * 60
+# WattTime's JWT lasts 30 minutes; renew it five minutes early (and at once on a 401/403).
 _WATTTIME_TOKEN_REFRESH_S = 25 * 60
 
 
