@@ -14,14 +14,12 @@ The state file format is documented in README.md next to this module.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Collection, Mapping
 from pathlib import Path
+
+from stub_common.build import check_uint, compile_library, percent_encode, read_call_log, write_atomic
 
 __all__ = [
     "CALL_LOG_ENV",
@@ -45,18 +43,12 @@ CALL_LOG_ENV = "STUB_NVML_CALL_LOG"
 NVML_VALUE_NOT_AVAILABLE = 2**64 - 1
 MAX_DEVICES = 64
 
-CFLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", f"-Wl,-soname,{LIB_NAME}")
-_STAMP = ".stub_nvml_build"
-
 _LISTS = ("compute", "graphics", "mps")
 _INT_FIELDS = ("energy_rc", "power_rc", "procs_rc", "util_rc", "mig_rc")  # NVML return codes, any int
 _UINT_FIELDS = {"energy_mj": 2**64 - 1, "power_mw": 2**32 - 1, "delay_ms": 2**32 - 1}
 _BOOL_FIELDS = ("lost", "mig")
 _STR_FIELDS = ("name", "uuid")
 DEVICE_FIELDS = frozenset((*_INT_FIELDS, *_UINT_FIELDS, *_BOOL_FIELDS, *_STR_FIELDS))
-
-_tmp_counter = itertools.count()
-
 
 # ---- building ----------------------------------------------------------------------------------------------
 
@@ -76,40 +68,11 @@ def build_stub(dest_dir: Path, *, omit: Collection[str] = ()) -> Path:
     local), to imitate an older driver, e.g. ``omit={"nvmlDeviceGetComputeRunningProcesses_v3"}``.
     Use a different dest_dir per distinct omit set.
     """
-    omit = sorted(set(omit))
     unknown = set(omit) - exported_symbols()
     if unknown:
         raise ValueError(f"not exported by the stub, cannot omit: {sorted(unknown)}")
-    gcc = shutil.which("gcc") or "/usr/bin/gcc"
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    lib = dest_dir / LIB_NAME
-    stamp = dest_dir / _STAMP
-    key = hashlib.sha256(
-        b"\0".join([SOURCE.read_bytes(), gcc.encode(), *(f.encode() for f in CFLAGS), *(s.encode() for s in omit)])
-    ).hexdigest()
-    if lib.is_file() and stamp.is_file() and stamp.read_text() == key:
-        return dest_dir
-
-    unique = f"{os.getpid()}.{next(_tmp_counter)}"
-    tmp_lib = dest_dir / f".{LIB_NAME}.{unique}.tmp"
-    cmd = [gcc, *CFLAGS, "-o", str(tmp_lib), str(SOURCE)]
-    version_script = None
-    if omit:
-        version_script = dest_dir / f".omit.{unique}.map"
-        version_script.write_text("{ global: *; local: " + " ".join(f"{s};" for s in omit) + " };\n")
-        cmd.insert(-1, f"-Wl,--version-script={version_script}")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"building the NVML stub failed ({' '.join(cmd)}):\n{proc.stderr}")
-        os.replace(tmp_lib, lib)
-        stamp.write_text(key)
-    finally:
-        tmp_lib.unlink(missing_ok=True)
-        if version_script is not None:
-            version_script.unlink(missing_ok=True)
-    return dest_dir
+    compile_library(SOURCE, Path(dest_dir) / LIB_NAME, soname=LIB_NAME, omit=omit, what="NVML stub")
+    return Path(dest_dir)
 
 
 def stub_env(
@@ -132,19 +95,6 @@ def stub_env(
     return env
 
 
-def read_call_log(path: Path) -> list[tuple[str, int | None]]:
-    """(symbol, device index or None) per NVML call the stub logged, in call order; [] when no log yet."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        return []
-    calls: list[tuple[str, int | None]] = []
-    for line in text.splitlines():
-        sym, _, dev = line.partition(" ")
-        calls.append((sym, int(dev) if dev else None))
-    return calls
-
-
 # ---- state -------------------------------------------------------------------------------------------------
 
 
@@ -156,9 +106,7 @@ def default_uuid(index: int) -> str:
     return f"GPU-00000000-0000-4000-8000-{index:012d}"
 
 
-def _encode(value: str) -> str:
-    """Percent-encode everything that is not printable ASCII, plus '%', '#' and '='."""
-    return "".join(chr(b) if 0x21 <= b <= 0x7E and b not in b"%#=" else f"%{b:02X}" for b in value.encode())
+_encode = percent_encode
 
 
 def _check_device_field(key: str, value: object) -> None:
@@ -178,9 +126,7 @@ def _check_device_field(key: str, value: object) -> None:
             raise ValueError(f"{key} out of range: {value}")
 
 
-def _check_uint(name: str, value: int, bits: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**bits:
-        raise ValueError(f"{name} must be an unsigned {bits}-bit int, got {value!r}")
+_check_uint = check_uint
 
 
 class StubState:
@@ -330,11 +276,4 @@ class StubState:
 
     def write(self, path: Path) -> Path:
         """Atomically replace `path` (temporary file in the same directory, then os.replace)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
-        try:
-            tmp.write_text(self.render())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_atomic(path, self.render())
