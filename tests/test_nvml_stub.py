@@ -1,21 +1,16 @@
 """The stub libnvidia-ml.so.1 (tests/nvml_stub) seen through the real, unmodified pynvml (nvidia-ml-py).
 
-Every NVML call runs in a child Python process started with stub_env(), because LD_LIBRARY_PATH only takes
-effect at process start.  The child evaluates snippets sent over stdin and answers one JSON line each, so one
-child can also outlive several rewrites of the state file.
+Every NVML call runs in a child Python process (stub_common.child) started with stub_env(), because
+LD_LIBRARY_PATH only takes effect at process start.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from nvml_stub.stub import (
@@ -27,13 +22,14 @@ from nvml_stub.stub import (
     read_call_log,
     stub_env,
 )
+from stub_common.child import Child
 
-CALL_TIMEOUT_S = 20.0
-
-# Runs in the child: a tiny eval/exec server around the real pynvml.
-_CHILD = r"""
-import ctypes, json, sys, time
+# Runs in the child before it serves requests: the real pynvml and helpers that turn its structures into JSON.
+_PRELUDE = r"""
+import ctypes, time
 import pynvml
+
+LIB_ERROR = pynvml.NVMLError
 
 def procs(objs):
     return [[o.pid, o.usedGpuMemory, o.gpuInstanceId, o.computeInstanceId] for o in objs]
@@ -86,81 +82,7 @@ def gpu_instances(h):
             ])
     return found
 
-ns = dict(globals())
-for line in sys.stdin:
-    req = json.loads(line)
-    try:
-        if req["mode"] == "eval":
-            value = eval(req["src"], ns)
-        else:
-            exec(req["src"], ns)
-            value = ns.get("result")
-        reply = {"ok": value}
-    except Exception as e:
-        reply = {
-            "exc": type(e).__name__,
-            "value": getattr(e, "value", None),
-            "msg": str(e),
-            "is_nvml_error": isinstance(e, pynvml.NVMLError),
-        }
-    sys.stdout.write(json.dumps(reply) + "\n")
-    sys.stdout.flush()
 """
-
-
-class Child:
-    """A Python process with pynvml, loading whatever libnvidia-ml.so.1 its environment selects."""
-
-    def __init__(self, env: dict[str, str], stderr_path: Path) -> None:
-        self.stderr_path = stderr_path
-        with stderr_path.open("w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                env=env,
-            )
-
-    def _request(self, src: str, mode: str, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"src": src, "mode": mode}) + "\n")
-        self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            self.close()
-            pytest.fail(f"child did not answer {src!r} within {timeout} s; stderr: {self.stderr()}")
-        line = self.proc.stdout.readline()
-        if not line:
-            pytest.fail(f"child died on {src!r}; stderr: {self.stderr()}")
-        reply: dict[str, Any] = json.loads(line)
-        return reply
-
-    def ok(self, src: str, *, mode: str = "eval", timeout: float = CALL_TIMEOUT_S) -> Any:
-        reply = self._request(src, mode, timeout)
-        assert "exc" not in reply, f"{src!r} raised {reply}"
-        return reply["ok"]
-
-    def raises(self, src: str, *, mode: str = "eval", timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
-        reply = self._request(src, mode, timeout)
-        assert "exc" in reply, f"{src!r} returned {reply['ok']!r} instead of raising"
-        return reply
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 @pytest.fixture(scope="session")
@@ -185,7 +107,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Child]]:
     children: list[Child] = []
 
     def start(env: dict[str, str]) -> Child:
-        child = Child(env, tmp_path / f"child{len(children)}.stderr")
+        child = Child(env, tmp_path / f"child{len(children)}.stderr", _PRELUDE)
         children.append(child)
         return child
 
@@ -403,7 +325,7 @@ def test_init_driver_not_loaded(stub_lib: Path, state_path: Path, spawn: Callabl
     StubState().init(9).device(0).write(state_path)
     child = spawn(stub_env(stub_lib, state_path))
     err = child.raises("pynvml.nvmlInit()")
-    assert (err["exc"], err["value"], err["is_nvml_error"]) == ("NVMLError_DriverNotLoaded", 9, True)
+    assert (err["exc"], err["value"], err["is_lib_error"]) == ("NVMLError_DriverNotLoaded", 9, True)
     # the library stays loaded after a failed init; the stub then answers UNINITIALIZED like NVML does
     assert child.raises("pynvml.nvmlDeviceGetCount()")["exc"] == "NVMLError_Uninitialized"
 
@@ -423,7 +345,7 @@ def test_no_state_file_means_no_gpus(stub_lib: Path, tmp_path: Path, spawn: Call
 def test_without_the_stub_pynvml_finds_no_library(spawn: Callable[[dict[str, str]], Child], tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
     child = spawn(env)
-    probe = child._request("pynvml.nvmlInit()", "eval", CALL_TIMEOUT_S)
+    probe = child.request("pynvml.nvmlInit()")
     if "exc" not in probe:
         pytest.skip("this machine has a real libnvidia-ml.so.1")
     assert probe["exc"] == "NVMLError_LibraryNotFound"
@@ -486,10 +408,10 @@ def test_missing_symbol_behaviour(
     # which is NOT an NVMLError subclass
     for kind in ("Compute", "Graphics", "MPSCompute"):
         err = child.raises(f"pynvml.nvmlDeviceGet{kind}RunningProcesses(handle(0))")
-        assert (err["exc"], err["is_nvml_error"]) == ("NVMLLibraryMismatchError", False)
+        assert (err["exc"], err["is_lib_error"]) == ("NVMLLibraryMismatchError", False)
         assert f"nvmlDeviceGet{kind}RunningProcesses_v2" in err["msg"]
         err = child.raises(f"pynvml.nvmlDeviceGet{kind}RunningProcesses_v3(handle(0))")
-        assert (err["exc"], err["value"], err["is_nvml_error"]) == ("NVMLError_FunctionNotFound", 13, True)
+        assert (err["exc"], err["value"], err["is_lib_error"]) == ("NVMLError_FunctionNotFound", 13, True)
     assert child.ok("procs(pynvml.nvmlDeviceGetComputeRunningProcesses_v2(handle(0)))") == [
         [9, 64, 2**32 - 1, 2**32 - 1]
     ]
