@@ -28,7 +28,7 @@ from amdsmi_stub.stub import (
     stub_env,
 )
 from helpers import require
-from stub_common.child import Child
+from stub_common.child import Child, Children
 
 AMDSMI_VERSION = "7.0.2"  # the package version whose structures the stub reproduces
 
@@ -72,16 +72,8 @@ def state_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Child]]:
-    children: list[Child] = []
-
-    def start(env: dict[str, str]) -> Child:
-        child = Child(env, tmp_path / f"child{len(children)}.stderr", _PRELUDE)
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        child.close()
+    with Children(tmp_path, _PRELUDE) as children:
+        yield children.start
 
 
 @pytest.fixture

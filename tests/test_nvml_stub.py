@@ -22,7 +22,7 @@ from nvml_stub.stub import (
     read_call_log,
     stub_env,
 )
-from stub_common.child import Child
+from stub_common.child import Child, Children
 
 # Runs in the child before it serves requests: the real pynvml and helpers that turn its structures into JSON.
 _PRELUDE = r"""
@@ -104,16 +104,8 @@ def state_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Child]]:
-    children: list[Child] = []
-
-    def start(env: dict[str, str]) -> Child:
-        child = Child(env, tmp_path / f"child{len(children)}.stderr", _PRELUDE)
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        child.close()
+    with Children(tmp_path, _PRELUDE) as children:
+        yield children.start
 
 
 @pytest.fixture

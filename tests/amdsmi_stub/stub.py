@@ -15,13 +15,12 @@ The state file format is documented in README.md next to this module.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Collection, Mapping
 from enum import IntEnum
 from pathlib import Path
 
-from stub_common.build import check_uint, compile_library, read_call_log, render_line, write_atomic
+from stub_common.build import check_uint, compile_library, make_env, read_call_log, render_line, write_atomic
 
 __all__ = [
     "CALL_LOG_ENV",
@@ -163,15 +162,15 @@ def stub_env(
     """Environment for a subprocess whose `import amdsmi` should load the stub: base (default os.environ) with
     ROCM_PATH=rocm_dir (ROCM_HOME removed: it would take precedence), STUB_AMDSMI_STATE, and
     STUB_AMDSMI_CALL_LOG when call_log is given."""
-    env = dict(os.environ if base is None else base)
-    env.pop("ROCM_HOME", None)
-    env["ROCM_PATH"] = str(Path(rocm_dir).resolve())
-    env[STATE_ENV] = str(Path(state_path).resolve())
-    if call_log is not None:
-        env[CALL_LOG_ENV] = str(Path(call_log).resolve())
-    else:
-        env.pop(CALL_LOG_ENV, None)
-    return env
+    return make_env(
+        base,
+        {
+            "ROCM_HOME": None,
+            "ROCM_PATH": str(Path(rocm_dir).resolve()),
+            STATE_ENV: str(Path(state_path).resolve()),
+            CALL_LOG_ENV: None if call_log is None else str(Path(call_log).resolve()),
+        },
+    )
 
 
 # ---- state -------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import NamedTuple
 from stub_common.build import (
     check_uint,
     compile_library,
+    make_env,
     percent_encode,
     read_call_log,
     render_line,
@@ -130,15 +131,15 @@ def stub_env(
 ) -> dict[str, str]:
     """Environment for a subprocess that should load the stub: base (default os.environ) plus
     LD_LIBRARY_PATH (stub directory first) and STUB_NVML_STATE, and STUB_NVML_CALL_LOG when call_log is given."""
-    env = dict(os.environ if base is None else base)
-    old = env.get("LD_LIBRARY_PATH")
-    env["LD_LIBRARY_PATH"] = str(Path(lib_dir).resolve()) + (f":{old}" if old else "")
-    env[STATE_ENV] = str(Path(state_path).resolve())
-    if call_log is not None:
-        env[CALL_LOG_ENV] = str(Path(call_log).resolve())
-    else:
-        env.pop(CALL_LOG_ENV, None)
-    return env
+    old = (os.environ if base is None else base).get("LD_LIBRARY_PATH")
+    return make_env(
+        base,
+        {
+            "LD_LIBRARY_PATH": str(Path(lib_dir).resolve()) + (f":{old}" if old else ""),
+            STATE_ENV: str(Path(state_path).resolve()),
+            CALL_LOG_ENV: None if call_log is None else str(Path(call_log).resolve()),
+        },
+    )
 
 
 # ---- state -------------------------------------------------------------------------------------------------

@@ -8,13 +8,14 @@ import itertools
 import os
 import shutil
 import subprocess
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
     "HEADER",
     "check_uint",
     "compile_library",
+    "make_env",
     "percent_encode",
     "read_call_log",
     "render_line",
@@ -126,3 +127,14 @@ def render_line(kind: str, fields: Sequence[tuple[str, object]]) -> str:
             text = str(value)
         parts.append(f"{key}={text}")
     return " ".join(parts)
+
+
+def make_env(base: Mapping[str, str] | None, changes: Mapping[str, str | None]) -> dict[str, str]:
+    """base (default os.environ) with `changes` applied: a value sets the variable, None removes it."""
+    env = dict(os.environ if base is None else base)
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env

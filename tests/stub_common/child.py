@@ -13,6 +13,7 @@ import select
 import subprocess
 import sys
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import pytest
@@ -96,3 +97,26 @@ class Child:
                 self.proc.wait(timeout=10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+class Children:
+    """Starts Child processes for one test and closes them all at the end (use as a context manager)."""
+
+    def __init__(self, tmp_path: Path, prelude: str) -> None:
+        self.tmp_path = tmp_path
+        self.prelude = prelude
+        self.children: list[Child] = []
+
+    def start(self, env: dict[str, str]) -> Child:
+        child = Child(env, self.tmp_path / f"child{len(self.children)}.stderr", self.prelude)
+        self.children.append(child)
+        return child
+
+    def __enter__(self) -> Children:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for child in self.children:
+            child.close()
