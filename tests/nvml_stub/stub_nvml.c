@@ -1354,12 +1354,14 @@ EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device, uns
     nvmlReturn_t rc = begin_device_mig("nvmlDeviceGetMigDeviceHandleByIndex", device, &st, &d, &self);
     if (rc != NVML_SUCCESS)
         return rc;
-    if (migDevice == NULL || self != NULL || index >= d->mig_max) {
+    if (migDevice == NULL || self != NULL) {
         rc = NVML_ERROR_INVALID_ARGUMENT;
     } else if (d->mig_rc != NVML_SUCCESS) {
         rc = (nvmlReturn_t)d->mig_rc;
     } else if (!d->mig) {
         rc = NVML_ERROR_NOT_SUPPORTED;
+    } else if (index >= d->mig_max) {
+        rc = NVML_ERROR_INVALID_ARGUMENT;
     } else {
         rc = NVML_ERROR_NOT_FOUND;
         unsigned seen = 0;
