@@ -598,6 +598,8 @@ result = len(migs)
     assert (
         child.raises("pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle(0), 7)")["exc"] == "NVMLError_InvalidArgument"
     )
+    assert child.raises("pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle(1), 0)")["exc"] == "NVMLError_NotSupported"
+    assert child.ok("pynvml.nvmlDeviceGetMaxMigDeviceCount(handle(1))") == 0
     # not MIG-aware calls answer for the parent GPU (board-level energy)
     assert child.ok("pynvml.nvmlDeviceGetTotalEnergyConsumption(migs[0])") == 10
     # the GPU instance API needs the MIG monitor capability; MIG device handles keep working without it
