@@ -65,9 +65,53 @@ def found(node: Path) -> tuple[dict[Identity, CpuTimes], int]:
     return table, sum(t.cpu_us for t in tree.top)
 
 
-def test_every_new_layout_family_has_a_node() -> None:
-    """The families of issue 13, each with at least one node (and the seven hand-made ones kept)."""
-    assert len(ALL) >= 7 + 17, ALL
+# Each layout family → (node, kind, runtime or other label that shows it): fixtures/README.md has the sources.
+FAMILIES: dict[str, tuple[str, str, dict[str, str]]] = {
+    "Kubernetes, containerd, systemd driver": ("k8s-systemd-containerd", "container", {"runtime": "containerd"}),
+    "Kubernetes, CRI-O, systemd driver (conmon)": ("k8s-systemd-crio", "container", {"runtime": "cri-o"}),
+    "Kubernetes, CRI-O, cgroupfs driver (conmon)": ("k8s-crio-cgroupfs", "container", {"runtime": "cri-o"}),
+    "Kubernetes, cgroupfs driver (containerd)": ("k8s-cgroupfs", "container", {"runtime": ""}),
+    "containerd names at the v1 hierarchy root": ("k8s-containerd-v1-root", "container", {"runtime": "containerd"}),
+    "containerd names below containerd.service": ("k8s-containerd-v1-in-service", "pod", {"pod": "api-0"}),
+    "cri-dockerd": ("k8s-cri-dockerd-v1", "container", {"runtime": "docker", "parent_kind": "pod"}),
+    "Kata sandbox": ("k8s-sandboxed", "container", {"runtime": "kata"}),
+    "gVisor sandbox": ("k8s-sandboxed", "pod", {"pod": "untrusted-0"}),
+    "k3s / RKE2 (cgroupfs, v1)": ("k3s-v1-cgroupfs", "service", {"unit": "k3s.service"}),
+    "MicroK8s": ("microk8s-v2-cgroupfs", "service", {"unit": "snap.microk8s.daemon-kubelite.service"}),
+    "kind / minikube (Kubernetes in Docker)": ("kind-nested", "container", {"runtime": "docker", "parent_kind": ""}),
+    "k3s inside an LXC container": ("proxmox", "container", {"runtime": "", "parent_kind": "pod"}),
+    "Docker, systemd driver (v2)": ("kind-nested", "container", {"runtime": "docker"}),
+    "Docker, cgroupfs driver (v1)": ("docker-v1", "container", {"runtime": "docker"}),
+    "Docker at the root, /<id>, Docker-in-Docker": ("docker-cgroupfs-v2", "container", {"parent_kind": "container"}),
+    "rootless Docker": ("docker-cgroupfs-v2", "container", {"runtime": "docker", "parent_kind": "user"}),
+    "runsc (gVisor) without a cgroup path": ("docker-cgroupfs-v2", "container", {"runtime": ""}),
+    "Podman rootless and rootful, systemd": ("podman-rootless", "container", {"runtime": "podman"}),
+    "Podman, cgroupfs manager": ("podman-cgroupfs", "container", {"runtime": "podman"}),
+    "Podman pods": ("podman-pods-quadlet", "container", {"runtime": "podman", "parent_kind": "pod"}),
+    "Quadlet units (libpod-payload)": ("podman-pods-quadlet", "container", {"parent_kind": "service"}),
+    "nerdctl and containerd namespaces": ("nerdctl-containerd", "container", {"runtime": "containerd"}),
+    "iSulad": ("isulad-v1", "container", {"runtime": "isulad"}),
+    "Amazon ECS, cgroup v1": ("ecs-ec2-v1", "container", {"runtime": "docker", "parent_kind": "pod"}),
+    "Amazon ECS, cgroup v2": ("ecs-ec2-v2", "container", {"runtime": "docker", "parent_kind": "pod"}),
+    "LXC / Incus / LXD": ("lxc-incus", "container", {"runtime": "lxc", "container": "web"}),
+    "Proxmox VE containers": ("proxmox", "container", {"runtime": "lxc", "container": "101"}),
+    "Proxmox VE VMs": ("proxmox", "vm", {"vm_id": "100"}),
+    "libvirt QEMU (>= 7.1)": ("libvirt", "vm", {"hypervisor": "qemu"}),
+    "libvirt QEMU in partitions, libvirt-lxc": ("libvirt-lxc-partitions", "container", {"runtime": "libvirt-lxc"}),
+    "libvirt before 1.3 (no id)": ("libvirt-v1-pre-1.3", "vm", {"vm": "f20", "vm_id": ""}),
+    "libvirt without systemd": ("libvirt-non-systemd", "vm", {"vm": "db"}),
+    "systemd-nspawn / machined": ("nspawn", "container", {"runtime": "systemd-nspawn"}),
+    "Slurm, cgroup/v2": ("slurm-v2", "job", {"job_id": "1234"}),
+    "Slurm, cgroup/v2 with SLUIDs": ("slurm-v2-sluid", "job", {"job_id": "sEKNKTV3WPV500"}),
+    "Slurm, cgroup/v1": ("slurm-v1", "job", {"job_id": "42", "user_id": "1000"}),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_layout_family_has_a_node(family: str) -> None:
+    node, kind, labels = FAMILIES[family]
+    workloads = yaml.safe_load((NODES / node / "expected.yaml").read_text())["workloads"]
+    assert any(w["kind"] == kind and labels.items() <= w["labels"].items() for w in workloads), family
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -58,40 +58,38 @@ def build_tree(usages: list[CgroupUsage], deltas: dict[str, int]) -> WorkloadTre
         if usage.workload.key not in workloads:  # the same workload twice: keep the outermost path
             by_path[usage.path] = usage
             workloads[usage.workload.key] = usage.workload
-
+    path_of = {usage.workload.key: path for path, usage in by_path.items()}
     enclosing = {path: _nearest(u.components, by_path) for path, u in by_path.items()}
-    # Containers whose path names a pod that has no cgroup of its own (containerd on v1) form that pod.
-    orphans = {p for p, u in by_path.items() if u.workload.pod_uid and f"pod:{u.workload.pod_uid}" not in workloads}
+    # Containers outside the pod their path names (containerd on v1: `<pod slice>:cri-containerd:<id>` below
+    # containerd.service or at the hierarchy root) join that pod, or form it when it has no cgroup.
+    orphans = {
+        path
+        for path, u in by_path.items()
+        if u.workload.pod_uid and f"pod:{u.workload.pod_uid}" not in _around(path, enclosing, by_path)
+    }
     hoisted = {p for p, u in by_path.items() if u.workload.kind in ALWAYS_TOP} | orphans
     tops = {p for p in by_path if p not in orphans and (enclosing[p] is None or p in hoisted)}
     children = {p for p in by_path if p not in hoisted and enclosing[p] in tops}
-    cpu = {path: deltas.get(path, 0) for path in by_path}
-    own = {path: cpu[path] for path in tops | children | orphans}
-    for path in hoisted:  # its CPU is its own series': out of every exported workload around it
-        around = enclosing[path]
-        while around is not None:
-            if around in own:
-                own[around] -= cpu[path]
-            if around in hoisted:
-                break
-            around = enclosing[around]
+    own = _own_cpu({path: deltas.get(path, 0) for path in by_path}, tops | children | orphans, hoisted, enclosing)
 
     members: dict[str, list[Usage[str]]] = {path: [] for path in tops}
     parents: dict[str, str] = {}
-    paths = {path: by_path[path].workload.key for path in tops}
-    synthetic: dict[str, list[Usage[str]]] = {}  # pod uid → containers naming it
-    for path, usage in by_path.items():
+    paths = {path: by_path[path].workload.key for path in tops | children | orphans}
+    synthetic: dict[str, list[Usage[str]]] = {}  # pod uid → containers naming a pod with no cgroup
+    for path, usage in by_path.items():  # in path order, outermost first
+        if path not in children and path not in orphans:
+            continue
         workload = usage.workload
-        if path in orphans:
-            synthetic.setdefault(workload.pod_uid, []).append(Usage(workload.key, max(0, own[path])))
+        member = Usage(workload.key, max(0, own[path]))
+        parent = enclosing[path] if path in children else path_of.get(f"pod:{workload.pod_uid}")
+        if parent is None:
+            synthetic.setdefault(workload.pod_uid, []).append(member)
             parents[workload.key] = f"pod:{workload.pod_uid}"
-            paths[path] = workload.key
-        elif path in children:
-            parent = enclosing[path]
-            assert parent is not None
-            members[parent].append(Usage(workload.key, max(0, own[path])))
-            parents[workload.key] = by_path[parent].workload.key
-            paths[path] = workload.key
+            continue
+        members[parent].append(member)
+        parents[workload.key] = by_path[parent].workload.key
+        if path in orphans:  # the pod's cgroup is elsewhere: its member's CPU is added to it
+            own[parent] += member.cpu_us
 
     top: list[Usage[str]] = []
     for uid, pod_members in synthetic.items():
@@ -101,6 +99,33 @@ def build_tree(usages: list[CgroupUsage], deltas: dict[str, int]) -> WorkloadTre
     for path in sorted(tops):
         top.append(Usage(by_path[path].workload.key, max(0, own[path]), tuple(members[path])))
     return WorkloadTree(tuple(top), workloads, parents, paths)
+
+
+def _own_cpu(
+    cpu: dict[str, int], exported: set[str], hoisted: set[str], enclosing: dict[str, str | None]
+) -> dict[str, int]:
+    """Each exported workload's CPU less that of the top-level workloads nested in it, which have their own
+    series (down to the next hoisted one: its CPU already excludes what is nested in it)."""
+    own = {path: cpu[path] for path in exported}
+    for path in hoisted:
+        around = enclosing[path]
+        while around is not None:
+            if around in own:
+                own[around] -= cpu[path]
+            if around in hoisted:
+                break
+            around = enclosing[around]
+    return own
+
+
+def _around(path: str, enclosing: dict[str, str | None], by_path: dict[str, CgroupUsage]) -> set[str]:
+    """The keys of the workloads whose cgroups contain `path`'s."""
+    keys = set()
+    around = enclosing[path]
+    while around is not None:
+        keys.add(by_path[around].workload.key)
+        around = enclosing[around]
+    return keys
 
 
 def _nearest(components: tuple[str, ...], among: dict[str, CgroupUsage]) -> str | None:
