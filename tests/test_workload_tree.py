@@ -68,7 +68,9 @@ NESTABLE: dict[str, Family] = {
     "nerdctl": _container("nerdctl-{id}.scope"),
     "iSulad scope": _container("isulad-{id}.scope"),
     "Kata sandbox": _container("kata_{id}"),
-    "LXC/Incus": _container("lxc.payload.ct{n}"),
+    "Kata sandbox (CRI-O)": _container("kata_crio-{id}"),
+    "LXC >= 4 / LXD / Incus": _container("lxc.payload.ct{n}"),
+    "LXC 3.1 and 3.2": lambda n, _: Made(("lxc.payload", f"ct{n}"), "container"),
     "Docker cgroupfs": lambda n, _: Made(("docker", _hex(f"c{n}")), "container"),
     "iSulad cgroupfs": lambda n, _: Made(("isulad", _hex(f"c{n}")), "container"),
     # containerd on v1: the name points at a pod, made before (its cgroup elsewhere) or not at all.

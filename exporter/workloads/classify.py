@@ -41,8 +41,9 @@ _RUNTIMES = {
 # the container (containerd on cgroup v1 when runc and the kubelet disagree on the driver).
 _SLICE_PREFIX_ID = re.compile(rf"^(?P<slice>[^:]+\.slice):(?P<prefix>[a-z-]+):{_ID}$")
 _BARE_ID = re.compile(rf"^{_ID}$")
-_KATA = re.compile(rf"^kata_{_ID}$")  # Kata's sandbox cgroup under the pod (cgroupfs drivers)
-_LXC_PAYLOAD = re.compile(r"^lxc\.payload\.(?P<name>.+)$", re.DOTALL)  # LXC >= 4, LXD, Incus
+# Kata's sandbox cgroup under the pod with cgroupfs drivers: `kata_` before the base of the sandbox's path.
+_KATA = re.compile(rf"^kata_(?:crio-)?{_ID}$")
+_LXC_PAYLOAD = re.compile(r"^lxc\.payload\.(?P<name>.+)$", re.DOTALL)  # LXC >= 4.0, LXD, Incus
 _NSPAWN_UNIT = re.compile(r"^systemd-nspawn@(?P<name>.+)\.service$", re.DOTALL)
 _MACHINE = re.compile(r"^machine-(?P<name>.+)\.scope$", re.DOTALL)
 _LIBVIRT_NON_SYSTEMD = re.compile(r"^(?P<name>.+)\.libvirt-(?P<driver>qemu|lxc)$", re.DOTALL)
@@ -200,8 +201,10 @@ def _as_system_container(components: tuple[str, ...]) -> Classified | None:
     match = _LXC_PAYLOAD.match(name)
     if match:
         return _named_container("lxc", match["name"])
+    if len(components) >= 2 and components[-2] == "lxc.payload":
+        return _named_container("lxc", name)  # LXC 3.1 and 3.2: lxc.payload/<name>
     if len(components) == 2 and components[0] == "lxc":
-        return _named_container("lxc", name)  # Proxmox VE (`lxc.cgroup.dir.container`), LXC < 4
+        return _named_container("lxc", name)  # Proxmox VE (`lxc.cgroup.dir.container`), LXC <= 3.0
     match = _NSPAWN_UNIT.match(name)
     if match and components[0] == "machine.slice":
         return _named_container("systemd-nspawn", unescape_systemd(match["name"]))
