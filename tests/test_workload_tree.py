@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from exporter.attribution import attribute
 from exporter.workloads.cgroups import CgroupUsage
 from exporter.workloads.classify import classify, is_helper, may_hold_workloads
-from exporter.workloads.tree import build_tree
+from exporter.workloads.tree import build_tree, owner_of
 
 
 def _hex(seed: str, length: int = 64) -> str:
@@ -243,3 +243,19 @@ def test_every_family_is_drawn() -> None:
         assert (workload.kind if workload else None) == made.kind or made.helper, name
         if made.helper:
             assert is_helper(made.components[-1]), name
+
+
+def test_a_process_deep_in_a_job_or_a_stray_container_is_owned_by_its_workload() -> None:
+    """GPU users are resolved through /proc/<pid>/cgroup against the tree: a task of a Slurm step belongs to
+    its job, a process of a containerd-on-v1 container to its pod (which has no cgroup) and that container."""
+    job = ("system.slice", "slurmstepd.scope", "job_77")
+    uid = _uuid("stray")
+    stray = (f"kubepods-besteffort-pod{uid.replace('-', '_')}.slice:cri-containerd:{_hex('stray')}",)
+    usages = []
+    for components in (job, stray):
+        workload = classify(components)
+        assert workload is not None
+        usages.append(CgroupUsage("/".join(components), components, workload, 1_000))
+    tree = build_tree(usages, {u.path: u.usage_us for u in usages})
+    assert owner_of((*job, "step_0", "user", "task_1"), tree) == ("job:slurm:77", None)
+    assert owner_of(stray, tree) == (f"pod:{uid}", f"container:{_hex('stray')}")
