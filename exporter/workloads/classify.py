@@ -23,7 +23,7 @@ _POD_CGROUPFS = re.compile(rf"^pod{_UID}$")
 # and Amazon ECS tasks (cgroup v2 slice; the v1 `/ecs/<task>` directory is matched by its parent).
 _PODMAN_POD = re.compile(r"^(?:[a-z]+-)?libpod_pod_(?P<uid>[0-9a-f]{64})\.slice$")
 _ECS_TASK_V2 = re.compile(r"^ecstasks-(?P<uid>[0-9a-f]{32})\.slice$")
-_ECS_TASK_V1 = re.compile(rf"^(?:[0-9a-f]{{32}}|{_UID})$")
+_ECS_TASK_V1 = re.compile(rf"^{_UID}$")  # 32 hex, or a UUID (task ARNs of the old format)
 # `<prefix>-<id>.scope` (systemd drivers) and `<prefix>-<id>` (CRI-O and Podman with cgroupfs).
 _PREFIXED = re.compile(
     rf"^(?P<prefix>cri-containerd|crio|docker|libpod|libpod-payload|nerdctl|isulad)-{_ID}(?:\.scope)?$"
@@ -66,8 +66,7 @@ _HELPERS = re.compile(
 )
 _USER = re.compile(r"^user-(?P<uid>\d+)\.slice$")
 _SERVICE = re.compile(r"^(?P<unit>.+\.service)$", re.DOTALL)  # any name: labels are escaped
-# Containers that never hold other workloads: those of a Kubernetes pod (the kubelet's tree) and Kata
-# sandboxes (their containers run inside the guest).
+# Kata sandboxes never hold workloads on the host: their containers run inside the guest.
 _LEAF_RUNTIMES = frozenset({"kata"})
 
 
@@ -118,10 +117,10 @@ def classify(components: tuple[str, ...]) -> Classified | None:
 
 
 def may_hold_workloads(components: tuple[str, ...], workload: Classified | None) -> bool:
-    """Whether the walk goes below a cgroup. VMs (vCPU threads), jobs (steps and tasks), Kata sandboxes and the
-    containers of a Kubernetes pod never hold workloads, and most cgroups are such containers, each with dozens
-    of interface files to list. Other containers are walked: a kind node is a Docker container with pods
-    inside, and an LXC container may run Docker or k3s."""
+    """Whether the walk goes below a cgroup. VMs (vCPU threads), jobs (steps and tasks) and Kata sandboxes hold
+    no workloads, and nothing inside a Kubernetes pod's container would be exported (it is that container's
+    CPU); most cgroups are such containers, each with dozens of interface files to list. Other containers are
+    walked: a kind node is a Docker container with pods inside, and an LXC container may run Docker or k3s."""
     if workload is None:
         return True
     if workload.kind in ("vm", "job"):
