@@ -330,7 +330,7 @@ def k8s_sandboxed() -> Node:
         ],
         root_self=1_004_332_871, logs=True,
         # The Kata pod's container runs in the guest: the kubelet logs it, the host has no cgroup for it.
-        log_only=[(kp, "build", hexid("sandbox-kbuild"))],
+        log_only=[(kp, "compile", hexid("sandbox-kbuild"))],
     )
 
 
