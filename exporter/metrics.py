@@ -116,8 +116,10 @@ POD_CPU_JOULES = Family(
 CONTAINER_CPU_JOULES = Family(
     "container_cpu_joules_total",
     "counter",
-    WORKLOAD_HELP.format(what="container"),
-    ("node", "namespace", "pod", "container", "container_id", "runtime", "zone", "source"),
+    WORKLOAD_HELP.format(what="container")
+    + " A container inside another workload (its pod, a user's session, a service, a system container) is part "
+    'of that one\'s energy too: parent_kind names its kind; parent_kind="" is a top-level container.',
+    ("node", "namespace", "pod", "container", "container_id", "runtime", "parent_kind", "zone", "source"),
 )
 SERVICE_CPU_JOULES = Family(
     "service_cpu_joules_total",
@@ -131,6 +133,12 @@ VM_CPU_JOULES = Family(
     WORKLOAD_HELP.format(what="virtual machine"),
     ("node", "vm", "vm_id", "hypervisor", "zone", "source"),
 )
+JOB_CPU_JOULES = Family(
+    "job_cpu_joules_total",
+    "counter",
+    WORKLOAD_HELP.format(what="batch job (Slurm; its steps and tasks)"),
+    ("node", "job_id", "user_id", "scheduler", "zone", "source"),
+)
 USER_CPU_JOULES = Family(
     "user_cpu_joules_total",
     "counter",
@@ -141,7 +149,8 @@ UNATTRIBUTED_CPU_JOULES = Family(
     "unattributed_cpu_joules_total",
     "counter",
     "Active CPU energy no workload accounts for: kernel threads, interrupts, processes outside workload cgroups. "
-    "Per zone: node = idle + unattributed + pods + standalone containers + services + VMs + users.",
+    'Per zone: node = idle + unattributed + pods + top-level containers (parent_kind="") + services + VMs + '
+    "users + jobs.",
     ("node", "zone", "source"),
 )
 POD_CPU_WATTS = Family(
@@ -224,7 +233,7 @@ WORKLOAD_GPU_FAMILIES: dict[str, Family] = {
         "container_gpu_joules_total",
         "counter",
         GPU_WORKLOAD_HELP.format(what="container"),
-        ("node", "namespace", "pod", "container", "container_id", "runtime", "gpu", "gpu_uuid"),
+        ("node", "namespace", "pod", "container", "container_id", "runtime", "parent_kind", "gpu", "gpu_uuid"),
     ),
     "service": Family(
         "service_gpu_joules_total",
@@ -243,6 +252,12 @@ WORKLOAD_GPU_FAMILIES: dict[str, Family] = {
         "counter",
         GPU_WORKLOAD_HELP.format(what="user's sessions"),
         ("node", "uid", "gpu", "gpu_uuid"),
+    ),
+    "job": Family(
+        "job_gpu_joules_total",
+        "counter",
+        GPU_WORKLOAD_HELP.format(what="batch job"),
+        ("node", "job_id", "user_id", "scheduler", "gpu", "gpu_uuid"),
     ),
 }
 POD_LABELS = Family(
@@ -281,6 +296,7 @@ WORKLOAD_FAMILIES: dict[str, Family] = {
     "service": SERVICE_CPU_JOULES,
     "vm": VM_CPU_JOULES,
     "user": USER_CPU_JOULES,
+    "job": JOB_CPU_JOULES,
 }
 
 CATALOGUE: tuple[Family, ...] = (

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.sysfs import HeldFile
-from exporter.workloads.classify import Classified, classify, is_helper
+from exporter.workloads.classify import Classified, classify, is_helper, may_hold_workloads
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +83,6 @@ class CgroupUsage:
     components: tuple[str, ...]
     workload: Classified
     usage_us: int
-
-
-def _may_hold_workloads(workload: Classified | None) -> bool:
-    """Whether to walk below a cgroup. Most cgroups are container scopes, each with dozens of interface files
-    to list, and a pod's containers (or a VM's vCPU threads) never hold workloads. Docker and Podman
-    containers are walked: a kind node is a Docker container with pods inside."""
-    if workload is None:
-        return True
-    if workload.kind == "vm":
-        return False
-    return workload.kind != "container" or workload.runtime in ("docker", "podman")
 
 
 def _label_safe(name: str) -> str:
@@ -167,7 +156,7 @@ class CgroupTree:
                     if workload is not None and child not in taken:
                         taken.add(child)
                         found[entry.path] = (child, workload, hierarchy.stat_file)
-                    if _may_hold_workloads(workload) and len(child) < MAX_DEPTH:
+                    if may_hold_workloads(child, workload) and len(child) < MAX_DEPTH:
                         stack.append((entry.path, child))
         return found
 

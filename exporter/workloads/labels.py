@@ -7,23 +7,32 @@ from exporter.workloads.kubernetes import ContainerName, PodName
 
 LABELS: dict[str, tuple[str, ...]] = {
     "pod": ("namespace", "pod", "uid"),
-    "container": ("namespace", "pod", "container", "container_id", "runtime"),
+    "container": ("namespace", "pod", "container", "container_id", "runtime", "parent_kind"),
     "service": ("unit",),
     "vm": ("vm", "vm_id", "hypervisor"),
     "user": ("uid",),
+    "job": ("job_id", "user_id", "scheduler"),
 }
 
 
-def label_values(workload: Classified, pod: PodName | None, container: ContainerName | None) -> tuple[str, ...]:
-    """Values in LABELS[kind] order. Names the node does not know are empty, never guessed."""
+def label_values(
+    workload: Classified, pod: PodName | None, container: ContainerName | None, parent: str = ""
+) -> tuple[str, ...]:
+    """Values in LABELS[kind] order. Names the node does not know are empty, never guessed. `parent` is the key
+    of the top-level workload a child belongs to; a container's `parent_kind` is that workload's kind, empty for
+    a top-level container (so PromQL can add up top-level workloads without counting a child twice)."""
     if workload.kind == "pod":
         return (pod.namespace if pod else "", pod.pod if pod else "", workload.uid)
     if workload.kind == "container":
         namespace = container.namespace if container else (pod.namespace if pod else "")
         pod_name = container.pod if container else (pod.pod if pod else "")
-        return (namespace, pod_name, container.container if container else "", workload.container_id, workload.runtime)
+        name = container.container if container else workload.container
+        parent_kind = parent.partition(":")[0]
+        return (namespace, pod_name, name, workload.container_id, workload.runtime, parent_kind)
     if workload.kind == "service":
         return (workload.unit,)
     if workload.kind == "vm":
         return (workload.vm, workload.vm_id, workload.hypervisor)
+    if workload.kind == "job":
+        return (workload.job_id, workload.uid, workload.scheduler)
     return (workload.uid,)
