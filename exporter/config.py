@@ -14,15 +14,18 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from exporter.meters.registry import DEFAULT_ORDER, NODE_METERS
+from exporter.zones import ZONES
 
 ENV_PREFIX = "WATTLENS_"
 ENV_CONFIG_FILE = "WATTLENS_CONFIG"
 DEFAULT_PORT = 9875
-MeterName = Literal["rapl", "model"]
-ZONE_NAMES = ("package", "core", "uncore", "dram", "psys")
+ZONE_NAMES = tuple(name for name, kind in ZONES.items() if kind.role == "cpu")
 
 
 class ConfigError(Exception):
@@ -57,6 +60,61 @@ class ModelConfig(BaseModel):
         return value
 
 
+class RedfishConfig(BaseModel):
+    """The BMC whose chassis power is the node's platform domain (optional: off while `url` is empty)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(
+        "", json_schema_extra=_hint("the BMC's base URL, e.g. https://10.0.0.5 or https://bmc.example:8443, or empty")
+    )
+    chassis: str = Field(
+        "", json_schema_extra=_hint("the Chassis Id to read (e.g. 1U), or empty for the only chassis the BMC has")
+    )
+    username: str = Field("", max_length=256, json_schema_extra=_hint("the BMC user name (or use username_file)"))
+    username_file: Path | None = Field(
+        None, json_schema_extra=_hint("a file holding the BMC user name (a mounted Secret's key), or unset")
+    )
+    password_file: Path | None = Field(
+        None, json_schema_extra=_hint("a file holding the BMC password (a mounted Secret's key); re-read at login")
+    )
+    auth: Literal["session", "basic"] = Field(
+        "session", json_schema_extra=_hint("'session' (X-Auth-Token, one login) or 'basic' (credentials per request)")
+    )
+    ca_file: Path | None = Field(
+        None, json_schema_extra=_hint("a PEM CA bundle that signed the BMC's certificate, or unset for the system's")
+    )
+    tls_insecure_skip_verify: bool = Field(
+        False, json_schema_extra=_hint("false (verify the BMC's certificate), or true to accept any certificate")
+    )
+    timeout: float = Field(
+        5.0, ge=0.5, le=60, json_schema_extra=_hint("seconds one BMC request may take, 0.5 to 60 (default 5)")
+    )
+    interval: float | None = Field(
+        None, ge=1, le=600, json_schema_extra=_hint("seconds between BMC reads, 1 to 600 (default: the tick interval)")
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be https://HOST[:PORT] (or http:// for a BMC without TLS)")
+        if parts.query or parts.fragment or parts.path.strip("/") or parts.username or parts.password:
+            raise ValueError("must be only the scheme, host and port: credentials go in username/password_file")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> RedfishConfig:
+        if self.url and self.password_file is None:
+            raise ValueError("redfish.url is set but redfish.password_file is not")
+        if self.url and not self.username and self.username_file is None:
+            raise ValueError("redfish.url is set but neither redfish.username nor redfish.username_file is")
+        return self
+
+
 class Config(BaseModel):
     """Everything wattlens can be told. Field names are the YAML keys and the WATTLENS_* names."""
 
@@ -72,10 +130,16 @@ class Config(BaseModel):
     cgroup_root: Path = Field(
         Path("/sys/fs/cgroup"), json_schema_extra=_hint("the host's cgroup mount, e.g. /sys/fs/cgroup")
     )
-    meters: tuple[MeterName, ...] = Field(
-        ("rapl", "model"),
+    meters: tuple[str, ...] = Field(
+        DEFAULT_ORDER,
         min_length=1,
-        json_schema_extra=_hint("a comma-separated list of meters to try in order, from: rapl, model"),
+        json_schema_extra=_hint("a comma-separated list of meters to try in order, from: " + ", ".join(NODE_METERS)),
+    )
+    meter_failover_after: float = Field(
+        60.0,
+        ge=5,
+        le=86400,
+        json_schema_extra=_hint("seconds a meter's zones may all be down before the next meter takes over"),
     )
     idle_policy: Literal["baseline", "ratio"] = Field(
         "baseline", json_schema_extra=_hint("'baseline' (learned or configured idle watts) or 'ratio'")
@@ -95,6 +159,12 @@ class Config(BaseModel):
         gt=0,
         le=100000,
         json_schema_extra=_hint("the most watts one zone can draw; larger steps are counter resets"),
+    )
+    max_platform_watts: float = Field(
+        50000.0,
+        gt=0,
+        le=1000000,
+        json_schema_extra=_hint("the most watts the whole node (platform, module) can draw (default 50000)"),
     )
     idle_attribution: Literal["none", "cpu"] = Field(
         "none", json_schema_extra=_hint("'none' (idle energy stays at node level) or 'cpu' (spread like active)")
@@ -166,6 +236,7 @@ class Config(BaseModel):
         "info", json_schema_extra=_hint("one of debug, info, warning, error")
     )
     model: ModelConfig = Field(default_factory=ModelConfig)
+    redfish: RedfishConfig = Field(default_factory=RedfishConfig)
 
     @field_validator("listen")
     @classmethod
@@ -182,7 +253,10 @@ class Config(BaseModel):
 
     @field_validator("meters")
     @classmethod
-    def _unique_meters(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _known_meters(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if name not in NODE_METERS:
+                raise ValueError(f"unknown meter '{name}'")
         if len(set(value)) != len(value):
             raise ValueError("a meter is listed twice")
         return value

@@ -13,7 +13,7 @@ from exporter.config import Config, ConfigError, load_config
 
 def test_defaults() -> None:
     config = load_config({}, None, environ={"NODE_NAME": "n1"})
-    assert (config.interval, config.listen_address(), config.meters) == (5.0, (None, 9875), ("rapl", "model"))
+    assert (config.interval, config.listen_address(), config.meters) == (5.0, (None, 9875), ("rapl", "hwmon", "model"))
     assert config.node_name == "n1"
     assert config.idle_policy == "baseline"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from exporter.config import ModelConfig
+from exporter.config import Config, ModelConfig
 from exporter.counters import MICRO
 from exporter.meters.base import CounterSample, ZoneId
 from exporter.workloads.procfs import CpuTimes, utilisation
@@ -57,3 +57,7 @@ class ModelMeter:
 
     def close(self) -> None:
         self._last = None
+
+
+def open_meter(config: Config, cpus: int) -> ModelMeter:
+    return ModelMeter(config.model, cpus)
