@@ -17,7 +17,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from exporter.meters.registry import DEFAULT_ORDER, NODE_METERS
 from exporter.zones import ZONES
@@ -73,10 +73,14 @@ class RedfishConfig(BaseModel):
     )
     username: str = Field("", max_length=256, json_schema_extra=_hint("the BMC user name (or use username_file)"))
     username_file: Path | None = Field(
-        None, json_schema_extra=_hint("a file holding the BMC user name (a mounted Secret's key), or unset")
+        None,
+        validate_default=True,
+        json_schema_extra=_hint("a file holding the BMC user name (a mounted Secret's key), or set redfish.username"),
     )
     password_file: Path | None = Field(
-        None, json_schema_extra=_hint("a file holding the BMC password (a mounted Secret's key); re-read at login")
+        None,
+        validate_default=True,
+        json_schema_extra=_hint("a file holding the BMC password (a mounted Secret's key); re-read at login"),
     )
     auth: Literal["session", "basic"] = Field(
         "session", json_schema_extra=_hint("'session' (X-Auth-Token, one login) or 'basic' (credentials per request)")
@@ -106,13 +110,19 @@ class RedfishConfig(BaseModel):
             raise ValueError("must be only the scheme, host and port: credentials go in username/password_file")
         return value.rstrip("/")
 
-    @model_validator(mode="after")
-    def _credentials(self) -> RedfishConfig:
-        if self.url and self.password_file is None:
-            raise ValueError("redfish.url is set but redfish.password_file is not")
-        if self.url and not self.username and self.username_file is None:
+    @field_validator("username_file")
+    @classmethod
+    def _user_with_url(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if info.data.get("url") and value is None and not info.data.get("username"):
             raise ValueError("redfish.url is set but neither redfish.username nor redfish.username_file is")
-        return self
+        return value
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_with_url(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if info.data.get("url") and value is None:
+            raise ValueError("redfish.url is set but redfish.password_file is not")
+        return value
 
 
 class Config(BaseModel):

@@ -11,7 +11,7 @@ rule between readings (`method="power_integration"`); an interval whose reading 
 The client is the standard library (docs/research/redfish.md weighs DMTF's `redfish` and `sushy`): TLS verified
 by default (system trust store or `ca_file`), a timeout on every request, basic or session authentication (one
 re-login when a session expires), bounded response bodies, and failures retried with exponential backoff. Wrong
-credentials or a refused certificate are logged once, with the fix, until the BMC answers again.
+credentials or a refused certificate make the platform zone down: the accounting logs that once, with the fix.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ ROOT = "/redfish/v1"
 MAX_BODY = 1 << 20  # a chassis resource is a few kB; anything this large is not one
 RETRY_MAX_S = 300.0
 KWH_J = 3_600_000
+FIRST_READING_WAIT_S = 2.0
 
 
 class RedfishError(Exception):
@@ -390,20 +391,17 @@ class RedfishPoller:
             return self._failed(exc)
         except Exception as exc:  # a BMC answer shaped unlike any schema: keep polling, say what it was
             return self._failed(RedfishError("protocol", f"unexpected answer ({type(exc).__name__}: {exc})"))
-        if not self.up:
-            log.info("redfish: %s answers again", self.config.url)
         self.up, self.error, self._failures = True, "", 0
         return self.interval
 
     def _failed(self, exc: RedfishError) -> float:
+        """Count the failure and back off. The error (with its fix) becomes the platform zone's, which the
+        accounting logs once when the zone goes down; here it is only a debug line."""
         self.errors += 1
         self._failures += 1
         self._last_power = None  # the next reading starts a new integration: the gap is not guessed
-        message = str(exc)
-        if self.up or message != self.error:
-            fix = f" Fix: {exc.fix}" if exc.fix else ""
-            log.warning("redfish: %s: %s; retrying with backoff.%s", self.config.url, message, fix)
-        self.up, self.error = False, message
+        self.up, self.error = False, f"{exc}. Fix: {exc.fix}" if exc.fix else str(exc)
+        log.debug("redfish: %s: %s", self.config.url, self.error)
         if exc.kind == "protocol":
             self.plan = None  # rediscover: the BMC may have been updated or reconfigured
         return float(min(self.interval * 2 ** min(self._failures, 16), RETRY_MAX_S))
@@ -467,7 +465,9 @@ class RedfishMeter:
         poller.start()
         zone = ZoneId("platform", "", "", SOURCE, urlsplit(config.url).netloc)
         # Stale once several polls in a row have failed: the domain is down rather than silently flat.
-        return cls(poller, zone, max(3 * interval + config.timeout, 30.0))
+        meter = cls(poller, zone, max(3 * interval + config.timeout, 30.0))
+        meter.wait_first(min(config.timeout, FIRST_READING_WAIT_S))  # a healthy BMC is up from the first tick
+        return meter
 
     def zones(self) -> Sequence[ZoneId]:
         return [self.zone]

@@ -126,6 +126,10 @@ class NodeMeters:
     def measures(self) -> bool:
         return bool(self._in_use)
 
+    def get(self, name: str) -> NodeMeter | None:
+        """The named meter if it is in use."""
+        return next((u.meter for u in self._in_use if u.name == name), None)
+
     def _serving(self, role: Role) -> _InUse | None:
         return next((u for u in self._in_use if role in u.roles), None)
 
@@ -144,7 +148,12 @@ class NodeMeters:
                     samples.append(sample)
                     if role == "cpu":
                         cpu_samples.append(sample)
+        before = self._serving("cpu")
         self._watch_cpu(now, cpu_samples)
+        after = self._serving("cpu")
+        if after is not None and after is not before:
+            # The new meter's first reading is this tick's baseline, so the next tick has a delta.
+            samples.extend(s for s in after.meter.read(now, cpu) if role_of(s.zone.zone) == "cpu")
         return samples
 
     def _watch_cpu(self, now: float, cpu_samples: list[CounterSample]) -> None:
