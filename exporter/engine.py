@@ -509,7 +509,7 @@ class Engine:
             states.append(
                 WorkloadState(
                     kind=workload.kind,
-                    labels=label_values(workload, pod, container),
+                    labels=label_values(workload, record.parent, pod, container),
                     energy_uj=tuple(sorted(record.energy_uj.items())),
                     last_uj=tuple(sorted(record.last_uj.items())),
                 )

@@ -116,8 +116,11 @@ POD_CPU_JOULES = Family(
 CONTAINER_CPU_JOULES = Family(
     "container_cpu_joules_total",
     "counter",
-    WORKLOAD_HELP.format(what="container"),
-    ("node", "namespace", "pod", "container", "container_id", "runtime", "zone", "source"),
+    WORKLOAD_HELP.format(what="container")
+    + " uid is its pod's UID; parent_kind the kind of the workload whose series already contain it (pod, user, "
+    "service, vm, container), empty for a standalone container: only those add up with pods, services, VMs and "
+    "users to the node.",
+    ("node", "namespace", "pod", "uid", "container", "container_id", "runtime", "parent_kind", "zone", "source"),
 )
 SERVICE_CPU_JOULES = Family(
     "service_cpu_joules_total",
@@ -141,7 +144,7 @@ UNATTRIBUTED_CPU_JOULES = Family(
     "unattributed_cpu_joules_total",
     "counter",
     "Active CPU energy no workload accounts for: kernel threads, interrupts, processes outside workload cgroups. "
-    "Per zone: node = idle + unattributed + pods + standalone containers + services + VMs + users.",
+    "Per zone: node = idle + unattributed + pods + standalone containers (empty parent_kind) + services + VMs + users.",
     ("node", "zone", "source"),
 )
 POD_CPU_WATTS = Family(
@@ -223,8 +226,8 @@ WORKLOAD_GPU_FAMILIES: dict[str, Family] = {
     "container": Family(
         "container_gpu_joules_total",
         "counter",
-        GPU_WORKLOAD_HELP.format(what="container"),
-        ("node", "namespace", "pod", "container", "container_id", "runtime", "gpu", "gpu_uuid"),
+        GPU_WORKLOAD_HELP.format(what="container") + " uid and parent_kind as on wattlens_container_cpu_joules_total.",
+        ("node", "namespace", "pod", "uid", "container", "container_id", "runtime", "parent_kind", "gpu", "gpu_uuid"),
     ),
     "service": Family(
         "service_gpu_joules_total",

@@ -477,7 +477,8 @@ def check_run(prom: Prometheus, t_first: float, t_ended: float, t_last: float, m
     idle = _total(prom, f'increase(wattlens_node_cpu_idle_joules_total{{zone="package"}}{window})', t_last)
     unattributed = _total(prom, f'increase(wattlens_unattributed_cpu_joules_total{{zone="package"}}{window})', t_last)
     parts = {kind: _total(prom, f'increase(wattlens_{kind}_cpu_joules_total{{zone="package"{extra}}}{window})', t_last)
-             for kind, extra in (("pod", ""), ("container", ',pod=""'), ("service", ""), ("vm", ""), ("user", ""))}
+             for kind, extra in (("pod", ""), ("container", ',parent_kind=""'), ("service", ""), ("vm", ""),
+                                 ("user", ""))}
     difference = node_j - (idle + unattributed + sum(parts.values()))
     print(f"\npackage over {t_last - t_first:.3f} s: node {node_j:.6f} J = idle {idle:.6f} + unattributed "
           f"{unattributed:.6f} + workloads {parts}; difference {difference:.3g} J")
