@@ -253,7 +253,8 @@ def test_config_is_valid_for_wattlens_and_inside_the_mounts(name: str, tmp_path:
     config_file.write_text(config_map["data"]["wattlens.yaml"])
     config = load_config(None, config_file, environ={"NODE_NAME": "node-a"})
     mounts = [m["mountPath"] for m in c["volumeMounts"]]
-    for path in (config.sys_path, config.proc_path, config.cgroup_root,
+    assert config.proc_path == Path("/proc")  # the container's own: /proc/stat is the host's in any PID namespace
+    for path in (config.sys_path, config.cgroup_root,
                  config.kubelet_log_path / "pods", config.kubelet_log_path / "containers"):
         assert any(path == Path(m) or Path(m) in path.parents for m in mounts), path
     [port] = c["ports"]
@@ -280,9 +281,11 @@ def test_security_properties_hold(name: str) -> None:
     assert problems == []
 
 
-def test_host_pid_only_with_gpus() -> None:
+def test_host_pid_only_with_gpus_or_process_metrics() -> None:
     for name, options in OPTIONS.items():
-        assert pod_spec(chart(name))["hostPID"] is bool(options.get("gpu.enabled")), name
+        needs = bool(options.get("gpu.enabled") or options.get("config", {}).get("process_metrics"))
+        assert pod_spec(chart(name))["hostPID"] is needs, name
+    assert not any("hostPath" in v and v["hostPath"]["path"] == "/proc" for v in pod_spec(chart("gpu"))["volumes"])
     [c] = pod_spec(chart("gpu"))["containers"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert {k: env[k] for k in GPU_ENV} == GPU_ENV

@@ -45,7 +45,6 @@ GPU_ENV = {
 # host path -> where it is mounted. Anything else from the host is a new privilege and needs review.
 HOST_PATHS = {
     "/sys": "/host/sys",
-    "/proc": "/host/proc",
     "/var/log/pods": "/host/var/log/pods",
     "/var/log/containers": "/host/var/log/containers",
     "/run/nvidia/driver": "/run/nvidia/driver",
@@ -144,8 +143,10 @@ def security_violations(docs: Docs) -> list[str]:
             d["kind"] in ("RoleBinding", "ClusterRoleBinding") for d in docs):
         problems.append("pod: a service-account token is mounted but no API access is granted or needed")
     gpu = any(e.get("name") == "NVIDIA_VISIBLE_DEVICES" for c in _all_containers(spec) for e in c.get("env", []))
-    if spec.get("hostPID") and not gpu:
-        problems.append("pod: hostPID without GPUs (only NVML's PIDs need the host PID namespace)")
+    processes = any(yaml.safe_load(d["data"].get("wattlens.yaml") or "{}").get("process_metrics")
+                    for d in docs if d["kind"] == "ConfigMap")
+    if spec.get("hostPID") and not (gpu or processes):
+        problems.append("pod: hostPID without GPUs or process_metrics (nothing else needs the host's PIDs)")
     if {"operator": "Exists"} not in spec.get("tolerations", []):
         problems.append("pod: does not tolerate every taint ({operator: Exists})")
     grace = spec.get("terminationGracePeriodSeconds")
@@ -375,10 +376,12 @@ def test_config_is_valid_and_matches_the_mounts(target: str, tmp_path: Path) -> 
     assert config.node_name == "node-a"
     assert config.listen_address() == (None, 9875)
     mounts = [m["mountPath"] for m in c["volumeMounts"]]
-    for path in (config.sys_path, config.proc_path, config.cgroup_root,
+    assert config.proc_path == Path("/proc")  # the container's own: /proc/stat is the host's in any PID namespace
+    for path in (config.sys_path, config.cgroup_root,
                  config.kubelet_log_path / "pods", config.kubelet_log_path / "containers"):
         assert any(path == Path(m) or Path(m) in path.parents for m in mounts), path
     assert config.sys_path == Path("/host/sys") and config.cgroup_root == Path("/host/sys/fs/cgroup")
+    assert not any(v.get("hostPath", {}).get("path") == "/proc" for v in spec["volumes"])
 
 
 def _without(docs: Docs, kinds: tuple[str, ...] = ()) -> Docs:

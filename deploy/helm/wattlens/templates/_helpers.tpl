@@ -59,7 +59,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/* wattlens.yaml: the user's `config` plus the settings the chart owns (mount paths, port, features). */}}
 {{- define "wattlens.config" -}}
-{{- $owned := dict "listen" (printf ":%d" (int .Values.port)) "sys_path" "/host/sys" "proc_path" "/host/proc" "cgroup_root" "/host/sys/fs/cgroup" "kubelet_log_path" "/host/var/log" -}}
+{{- $owned := dict "listen" (printf ":%d" (int .Values.port)) "sys_path" "/host/sys" "proc_path" "/proc" "cgroup_root" "/host/sys/fs/cgroup" "kubelet_log_path" "/host/var/log" -}}
 {{- if .Values.apiWatch.enabled -}}
 {{- $_ := set $owned "kubernetes_api" true -}}
 {{- with .Values.apiWatch.podLabels -}}
