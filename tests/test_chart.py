@@ -444,3 +444,27 @@ def test_notes_say_how_to_check_it_works() -> None:
     # Without a selection label it warns that kube-prometheus-stack will not scrape it.
     out = _helm("install", "--dry-run=client", RELEASE, str(CHART), "--namespace", NAMESPACE)
     assert "WARNING: kube-prometheus-stack's Prometheus selects only ServiceMonitors labelled" in out.stdout
+
+
+def test_the_plain_prometheus_example_keeps_wattlens_labels(tmp_path: Path) -> None:
+    """docs/kubernetes.md's scrape config for a Prometheus without the Operator: valid, honor_labels, and the
+    same labeldrop as the ServiceMonitor."""
+    text = (REPO / "docs" / "kubernetes.md").read_text()
+    section = text[text.index("### With a plain Prometheus"):]
+    block = re.search(r"^```yaml\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+    assert block is not None
+    config = yaml.safe_load(block.group(1))
+    [job] = config["scrape_configs"]
+    assert job["honor_labels"] is True
+    [endpoint] = one(chart("default"), "ServiceMonitor")["spec"]["endpoints"]
+    drop = next(r for r in endpoint["relabelings"] if r.get("action") == "labeldrop")
+    assert {"action": "labeldrop", "regex": drop["regex"]} in job["relabel_configs"]
+    # Debian's Prometheus is built without Kubernetes discovery (promtool: "field kubernetes_sd_configs not
+    # found"): check everything else, with a static target in its place.
+    assert job.pop("kubernetes_sd_configs") == [{"role": "endpoints", "namespaces": {"names": ["wattlens"]}}]
+    job["static_configs"] = [{"targets": ["127.0.0.1:9875"]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    promtool = tool("promtool", "apt-get install -y --no-install-recommends prometheus")
+    out = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
