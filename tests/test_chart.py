@@ -232,9 +232,17 @@ def test_schema_config_is_wattlens_config_model() -> None:
 def test_values_are_documented_and_the_schema_covers_exactly_them() -> None:
     text = (CHART / "values.yaml").read_text()
     lines = text.splitlines()
+    parent = ""
     for number, line in enumerate(lines):
-        if re.match(r"^[a-zA-Z]\w*:", line):  # every top-level key has a comment right above it
-            assert lines[number - 1].startswith("#"), f"values.yaml: {line.split(':')[0]} is not documented"
+        key = re.match(r"^( {0,2})([a-zA-Z]\w*):", line)
+        if key is None:
+            continue
+        parent = key.group(2) if not key.group(1) else parent
+        if key.group(1) and parent in OPAQUE:
+            continue  # inside a Kubernetes object the parent's comment describes
+        # Every key of the chart's own, top-level and one below, has a comment above it or on its line.
+        assert lines[number - 1].lstrip().startswith("#") or " # " in line, \
+            f"values.yaml line {number + 1}: {line.strip()} is not documented"
     values = yaml.safe_load(text)
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert set(schema["properties"]) == set(values)
