@@ -105,7 +105,7 @@ def engine() -> Iterator[Engine]:
     # Short: the engine's sockets live in here, and a unix socket path has at most 107 bytes.
     root = Path(tempfile.mkdtemp(prefix="wl-dk-", dir="/tmp"))
     (root / "client").mkdir()
-    tag = root.name.replace("-", "")
+    tag = re.sub(r"[^a-z0-9]", "", root.name)  # containerd namespaces: alphanumerics (mkdtemp may add "_")
     log = (root / "dockerd.log").open("wb")
     process = subprocess.Popen(
         ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
