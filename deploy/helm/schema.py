@@ -59,7 +59,7 @@ def _clean(node: Any, defs: dict[str, Any]) -> Any:
 def config_schema() -> dict[str, Any]:
     """The `config` value's schema: wattlens' Config model without the keys the chart owns."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from exporter.config import Config
+    from exporter.config import Config  # noqa: PLC0415 (after the path is set, for a plain checkout)
 
     model = Config.model_json_schema()
     schema = _clean(model, model.get("$defs", {}))
