@@ -118,8 +118,9 @@ CONTAINER_CPU_JOULES = Family(
     "counter",
     WORKLOAD_HELP.format(what="container")
     + " A container inside another workload (its pod, a user's session, a service, a system container) is part "
-    'of that one\'s energy too: parent_kind names its kind; parent_kind="" is a top-level container.',
-    ("node", "namespace", "pod", "container", "container_id", "runtime", "parent_kind", "zone", "source"),
+    'of that one\'s energy too: parent_kind names its kind; parent_kind="" is a top-level container. uid is the '
+    "UID of its pod (empty outside pods), so containers of pods whose names are not known yet still join.",
+    ("node", "namespace", "pod", "uid", "container", "container_id", "runtime", "parent_kind", "zone", "source"),
 )
 SERVICE_CPU_JOULES = Family(
     "service_cpu_joules_total",
@@ -232,8 +233,8 @@ WORKLOAD_GPU_FAMILIES: dict[str, Family] = {
     "container": Family(
         "container_gpu_joules_total",
         "counter",
-        GPU_WORKLOAD_HELP.format(what="container"),
-        ("node", "namespace", "pod", "container", "container_id", "runtime", "parent_kind", "gpu", "gpu_uuid"),
+        GPU_WORKLOAD_HELP.format(what="container") + " uid and parent_kind as on wattlens_container_cpu_joules_total.",
+        ("node", "namespace", "pod", "uid", "container", "container_id", "runtime", "parent_kind", "gpu", "gpu_uuid"),
     ),
     "service": Family(
         "service_gpu_joules_total",

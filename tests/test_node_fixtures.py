@@ -31,7 +31,14 @@ def expected(node: Path) -> tuple[dict[Identity, CpuTimes], dict]:
     data = yaml.safe_load((node / "expected.yaml").read_text())
     table = {}
     for w in data["workloads"]:
-        labels = tuple((name, str(w["labels"][name])) for name in LABELS[w["kind"]])
+        given = dict(w["labels"])
+        if w["kind"] == "container":
+            # What the expected parent says: a pod's container carries the pod's UID, and every container
+            # the kind of the workload it is counted in ("" when it is top-level itself).
+            parent_kind, _, parent_id = w.get("parent", "").partition(":")
+            given.setdefault("uid", parent_id if parent_kind == "pod" else "")
+            given.setdefault("parent_kind", parent_kind)
+        labels = tuple((name, str(given[name])) for name in LABELS[w["kind"]])
         usage = int(w["usage_usec"])
         table[(w["kind"], labels, w.get("parent", ""))] = (usage, int(w.get("own_usec", usage)))
     assert len(table) == len(data["workloads"]), "two expected workloads share an identity"
@@ -145,3 +152,21 @@ def test_workload_families_carry_the_labels_of_their_kind() -> None:
     for kind, labels in LABELS.items():
         assert metrics.WORKLOAD_FAMILIES[kind].labels == ("node", *labels, "zone", "source"), kind
         assert metrics.WORKLOAD_GPU_FAMILIES[kind].labels == ("node", *labels, "gpu", "gpu_uuid"), kind
+
+
+@pytest.mark.parametrize(("name", "container_id", "want"), [
+    # A pod whose name the node does not know (no log directory): its containers still say they are inside it.
+    ("k8s-systemd-containerd", "ad02f17e", {"pod": "", "uid": "88c0a391-5884-44e6-935f-73140830b057",
+                                            "parent_kind": "pod"}),
+    ("k8s-systemd-containerd", "80e6b5d0", {"pod": "ledger-0", "uid": "e88b7591-31db-4e32-98dc-b35f94c662cd",
+                                            "parent_kind": "pod"}),
+    # Rootless Podman: inside the user's series.
+    ("podman-rootless", "59a89cd5", {"pod": "", "uid": "", "parent_kind": "user"}),
+    # Docker outside Kubernetes: top-level, the only containers the node total adds.
+    ("docker-v1", "78656416", {"pod": "", "uid": "", "parent_kind": ""}),
+])
+def test_container_series_say_what_contains_them(name: str, container_id: str, want: dict[str, str]) -> None:
+    """What the recording rules select standalone containers by (`parent_kind=""`), on real layouts."""
+    [labels] = [dict(labels) for kind, labels, _ in found(NODES / name)[0]
+                if kind == "container" and dict(labels)["container_id"].startswith(container_id)]
+    assert {key: labels[key] for key in want} == want
