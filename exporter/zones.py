@@ -167,3 +167,12 @@ def rest_of_node(platform_uj: int, top_level_uj: Iterable[int]) -> int:
     """The platform's energy the measured domains do not explain (fans, disks, NICs, PSU loss, other
     components), never negative: sensors are read at slightly different moments and with different accuracy."""
     return max(0, platform_uj - sum(top_level_uj))
+
+
+def table_markdown() -> str:
+    """The zone table of docs/domains.md (a test keeps the two equal)."""
+    lines = ["| zone | role | inside | what it measures | meters |", "|---|---|---|---|---|"]
+    for z in ZONES.values():
+        inside = ", ".join(f"`{i}`" for i in z.inside) or "—"
+        lines.append(f"| `{z.name}` | {z.role} | {inside} | {z.what} | {z.sources} |")
+    return "\n".join(lines) + "\n"
