@@ -89,7 +89,7 @@ class Accelerator:
     index: int
     uuid: str
     model: str
-    vendor: str = "nvidia"
+    source: str = "nvml"  # the meter that reads it: the `source` label
     scope: str = ""
 
 

@@ -1,0 +1,375 @@
+"""One accounting path for every energy domain: counter → delta (wrap/reset) → idle split → attribution → ledgers.
+
+A *domain* (exporter/zones.py) is a zone name (its counters summed over sockets and dies), an accelerator
+(`gpu:<uuid>`), a superchip module or the platform. Per domain and tick, exactly:
+
+    ΔE = idle + unattributed + Σ top-level workloads                 (cpu and accelerator roles)
+
+Domains differ only in their `Weights`: the cgroup CPU time of the tick's workload tree (with the node's busy
+time as the whole), or the accelerator users' weights; an accelerator's idle is learned from the intervals nobody
+used it, a CPU zone's from every interval (with Kepler's ratio split until enough are seen). Module and platform
+domains stay at node level: only their joules are kept. The *rest of the node* is the platform less the
+top-level domains (never negative), and the *node total* is the platform where measured, else the sum of the
+top-level domains. Pure: the caller reads the hardware and does the I/O; this module only logs transitions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from exporter.attribution import IdleSplit, Usage, attribute, split_by_baseline, split_by_ratio
+from exporter.config import Config
+from exporter.counters import MICRO, CounterTrack, StepKind
+from exporter.idle import IdleBaseline
+from exporter.ledger import Ledger, WorkloadLedger
+from exporter.meters.base import AcceleratorSample, CounterSample, ZoneId
+from exporter.snapshot import AcceleratorState, DomainState, NodeEnergy, ZoneInfo, ZoneState
+from exporter.zones import Place, Role, contains, parent_of, role_of, top_level
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P", bound=Hashable)
+# (top-level workload key, child key or None) of a PID, or None when it belongs to no workload.
+Owner = Callable[[int], tuple[str, str | None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Weights(Generic[P]):
+    """How a domain's energy is split this tick: the whole (`total`: the node's busy CPU µs, or the sum of an
+    accelerator's user weights), the top-level workloads' shares of it with their children, and what the idle
+    split needs: the CPU's (idle, all) ticks for the ratio split, and whether anyone used the domain at all."""
+
+    total: int
+    workloads: Sequence[Usage[P]]
+    idle_share: tuple[int, int] | None = None
+    used: bool = True
+
+
+@dataclass(slots=True)
+class _Domain:
+    """The running state of one domain."""
+
+    key: str
+    role: Role
+    source: str
+    baseline: IdleBaseline
+    idle_uj: int = 0
+    active_uj: int = 0
+    unattributed_uj: int = 0
+    idle_watts: float | None = None
+    idle_method: str = "none"
+    splits: dict[str, int] = field(default_factory=dict)  # accelerators: ticks by how users were weighted
+
+
+@dataclass(slots=True)
+class _Tick:
+    """One tick's deltas: per domain (sum of its counters, and whether every counter had one), per place."""
+
+    domains: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    places: dict[Place, int | None] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def add(self, domain: str, place: Place, source: str, delta: int | None) -> None:
+        total, complete = self.domains.get(domain, (0, True))
+        self.domains[domain] = (total + (delta or 0), complete and delta is not None)
+        known = self.places.get(place, 0)
+        self.places[place] = None if delta is None or known is None else known + delta
+        self.sources.setdefault(domain, source)
+
+
+def domain_key(zone: ZoneId) -> str:
+    """The ledger key of a counter's domain: its zone name, or `gpu:<uuid>` for an accelerator."""
+    return f"gpu:{zone.device}" if zone.zone == "gpu" else zone.zone
+
+
+class Accounting:
+    """Every counter, domain and workload ledger of the node, advanced one tick at a time."""
+
+    def __init__(self, config: Config, workloads: WorkloadLedger[Any], known_idle: Callable[[], dict[str, float]]):
+        self.config = config
+        self.workloads = workloads
+        self.known_idle = known_idle  # idle watts per zone the CPU meter knows for certain (the model)
+        self._counters: dict[ZoneId, CounterTrack] = {}
+        self._joules: Ledger[ZoneId] = Ledger()
+        self._methods: dict[ZoneId, str] = {}
+        self._domains: dict[str, _Domain] = {}
+        self._accelerators: dict[str, AcceleratorSample] = {}  # last sample per uuid (identity, method, users)
+        self.errors: Ledger[tuple[str, str]] = Ledger()
+        self._places: dict[ZoneId, Place] = {}
+        self._containment: tuple[frozenset[Place], list[Place], dict[Place, Place | None]] | None = None
+        self._node_total_uj = 0
+        self._platform_common_uj = 0
+        self._parts_common_uj = 0
+        self._rest_uj: int | None = None
+
+    # --- counters -------------------------------------------------------------------------------------------
+
+    def _step(self, sample: CounterSample, dt: float | None) -> int | None:
+        """Fold one counter reading into its total; the delta, or None if the counter is down or re-baselined."""
+        zone = sample.zone
+        track = self._counters.get(zone)
+        if track is None:
+            track = self._counters[zone] = CounterTrack()
+            self._places[zone] = Place(zone.zone, zone.socket)
+        what = f"{zone.source} {zone.device} ({zone.zone})"
+        self._methods[zone] = sample.method
+        if sample.energy_uj is None:
+            self.errors.add((zone.source, zone.device), 1)
+            if track.failed(sample.error):
+                log.warning("%s is down: %s; retrying with backoff", what, sample.error)
+            return None
+        node_level = role_of(zone.zone) in ("module", "platform")
+        limit = self.config.max_platform_watts if node_level else self.config.max_zone_watts
+        step, came_back = track.observe(sample.energy_uj, sample.max_range_uj, dt, limit)
+        if came_back:
+            log.info("%s is back", what)
+        if step.kind is StepKind.RESET:
+            log.warning("%s counter reset (no plausible wrap); adding nothing for this tick", what)
+        self._joules.add(zone, step.delta_uj)
+        if step.kind is StepKind.FIRST:
+            return 0 if dt is None else None  # a re-baselined counter has no delta this tick
+        return step.delta_uj
+
+    # --- the tick -------------------------------------------------------------------------------------------
+
+    def tick(
+        self,
+        now: float,
+        dt: float | None,
+        *,
+        node: Sequence[CounterSample],
+        cpu: Weights[str],
+        accelerators: Sequence[AcceleratorSample] = (),
+        owner: Owner | None = None,
+        processes: Weights[P] | None = None,
+    ) -> dict[P, dict[str, int]]:
+        """Account one tick: node counters split by `cpu` weights, accelerators by their users (through `owner`),
+        module and platform at node level. Returns the per-process view (`processes` weights) by CPU domain."""
+        tick = _Tick()
+        for sample in node:
+            tick.add(domain_key(sample.zone), self._place(sample.zone), sample.zone.source, self._step(sample, dt))
+        accel_deltas: dict[str, tuple[AcceleratorSample, int | None]] = {}
+        for accel in accelerators:
+            zone = _accelerator_zone(accel)
+            self._accelerators[accel.device.uuid] = accel
+            self._places[zone] = Place("gpu", str(accel.device.index), accel.device.scope)
+            delta = self._step(CounterSample(zone, accel.energy_uj, 0, accel.error, accel.method), dt)
+            tick.add(domain_key(zone), self._places[zone], zone.source, delta)
+            accel_deltas[accel.device.uuid] = (accel, delta)
+        by_process: dict[P, dict[str, int]] = {}
+        if dt is None or dt <= 0:
+            return by_process
+        for key, (delta, complete) in tick.domains.items():
+            role = role_of(key.partition(":")[0])
+            if role == "cpu":
+                split = self._split(key, tick.sources[key], delta, complete=complete, weights=cpu, now=now, dt=dt)
+                if processes is not None:
+                    spread = self.config.idle_attribution == "cpu"
+                    for process, microjoules in self._view(delta, split, processes, spread).items():
+                        by_process.setdefault(process, {})[key] = microjoules
+            elif role in ("module", "platform"):
+                self._domain(key, role, tick.sources[key])
+        for accel, delta in accel_deltas.values():
+            if delta is not None and owner is not None:
+                self._split_accelerator(accel, delta - self._inside(accel, tick), owner, now, dt)
+        self._node_energy(tick)
+        return by_process
+
+    def _place(self, zone: ZoneId) -> Place:
+        place = self._places.get(zone)
+        if place is None:
+            place = self._places[zone] = Place(zone.zone, zone.socket)
+        return place
+
+    def _domain(self, key: str, role: Role, source: str) -> _Domain:
+        domain = self._domains.get(key)
+        if domain is None:
+            baseline = IdleBaseline(self.config.idle_window, self.config.idle_quantile)
+            domain = self._domains[key] = _Domain(key, role, source, baseline)
+        domain.source = source  # a failover hands the zone to another meter
+        return domain
+
+    def _split(
+        self, key: str, source: str, delta: int, *, complete: bool, weights: Weights[str], now: float, dt: float
+    ) -> IdleSplit:
+        """A CPU domain: idle by baseline (configured, known or learned) or by ratio, then the split by CPU time."""
+        domain = self._domain(key, "cpu", source)
+        watts, method = self._cpu_idle_watts(key, domain)
+        if self.config.idle_policy == "baseline" and watts is not None:
+            split = split_by_baseline(delta, dt, watts)
+        else:
+            split = _ratio(delta, weights.idle_share)
+            watts, method = split.idle_uj / MICRO / dt, "ratio"
+        self._apportion(domain, delta, split, weights)
+        domain.idle_watts, domain.idle_method = watts, method
+        if complete:
+            domain.baseline.observe(now, delta / MICRO, dt)
+        return split
+
+    def _cpu_idle_watts(self, key: str, domain: _Domain) -> tuple[float | None, str]:
+        if key in self.config.idle_watts:
+            return self.config.idle_watts[key], "configured"
+        known = self.known_idle()
+        if key in known:
+            return known[key], "model"
+        return domain.baseline.watts(), "learned"
+
+    def _split_accelerator(self, accel: AcceleratorSample, delta: int, owner: Owner, now: float, dt: float) -> None:
+        """An accelerator: idle configured or learned from intervals without users, then the split by use."""
+        device = accel.device
+        domain = self._domain(f"gpu:{device.uuid}", "accelerator", _accelerator_zone(accel).source)
+        if self.config.gpu_idle_watts is not None:
+            domain.idle_watts, domain.idle_method = self.config.gpu_idle_watts, "configured"
+        else:
+            learned = domain.baseline.watts()
+            domain.idle_watts, domain.idle_method = (learned, "learned") if learned is not None else (None, "none")
+        weights = _by_owner(accel, owner)
+        if not weights.used:
+            domain.baseline.observe(now, delta / MICRO, dt)  # nobody used it: this is its idle power
+        idle = min(delta, int((domain.idle_watts or 0.0) * dt * MICRO))
+        self._apportion(domain, delta, IdleSplit(idle, delta - idle), weights)
+        domain.splits[accel.split] = domain.splits.get(accel.split, 0) + 1
+
+    def _apportion(self, domain: _Domain, delta: int, split: IdleSplit, weights: Weights[str]) -> None:
+        spread = self.config.idle_attribution == "cpu"
+        shares = attribute(delta, split.idle_uj, weights.total, weights.workloads, spread_idle=spread)
+        domain.idle_uj += split.idle_uj
+        domain.active_uj += split.active_uj
+        domain.unattributed_uj += shares.unattributed_uj
+        for key, microjoules in shares.workloads.items():
+            self.workloads.add(key, domain.key, microjoules)
+
+    @staticmethod
+    def _view(delta: int, split: IdleSplit, processes: Weights[P], spread: bool) -> dict[P, int]:
+        """The same split over processes instead of workloads: a separate view of the same energy."""
+        return attribute(delta, split.idle_uj, processes.total, processes.workloads, spread_idle=spread).workloads
+
+    # --- containment: rest of node and node total ------------------------------------------------------------
+
+    def _structure(self) -> tuple[list[Place], dict[Place, Place | None]]:
+        measured = frozenset(self._places.values())
+        if self._containment is None or self._containment[0] != measured:
+            top = top_level(measured)
+            parents = {p: parent_of(p, measured) for p in measured}
+            self._containment = (measured, top, parents)
+        return self._containment[1], self._containment[2]
+
+    def _inside(self, accel: AcceleratorSample, tick: _Tick) -> int:
+        """The CPU energy a module-scope accelerator's counter also counts this tick (GH200: its Grace socket),
+        taken out before its split so no workload gets Grace's energy twice."""
+        if not accel.device.scope:
+            return 0
+        place = Place("gpu", str(accel.device.index), accel.device.scope)
+        inner = [p for p in tick.places if role_of(p.zone) == "cpu" and contains(place, p)]
+        outermost = [p for p in inner if not any(contains(o, p) for o in inner)]
+        return min(
+            sum(tick.places[p] or 0 for p in outermost),
+            tick.places.get(place) or 0,
+        )
+
+    def _node_energy(self, tick: _Tick) -> None:
+        top, _ = self._structure()
+        platform = [p for p in tick.places if role_of(p.zone) == "platform"]
+        parts = [tick.places.get(p) for p in top]
+        platform_delta = tick.places.get(platform[0]) if platform else None
+        if platform_delta is not None:
+            self._node_total_uj += platform_delta
+            if parts and all(d is not None for d in parts):
+                self._platform_common_uj += platform_delta
+                self._parts_common_uj += sum(d or 0 for d in parts)
+                rest = max(0, self._platform_common_uj - self._parts_common_uj)
+                self._rest_uj = max(self._rest_uj or 0, rest)
+        else:
+            self._node_total_uj += sum(d or 0 for d in parts)
+
+    # --- what gets exported ---------------------------------------------------------------------------------
+
+    def zones(self) -> tuple[ZoneState, ...]:
+        return tuple(
+            ZoneState(
+                zone=zone,
+                joules_uj=self._joules.get(zone),
+                watts=track.watts,
+                up=track.up,
+                wraps=track.wraps,
+                resets=track.resets,
+                method=self._methods[zone],
+            )
+            for zone, track in sorted(self._counters.items())
+            if zone.zone != "gpu"
+        )
+
+    def zone_info(self) -> tuple[ZoneInfo, ...]:
+        top, parents = self._structure()
+        sources = {place: zone.source for zone, place in self._places.items()}
+        return tuple(
+            ZoneInfo(p.zone, p.socket, sources[p], role_of(p.zone), (parents.get(p) or Place("")).zone, p in top)
+            for p in sorted(sources)
+        )
+
+    def domains(self) -> tuple[DomainState, ...]:
+        return tuple(
+            DomainState(d.key, d.role, d.source, d.idle_uj, d.active_uj, d.unattributed_uj, d.idle_watts, d.idle_method)
+            for key, d in sorted(self._domains.items())
+            if d.role == "cpu"
+        )
+
+    def accelerator_states(self) -> tuple[AcceleratorState, ...]:
+        states = []
+        for uuid, accel in self._accelerators.items():
+            zone = _accelerator_zone(accel)
+            track = self._counters[zone]
+            domain = self._domains.get(f"gpu:{uuid}")
+            states.append(
+                AcceleratorState(
+                    device=accel.device,
+                    source=zone.source,
+                    method=accel.method,
+                    joules_uj=self._joules.get(zone),
+                    idle_uj=domain.idle_uj if domain else 0,
+                    active_uj=domain.active_uj if domain else 0,
+                    unattributed_uj=domain.unattributed_uj if domain else 0,
+                    watts=track.watts,
+                    idle_watts=domain.idle_watts if domain else None,
+                    idle_method=domain.idle_method if domain else "none",
+                    up=track.up,
+                    resets=track.resets,
+                    partitioned=accel.partitioned,
+                    splits=tuple(sorted(domain.splits.items())) if domain else (),
+                )
+            )
+        return tuple(states)
+
+    def node_energy(self) -> NodeEnergy:
+        return NodeEnergy(total_uj=self._node_total_uj, rest_uj=self._rest_uj)
+
+
+def _accelerator_zone(accel: AcceleratorSample) -> ZoneId:
+    return ZoneId("gpu", "", "", accel.device.source, accel.device.uuid)
+
+
+def _ratio(delta: int, idle_share: tuple[int, int] | None) -> IdleSplit:
+    if idle_share is None:
+        return split_by_ratio(delta, 0, 0)
+    return split_by_ratio(delta, *idle_share)
+
+
+def _by_owner(accel: AcceleratorSample, owner: Owner) -> Weights[str]:
+    """The accelerator's users as weights of their workloads (a PID outside every workload is unattributed)."""
+    tops: dict[str, tuple[int, dict[str, int]]] = {}
+    total = 0
+    for pid, weight in accel.users:
+        total += weight
+        found = owner(pid)
+        if found is None:
+            continue
+        top, child = found
+        weight_sum, children = tops.get(top, (0, {}))
+        if child is not None:
+            children[child] = children.get(child, 0) + weight
+        tops[top] = (weight_sum + weight, children)
+    usages = [Usage(top, w, tuple(Usage(c, cw) for c, cw in kids.items())) for top, (w, kids) in tops.items()]
+    return Weights(total, usages, used=bool(accel.users))
