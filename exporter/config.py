@@ -66,7 +66,10 @@ class RedfishConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: str = Field(
-        "", json_schema_extra=_hint("the BMC's base URL, e.g. https://10.0.0.5 or https://bmc.example:8443, or empty")
+        "",
+        json_schema_extra=_hint(
+            "the BMC's base URL, e.g. https://10.0.0.5 or https://{node}-bmc.example:8443 ({node}: the node name)"
+        ),
     )
     chassis: str = Field(
         "", json_schema_extra=_hint("the Chassis Id to read (e.g. 1U), or empty for the only chassis the BMC has")

@@ -137,6 +137,16 @@ def test_psu_energy_counters_are_summed(tls: TlsFiles, secret: Path, clock: Cloc
         reader.client.close()
 
 
+def test_node_name_in_the_url(bmc: FakeBmc, secret: Path) -> None:
+    port = bmc.url.rsplit(":", 1)[1]
+    config = settings(bmc, secret, url=f"https://{{node}}:{port}")
+    meter = RedfishMeter.open(config, 5.0, node_name="127.0.0.1")
+    try:
+        assert meter.zone.device == f"127.0.0.1:{port}" and meter.poller.latest is not None
+    finally:
+        meter.close()
+
+
 def test_several_chassis_need_a_choice(bmc: FakeBmc, secret: Path, clock: Clock) -> None:
     reader = poller(bmc, secret, clock, chassis="2U")
     reader.poll_once()

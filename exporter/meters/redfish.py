@@ -455,9 +455,11 @@ class RedfishMeter:
         self.notes: list[str] = [f"platform: {poller.config.url} (auth {poller.config.auth})"]
 
     @classmethod
-    def open(cls, config: RedfishConfig, tick_interval: float) -> RedfishMeter:
+    def open(cls, config: RedfishConfig, tick_interval: float, node_name: str = "") -> RedfishMeter:
+        """Start the poller; `{node}` in the URL is this node's name (one setting for a whole DaemonSet)."""
         if not config.url:
             raise MeterUnavailable("redfish.url is not set", "set redfish.url, username and password_file")
+        config = config.model_copy(update={"url": config.url.replace("{node}", node_name)})
         interval = config.interval or tick_interval
         poller = RedfishPoller(config, interval)
         if not poller.client.https:
@@ -499,4 +501,4 @@ class RedfishMeter:
 
 
 def open_platform(config: Config) -> RedfishMeter:
-    return RedfishMeter.open(config.redfish, config.interval)
+    return RedfishMeter.open(config.redfish, config.interval, config.node_name)
