@@ -95,6 +95,7 @@ class Accounting:
         self._counters: dict[ZoneId, CounterTrack] = {}
         self._joules: Ledger[ZoneId] = Ledger()
         self._methods: dict[ZoneId, str] = {}
+        self._seen: dict[ZoneId, tuple[float, float | None, float | None]] = {}  # when read, its age, its watts
         self._domains: dict[str, _Domain] = {}
         self._accelerators: dict[str, AcceleratorSample] = {}  # last sample per uuid (identity, method, users)
         self.errors: Ledger[tuple[str, str]] = Ledger()
@@ -107,7 +108,7 @@ class Accounting:
 
     # --- counters -------------------------------------------------------------------------------------------
 
-    def _step(self, sample: CounterSample, dt: float | None) -> int | None:
+    def _step(self, sample: CounterSample, now: float, dt: float | None) -> int | None:
         """Fold one counter reading into its total; the delta, or None if the counter is down or re-baselined."""
         zone = sample.zone
         track = self._counters.get(zone)
@@ -116,6 +117,8 @@ class Accounting:
             self._places[zone] = Place(zone.zone, zone.socket)
         what = f"{zone.source} {zone.device} ({zone.zone})"
         self._methods[zone] = sample.method
+        age = None if sample.read_at is None else max(0.0, now - sample.read_at)
+        self._seen[zone] = (now, age, sample.watts)
         if sample.energy_uj is None:
             self.errors.add((zone.source, zone.device), 1)
             if track.failed(sample.error):
@@ -150,13 +153,14 @@ class Accounting:
         module and platform at node level. Returns the per-process view (`processes` weights) by CPU domain."""
         tick = _Tick()
         for sample in node:
-            tick.add(domain_key(sample.zone), self._place(sample.zone), sample.zone.source, self._step(sample, dt))
+            delta = self._step(sample, now, dt)
+            tick.add(domain_key(sample.zone), self._place(sample.zone), sample.zone.source, delta)
         accel_deltas: dict[str, tuple[AcceleratorSample, int | None]] = {}
         for accel in accelerators:
             zone = _accelerator_zone(accel)
             self._accelerators[accel.device.uuid] = accel
             self._places[zone] = Place("gpu", str(accel.device.index), accel.device.scope)
-            delta = self._step(CounterSample(zone, accel.energy_uj, 0, accel.error, accel.method), dt)
+            delta = self._step(CounterSample(zone, accel.energy_uj, 0, accel.error, accel.method), now, dt)
             tick.add(domain_key(zone), self._places[zone], zone.source, delta)
             accel_deltas[accel.device.uuid] = (accel, delta)
         by_process: dict[P, dict[str, int]] = {}
@@ -288,19 +292,30 @@ class Accounting:
     # --- what gets exported ---------------------------------------------------------------------------------
 
     def zones(self) -> tuple[ZoneState, ...]:
-        return tuple(
-            ZoneState(
-                zone=zone,
-                joules_uj=self._joules.get(zone),
-                watts=track.watts,
-                up=track.up,
-                wraps=track.wraps,
-                resets=track.resets,
-                method=self._methods[zone],
+        """Every node counter read within `workload_ttl` (a meter handed over at runtime keeps its series that
+        long, like an ended workload)."""
+        latest = max((seen[0] for seen in self._seen.values()), default=0.0)
+        for zone in [z for z, seen in self._seen.items() if latest - seen[0] > self.config.workload_ttl]:
+            del self._seen[zone], self._counters[zone], self._places[zone]
+            self._containment = None
+        states = []
+        for zone, track in sorted(self._counters.items()):
+            if zone.zone == "gpu":
+                continue
+            _, age, watts = self._seen[zone]
+            states.append(
+                ZoneState(
+                    zone=zone,
+                    joules_uj=self._joules.get(zone),
+                    watts=watts if watts is not None and track.up else track.watts,
+                    up=track.up,
+                    wraps=track.wraps,
+                    resets=track.resets,
+                    method=self._methods[zone],
+                    reading_age_s=age,
+                )
             )
-            for zone, track in sorted(self._counters.items())
-            if zone.zone != "gpu"
-        )
+        return tuple(states)
 
     def zone_info(self) -> tuple[ZoneInfo, ...]:
         top, parents = self._structure()

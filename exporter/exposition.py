@@ -19,7 +19,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as render_o
 
 from exporter import metrics as m
 from exporter.counters import MICRO
-from exporter.engine import Snapshot
+from exporter.snapshot import Snapshot
+from exporter.zones import role_of
 
 GZIP_LEVEL = 6  # the size/CPU knee for this kind of text; level 9 costs ~3x for ~2 % smaller
 CONTENT_TYPE_TEXT = CONTENT_TYPE_PLAIN_0_0_4
@@ -57,17 +58,8 @@ def _add(metric: Metric, labels: list[str], value: float) -> None:
 
 def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: float) -> Iterator[Metric]:
     node = snap.info.node
-    joules, watts = _family(m.NODE_CPU_JOULES), _family(m.NODE_CPU_WATTS)
-    wraps, resets = _family(m.COUNTER_WRAPS), _family(m.COUNTER_RESETS)
-    for z in snap.zones:
-        zone_labels = [node, z.zone.zone, z.zone.socket, z.zone.die, z.zone.source]
-        _add(joules, zone_labels, z.joules_uj / MICRO)
-        _add(wraps, zone_labels, z.wraps)
-        _add(resets, zone_labels, z.resets)
-        if z.watts is not None:
-            _add(watts, zone_labels, z.watts)
-    yield from (joules, watts, wraps, resets)
-
+    yield from _zone_families(snap)
+    yield from _node_energy_families(snap)
     idle, active = _family(m.NODE_CPU_IDLE_JOULES), _family(m.NODE_CPU_ACTIVE_JOULES)
     baseline = _family(m.NODE_CPU_IDLE_WATTS)
     for d in snap.domains:
@@ -78,14 +70,14 @@ def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: f
     yield from (idle, active, baseline)
 
     up, errors = _family(m.SOURCE_UP), _family(m.SOURCE_ERRORS)
-    for source, device, is_up in snap.sources:
-        _add(up, [node, source, device], 1.0 if is_up else 0.0)
-    for source, device, count in snap.errors:
-        _add(errors, [node, source, device], count)
+    for source in snap.sources:
+        _add(up, [node, source.source, source.device], 1.0 if source.up else 0.0)
+    for error in snap.errors:
+        _add(errors, [node, error.source, error.device], error.count)
     yield from (up, errors)
 
     yield from _workload_families(snap)
-    if snap.gpus:
+    if snap.accelerators:
         yield from _gpu_families(snap)
     if snap.carbon_intensity is not None:
         carbon = _family(m.GRID_CARBON_INTENSITY)
@@ -127,6 +119,61 @@ def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: f
     yield served
 
 
+def _zone_families(snap: Snapshot) -> Iterator[Metric]:
+    """Every node counter: CPU zones, superchip modules and the platform, each in its own families."""
+    node = snap.info.node
+    joules, watts = _family(m.NODE_CPU_JOULES), _family(m.NODE_CPU_WATTS)
+    wraps, resets = _family(m.COUNTER_WRAPS), _family(m.COUNTER_RESETS)
+    module, module_watts = _family(m.NODE_MODULE_JOULES), _family(m.NODE_MODULE_WATTS)
+    platform, platform_watts = _family(m.NODE_PLATFORM_JOULES), _family(m.NODE_PLATFORM_WATTS)
+    platform_age = _family(m.NODE_PLATFORM_READING_AGE)
+    for z in snap.zones:
+        zone = z.zone
+        role = role_of(zone.zone)
+        if role == "module":
+            _add(module, [node, zone.socket, zone.source, z.method], z.joules_uj / MICRO)
+            if z.watts is not None:
+                _add(module_watts, [node, zone.socket, zone.source], z.watts)
+            continue
+        if role == "platform":
+            _add(platform, [node, zone.source, zone.device, z.method], z.joules_uj / MICRO)
+            if z.watts is not None:
+                _add(platform_watts, [node, zone.source, zone.device], z.watts)
+            if z.reading_age_s is not None:
+                _add(platform_age, [node, zone.source, zone.device], z.reading_age_s)
+            continue
+        zone_labels = [node, zone.zone, zone.socket, zone.die, zone.source]
+        _add(joules, [*zone_labels, z.method], z.joules_uj / MICRO)
+        _add(wraps, zone_labels, z.wraps)
+        _add(resets, zone_labels, z.resets)
+        if z.watts is not None:
+            _add(watts, zone_labels, z.watts)
+    yield from (joules, watts, wraps, resets)
+    if module.samples:
+        yield from (module, module_watts)
+    if platform.samples:
+        yield from (platform, platform_watts, platform_age)
+
+
+def _node_energy_families(snap: Snapshot) -> Iterator[Metric]:
+    """The node's total, the rest of the node, and how the zones nest."""
+    node = snap.info.node
+    total = _family(m.NODE_JOULES)
+    _add(total, [node], snap.node.total_uj / MICRO)
+    yield total
+    if snap.node.rest_uj is not None:
+        rest = _family(m.NODE_REST_JOULES)
+        _add(rest, [node], snap.node.rest_uj / MICRO)
+        yield rest
+    info = InfoMetricFamily(m.NODE_ZONE_INFO.full_name, m.NODE_ZONE_INFO.help)
+    for i in snap.zone_info:
+        values = (node, i.zone, i.socket, i.source, i.role, i.parent, str(i.top_level).lower())
+        info.add_metric([], dict(zip(m.NODE_ZONE_INFO.labels, values, strict=True)))
+    switches = _family(m.METER_SWITCHES)
+    _add(switches, [node], snap.meter_switches)
+    yield from (info, switches)
+
+
 def _gpu_families(snap: Snapshot) -> Iterator[Metric]:
     node = snap.info.node
     joules, watts = _family(m.NODE_GPU_JOULES), _family(m.NODE_GPU_WATTS)
@@ -134,8 +181,9 @@ def _gpu_families(snap: Snapshot) -> Iterator[Metric]:
     baseline, resets = _family(m.NODE_GPU_IDLE_WATTS), _family(m.NODE_GPU_RESETS)
     splits, unattributed = _family(m.GPU_ATTRIBUTION_TICKS), _family(m.UNATTRIBUTED_GPU_JOULES)
     info = InfoMetricFamily(m.NODE_GPU_INFO.full_name, m.NODE_GPU_INFO.help)
-    for g in snap.gpus:
-        labels = [node, str(g.gpu.index), g.gpu.uuid, g.gpu.model]
+    for g in snap.accelerators:
+        device = g.device
+        labels = [node, str(device.index), device.uuid, device.model]
         _add(joules, [*labels, g.method], g.joules_uj / MICRO)
         _add(idle, labels, g.idle_uj / MICRO)
         _add(active, labels, g.active_uj / MICRO)
@@ -151,39 +199,42 @@ def _gpu_families(snap: Snapshot) -> Iterator[Metric]:
             [],
             {
                 "node": node,
-                "gpu": str(g.gpu.index),
-                "gpu_uuid": g.gpu.uuid,
-                "gpu_model": g.gpu.model,
-                "driver": snap.gpu_driver,
-                "mig": str(g.mig).lower(),
+                "gpu": str(device.index),
+                "gpu_uuid": device.uuid,
+                "gpu_model": device.model,
+                "driver": snap.accelerator_driver,
+                "mig": str(g.partitioned).lower(),
             },
         )
     yield from (joules, watts, idle, active, baseline, resets, info, splits, unattributed)
 
 
 def _workload_families(snap: Snapshot) -> Iterator[Metric]:
-    node, source = snap.info.node, snap.meter
+    node = snap.info.node
+    sources = {d.zone: d.source for d in snap.domains}
     joules = {kind: _family(fam) for kind, fam in m.WORKLOAD_FAMILIES.items()}
     gpu_joules = {kind: _family(fam) for kind, fam in m.WORKLOAD_GPU_FAMILIES.items()}
-    gpu_labels = {f"gpu:{g.gpu.uuid}": (str(g.gpu.index), g.gpu.uuid) for g in snap.gpus}
+    gpu_labels = {f"gpu:{g.device.uuid}": (str(g.device.index), g.device.uuid) for g in snap.accelerators}
     pod_watts = _family(m.POD_CPU_WATTS)
     for w in snap.workloads:
+        values = [value for _, value in w.labels]
         for zone, microjoules in w.energy_uj:
             if zone in gpu_labels:
-                _add(gpu_joules[w.kind], [node, *w.labels, *gpu_labels[zone]], microjoules / MICRO)
+                _add(gpu_joules[w.kind], [node, *values, *gpu_labels[zone]], microjoules / MICRO)
             else:
-                _add(joules[w.kind], [node, *w.labels, zone, source], microjoules / MICRO)
+                _add(joules[w.kind], [node, *values, zone, sources.get(zone, snap.meter)], microjoules / MICRO)
         if w.kind == "pod" and snap.tick_seconds > 0:
             for zone, microjoules in w.last_uj:
                 if zone not in gpu_labels:
-                    _add(pod_watts, [node, *w.labels, zone, source], microjoules / MICRO / snap.tick_seconds)
+                    source = sources.get(zone, snap.meter)
+                    _add(pod_watts, [node, *values, zone, source], microjoules / MICRO / snap.tick_seconds)
     yield from joules.values()
-    if snap.gpus:
+    if snap.accelerators:
         yield from gpu_joules.values()
     yield pod_watts
     unattributed = _family(m.UNATTRIBUTED_CPU_JOULES)
-    for zone, microjoules in snap.unattributed:
-        _add(unattributed, [node, zone, source], microjoules / MICRO)
+    for d in snap.domains:
+        _add(unattributed, [node, d.zone, d.source], d.unattributed_uj / MICRO)
     yield unattributed
     yield from _process_families(snap)
     yield from _pod_watch_families(snap)
@@ -215,26 +266,28 @@ def _pod_watch_families(snap: Snapshot) -> Iterator[Metric]:
     names = [*m.POD_LABELS.labels, *map(label_name, snap.pod_label_keys)]
     labels = GaugeMetricFamily(m.POD_LABELS.full_name, m.POD_LABELS.help, labels=names)
     for row in snap.pod_labels:
-        labels.add_metric([node, *row], 1.0)
-    lists, watches, errors, _synced = snap.pod_watch
+        labels.add_metric([node, row.namespace, row.pod, row.uid, row.owner_kind, row.owner_name, *row.values], 1.0)
+    watch = snap.pod_watch
     requests, failures = _family(m.POD_WATCH_REQUESTS), _family(m.POD_WATCH_ERRORS)
-    _add(requests, [node, "list"], lists)
-    _add(requests, [node, "watch"], watches)
-    _add(failures, [node], errors)
+    _add(requests, [node, "list"], watch.lists)
+    _add(requests, [node, "watch"], watch.watches)
+    _add(failures, [node], watch.errors)
     yield from (labels, requests, failures)
 
 
 def _process_families(snap: Snapshot) -> Iterator[Metric]:
     if not (snap.processes or snap.processes_other):
         return
-    node, source = snap.info.node, snap.meter
+    node = snap.info.node
+    sources = {d.zone: d.source for d in snap.domains}
     processes = _family(m.PROCESS_CPU_JOULES)
-    for key, energy in snap.processes:
-        for zone, microjoules in energy:
-            labels = [node, str(key.pid), key.comm, key.container_id, key.unit, zone, source]
+    for process in snap.processes:
+        key = process.key
+        for zone, microjoules in process.energy_uj:
+            labels = [node, str(key.pid), key.comm, key.container_id, key.unit, zone, sources.get(zone, snap.meter)]
             _add(processes, labels, microjoules / MICRO)
     for zone, microjoules in snap.processes_other:
-        _add(processes, [node, "", "other", "", "", zone, source], microjoules / MICRO)
+        _add(processes, [node, "", "other", "", "", zone, sources.get(zone, snap.meter)], microjoules / MICRO)
     yield processes
 
 

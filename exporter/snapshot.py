@@ -27,6 +27,7 @@ class ZoneState:
     wraps: int
     resets: int
     method: str = "energy_counter"
+    reading_age_s: float | None = None  # how old the value was when the tick used it (a BMC polled in the background)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,3 +172,4 @@ class Snapshot:
     pod_watch: PodWatchStats | None = None
     processes: tuple[ProcessState, ...] = ()
     processes_other: tuple[tuple[str, int], ...] = ()
+    meter_switches: int = 0  # times the CPU meter was handed over at runtime (failover or back)

@@ -17,9 +17,10 @@ import pytest
 from helpers import FIXTURES, REPO, ProcTree, make_config
 from hwmon_tree import HWMON_FIXTURES, HwmonTree, channels
 
-from exporter.engine import Engine, Snapshot
+from exporter.engine import Engine
 from exporter.meters.base import MeterUnavailable
 from exporter.meters.hwmon import ACPI_NO_READING_UW, HwmonMeter, discover
+from exporter.snapshot import Snapshot, SourceUp
 
 WITH_CHANNELS = [n for n in HWMON_FIXTURES if channels(n)]
 DT = 5.0
@@ -127,7 +128,7 @@ def test_acpi_no_reading_is_a_failed_read_not_megawatts(tmp_path: Path) -> None:
     snap = engine.tick(10.0)
     platform = next(z for z in snap.zones if z.zone.zone == "platform")
     assert not platform.up and platform.joules_uj == 1_000_000_000
-    assert ("hwmon", "hwmon1/power1", False) in snap.sources
+    assert SourceUp("hwmon", "hwmon1/power1", False) in snap.sources
     tree.set(cid, 250_000_000)
     snap = engine.tick(10.5)  # before the retry (1 s backoff): still down, nothing added
     assert not next(z for z in snap.zones if z.zone.zone == "platform").up

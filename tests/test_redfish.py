@@ -18,6 +18,7 @@ from exporter.config import ConfigError, RedfishConfig, load_config
 from exporter.engine import Engine
 from exporter.meters.redfish import RedfishMeter, RedfishPoller
 from exporter.meters.select import NodeMeters
+from exporter.snapshot import SourceUp
 
 PASSWORD = "pa55-w0rd"
 
@@ -227,8 +228,8 @@ def test_wrong_credentials_in_the_engine_source_down_and_retried_with_backoff(
         snap = engine.tick(time.monotonic())
         time.sleep(0.25)
     engine.close()
-    platform = next(s for s in snap.sources if s[0] == "redfish")
-    assert platform == ("redfish", bmc.url.removeprefix("https://"), False)
+    platform = next(s for s in snap.sources if s.source == "redfish")
+    assert platform == SourceUp("redfish", bmc.url.removeprefix("https://"), False)
     logins = [r.at for r in bmc.requests if r.method == "POST"]
     assert len(logins) == 2, "1 s interval: retried after 2 s, then not before 4 s more"
     assert logins[1] - logins[0] == pytest.approx(2.0, abs=0.5)

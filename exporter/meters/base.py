@@ -40,7 +40,8 @@ class CounterSample:
 
     `method` says whether the hardware counts the energy or wattlens integrates power readings. `read_at` is
     the monotonic time the value was measured when that is not the tick's own time (a BMC polled in the
-    background); None means "now"."""
+    background); None means "now". `watts` is the sensor's own power reading, where it has one (otherwise the
+    power is the counter's delta over the tick)."""
 
     zone: ZoneId
     energy_uj: int | None
@@ -48,6 +49,7 @@ class CounterSample:
     error: str = ""
     method: str = ENERGY_COUNTER
     read_at: float | None = None
+    watts: float | None = None  # the power the sensor reported with this reading, where it reports one
 
 
 class MeterUnavailable(Exception):
@@ -111,6 +113,7 @@ class AcceleratorMeter(Protocol):
     """Every accelerator of one vendor on the node. `read` waits at most the meter's own time limit."""
 
     name: str  # the source label: nvml, amdsmi, …
+    kind: str  # what it measures, for people: "NVIDIA GPU(s) through NVML"
     driver: str
 
     @property

@@ -381,7 +381,7 @@ class HwmonMeter:
             return self._failed(reader, now, exc)
         reader.down, reader.backoff, reader.error = False, RETRY_FIRST_S, ""
         if info.method == POWER_INTEGRATION:
-            return self._sample(reader, self._integrate(reader, values, now))
+            return self._sample(reader, self._integrate(reader, values, now), watts=sum(values) / 1e6)
         if len(values) == 1:
             return self._sample(reader, values[0])  # the raw counter: the accounting sees resets itself
         for channel, value in zip(reader.channels, values, strict=True):
@@ -422,8 +422,8 @@ class HwmonMeter:
         return reader.counter_uj
 
     @staticmethod
-    def _sample(reader: _ZoneReader, value: int | None, error: str = "") -> CounterSample:
-        return CounterSample(reader.info.zone, value, 0, error, reader.info.method)
+    def _sample(reader: _ZoneReader, value: int | None, error: str = "", watts: float | None = None) -> CounterSample:
+        return CounterSample(reader.info.zone, value, 0, error, reader.info.method, watts=watts)
 
     def _failed(self, reader: _ZoneReader, now: float, exc: Exception) -> CounterSample:
         reason = str(exc)

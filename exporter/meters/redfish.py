@@ -482,7 +482,7 @@ class RedfishMeter:
         if age > self.stale_after:
             error = f"no reading for {age:.0f} s ({self.poller.error or 'BMC slow'})"
             return [CounterSample(self.zone, None, 0, error, reading.method)]
-        return [CounterSample(self.zone, reading.energy_uj, 0, "", reading.method, reading.at)]
+        return [CounterSample(self.zone, reading.energy_uj, 0, "", reading.method, reading.at, reading.watts)]
 
     def wait_first(self, timeout: float) -> bool:
         """Block until the first poll has answered (for `wattlens check`); False on timeout."""

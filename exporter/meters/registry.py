@@ -1,8 +1,10 @@
-"""Every node meter, by the name the `meters` setting uses, and the module that implements it.
+"""Every meter, by name, and the module that implements it.
 
-A meter module defines `open_meter(config, cpus) -> NodeMeter` (raising MeterUnavailable with a reason and a fix
-when the node has nothing it can read). Adding a meter is that module plus one line below; the config accepts
-the new name and `meters/select.py` tries it in the configured order. Modules are imported only when tried.
+A node meter's module defines `open_meter(config, cpus) -> NodeMeter`, an accelerator meter's
+`open_accelerator(config) -> AcceleratorMeter`; both raise MeterUnavailable with a reason and a fix when the node
+has nothing they can read. Adding a meter is that module plus one line below: the config accepts the new name,
+`meters/select.py` tries it (node meters in the configured order, accelerator meters whenever `gpus` is on) and
+`wattlens check` reports it. Modules are imported only when tried.
 """
 
 from __future__ import annotations
@@ -13,3 +15,6 @@ NODE_METERS: dict[str, str] = {
     "model": "exporter.meters.model",
 }
 DEFAULT_ORDER = ("rapl", "hwmon", "model")
+ACCELERATOR_METERS: dict[str, str] = {
+    "nvml": "exporter.meters.nvml",
+}

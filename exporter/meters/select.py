@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from exporter.config import Config
-from exporter.meters.base import CounterSample, MeterUnavailable, NodeMeter, ZoneId
-from exporter.meters.registry import NODE_METERS
+from exporter.meters.base import AcceleratorMeter, CounterSample, MeterUnavailable, NodeMeter, ZoneId
+from exporter.meters.registry import ACCELERATOR_METERS, NODE_METERS
 from exporter.workloads.procfs import CpuTimes
 from exporter.zones import Role, role_of
 
@@ -256,6 +256,25 @@ def _unused(meter: NodeMeter, in_use: list[_InUse]) -> str:
     zones = sorted({z.zone for z in meter.zones()})
     served = ", ".join(f"{u.name} ({', '.join(sorted(u.roles))})" for u in in_use) or "nothing"
     return f"not read: its zones ({', '.join(zones)}) are measured by {served}"
+
+
+def open_accelerators(config: Config) -> tuple[list[AcceleratorMeter], list[MeterReport]]:
+    """Every accelerator meter that finds devices (none with `gpus: false`)."""
+    meters: list[AcceleratorMeter] = []
+    reports: list[MeterReport] = []
+    if not config.gpus:
+        return meters, reports
+    for name, module_name in ACCELERATOR_METERS.items():
+        opener: Callable[[Config], AcceleratorMeter] = importlib.import_module(module_name).open_accelerator
+        try:
+            meter = opener(config)
+        except MeterUnavailable as exc:
+            reports.append(MeterReport(name, False, exc.reason, exc.fix))
+            continue
+        meters.append(meter)
+        notes = tuple(f"GPU {d.index}: {d.model} {d.uuid}{' (module scope)' if d.scope else ''}" for d in meter.devices)
+        reports.append(MeterReport(name, True, notes=notes, roles=("accelerator",)))
+    return meters, reports
 
 
 def select_meter(config: Config, cpus: int, try_all: bool = False) -> tuple[NodeMeters | None, list[MeterReport]]:
