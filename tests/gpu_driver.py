@@ -33,6 +33,9 @@ def summary(snap: Snapshot) -> dict[str, Any]:
                       for w in snap.workloads],
         "sources": [[s.source, s.device, s.up] for s in snap.sources],
         "zones": {z.zone.device: z.joules_uj for z in snap.zones},
+        "node_total_uj": snap.node.total_uj,
+        "rest_uj": snap.node.rest_uj,
+        "zone_info": [[i.zone, i.socket, i.parent, i.top_level] for i in snap.zone_info],
     }
 
 
