@@ -10,7 +10,7 @@ LABELS: dict[str, tuple[str, ...]] = {
     "container": ("namespace", "pod", "container", "container_id", "runtime"),
     "service": ("unit",),
     "vm": ("vm", "vm_id", "hypervisor"),
-    "user": ("uid",),
+    "user": ("user_id",),  # a Unix user id; not `uid`, which is a pod UID on pod series
 }
 
 
