@@ -111,36 +111,33 @@ def build_parser() -> _Parser:
     parser = _Parser(prog="wattlens", description=DESCRIPTION + " Commands: serve (default), once, check.")
     parser.add_argument("--version", action="version", version=f"wattlens {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve = commands.add_parser(
+
+    def command(name: str, summary: str, description: str) -> _Parser:
+        sub = commands.add_parser(name, help=summary, description=description, epilog=EPILOG, allow_abbrev=False)
+        sub.command = name
+        return sub
+
+    serve = command(
         "serve",
-        help="run the exporter (default)",
-        description=DESCRIPTION + " serve (the default command) runs the exporter; 'wattlens once --help' and "
+        "run the exporter (default)",
+        DESCRIPTION + " serve (the default command) runs the exporter; 'wattlens once --help' and "
         "'wattlens check --help' describe the others.",
-        epilog=EPILOG,
-        allow_abbrev=False,
     )
-    _add_settings(serve)
-    once = commands.add_parser(
+    once = command(
         "once",
-        help="measure over a short interval and print the metrics",
-        description="Read twice, --wait seconds apart, and print the exposition (or JSON) of the second tick.",
-        epilog=EPILOG,
-        allow_abbrev=False,
+        "measure over a short interval and print the metrics",
+        "Read twice, --wait seconds apart, and print the exposition (or JSON) of the second tick.",
     )
     once.add_argument("--wait", type=float, default=1.0, help="seconds between the two readings (default 1)")
     once.add_argument("--json", action="store_true", help="print JSON instead of the Prometheus text format")
-    _add_settings(once)
-    check = commands.add_parser(
+    check = command(
         "check",
-        help="explain which energy sources work here, and how to fix the rest",
-        description="Which meters and GPUs work here, why the others do not and the fix, then a short measurement.",
-        epilog=EPILOG,
-        allow_abbrev=False,
+        "explain which energy sources work here, and how to fix the rest",
+        "Which meters and GPUs work here, why the others do not and the fix, then a short measurement.",
     )
     check.add_argument("--seconds", type=float, default=2.0, help="how long to measure (default 2)")
-    _add_settings(check)
-    for name, command in (("serve", serve), ("once", once), ("check", check)):
-        command.command = name
+    for sub in (serve, once, check):
+        _add_settings(sub)
     return parser
 
 
