@@ -104,13 +104,15 @@ pytest_run() {
     return "$rc"
 }
 echo "== pytest"
-pytest_run "$venv/bin/pytest" -q "$@"
-if [ -n "$py310" ]; then
+status=0
+pytest_run "$venv/bin/pytest" -q "$@" || status=$?
+if [ -n "$py310" ]; then  # also after a failure above: both results are worth having
     echo "== pytest on $("$py310_venv/bin/python" -V) (unit tests)"
     pytest_run "$py310_venv/bin/pytest" -q -p no:cacheprovider -m "not slow" \
         tests/test_config.py tests/test_cli.py tests/test_counters.py tests/test_attribution.py \
         tests/test_engine.py tests/test_model.py tests/test_rapl.py tests/test_node_fixtures.py \
-        tests/test_once_json.py tests/test_pod_watch.py tests/test_webconfig.py tests/test_server.py
+        tests/test_once_json.py tests/test_pod_watch.py tests/test_webconfig.py tests/test_server.py || status=$?
 else
     echo "== no Python 3.10 here: the unit tests ran on $("$venv/bin/python" -V) only"
 fi
+exit "$status"
