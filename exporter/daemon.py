@@ -88,7 +88,7 @@ class Daemon:
                 log.warning("tick took longer than the %.1fs interval; skipping %d slot(s)", interval, skipped)
             slot = due
             delay = start + slot * interval - time.monotonic()
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, delay))
 
     async def serve(self) -> int:
@@ -115,8 +115,9 @@ class Daemon:
         await ticking  # let a tick in flight finish so nothing is left half-read
         if watching is not None:
             watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
+            (outcome,) = await asyncio.gather(watching, return_exceptions=True)
+            if isinstance(outcome, Exception):  # a bug: PodWatch.run handles its own failures
+                log.error("pod watch ended with %s: %s", type(outcome).__name__, outcome)
         await self.server.close()
         self._executor.shutdown(wait=True)
         log.info("stopped")

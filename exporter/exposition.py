@@ -93,7 +93,7 @@ def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: f
         yield carbon
 
     build = InfoMetricFamily(m.BUILD_INFO.full_name, m.BUILD_INFO.help)
-    build.add_metric([], {"version": snap.info.version, "python_version": snap.info.python_version})
+    build.add_metric([], {"node": node, "version": snap.info.version, "python_version": snap.info.python_version})
     info = InfoMetricFamily(m.NODE_INFO.full_name, m.NODE_INFO.help)
     info.add_metric(
         [],

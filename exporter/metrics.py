@@ -77,7 +77,7 @@ SOURCE_UP = Family(
 SOURCE_ERRORS = Family(
     "source_errors_total", "counter", "Failed reads of a source since start.", ("node", "source", "device")
 )
-BUILD_INFO = Family("build", "info", "wattlens build.", ("version", "python_version"))
+BUILD_INFO = Family("build", "info", "wattlens build.", ("node", "version", "python_version"))
 NODE_INFO = Family(
     "node",
     "info",
@@ -143,8 +143,8 @@ JOB_CPU_JOULES = Family(
 USER_CPU_JOULES = Family(
     "user_cpu_joules_total",
     "counter",
-    WORKLOAD_HELP.format(what="user's sessions (user-UID.slice)"),
-    ("node", "uid", "zone", "source"),
+    WORKLOAD_HELP.format(what="user's sessions (user-UID.slice); user_id is the Unix user id"),
+    ("node", "user_id", "zone", "source"),
 )
 UNATTRIBUTED_CPU_JOULES = Family(
     "unattributed_cpu_joules_total",
@@ -252,7 +252,7 @@ WORKLOAD_GPU_FAMILIES: dict[str, Family] = {
         "user_gpu_joules_total",
         "counter",
         GPU_WORKLOAD_HELP.format(what="user's sessions"),
-        ("node", "uid", "gpu", "gpu_uuid"),
+        ("node", "user_id", "gpu", "gpu_uuid"),
     ),
     "job": Family(
         "job_gpu_joules_total",

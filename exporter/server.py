@@ -139,6 +139,11 @@ class MetricsServer:
         self._connections.add(task)
         try:
             await self._serve(reader, writer, task)
+        except asyncio.CancelledError:
+            # Only close() cancels a connection (idle keep-alive, or past the grace period). The task must not
+            # end cancelled: CPython 3.11.5-3.12.x's start_server calls task.exception() on it, which raises
+            # and logs an ERROR traceback for every such connection at shutdown.
+            pass
         finally:
             self._connections.discard(task)
             self._idle.discard(task)
@@ -157,14 +162,14 @@ class MetricsServer:
             except h11.RemoteProtocolError as exc:
                 await self._send_error(conn, writer, exc.error_status_hint, "bad request\n")
                 return
-            except (TimeoutError, ConnectionError):
+            except (asyncio.TimeoutError, ConnectionError):
                 return
             if request is None:
                 return
             reply = await self._authorized_route(request)
             try:
                 await self._send(conn, writer, reply, head_only=request.method == b"HEAD")
-            except (TimeoutError, ConnectionError):
+            except (asyncio.TimeoutError, ConnectionError):
                 return
             if self._closing or conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                 return
@@ -277,7 +282,7 @@ class MetricsServer:
     async def _send_error(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, message: str) -> None:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        with contextlib.suppress(TimeoutError, ConnectionError, h11.LocalProtocolError):
+        with contextlib.suppress(asyncio.TimeoutError, ConnectionError, h11.LocalProtocolError):
             await self._send(
                 conn,
                 writer,

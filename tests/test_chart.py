@@ -38,7 +38,7 @@ from test_deploy import (
 )
 
 import exporter
-from exporter.config import load_config
+from exporter.config import load_config, parse_duration
 
 CHART = REPO / "deploy" / "helm" / "wattlens"
 RELEASE, NAMESPACE = "wattlens", "wattlens"
@@ -79,7 +79,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "image.digest": "sha256:" + "ab" * 32, "image.pullPolicy": "Always",
         "imagePullSecrets": [{"name": "regcred"}], "nameOverride": "power", "fullnameOverride": "power-exporter",
         "port": 19875, "extraArgs": ["--log-level", "debug"],
-        "config": {"interval": 10, "process_metrics": True, "carbon_intensity": 350, "idle_watts": {"package": 20},
+        "config": {"interval": "10s", "workload_ttl": "15m", "process_metrics": True, "carbon_intensity": 350, "idle_watts": {"package": 20},
                    "model": {"idle_watts_per_cpu": 1.0}},
         "serviceAccount.annotations": {"example.com/owner": "platform"},
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
@@ -207,6 +207,7 @@ def test_the_chart_packages_with_the_shipped_files(tmp_path: Path) -> None:
     (["--set", "gpuu.enabled=true"], "additional properties 'gpuu' not allowed"),
     (["--set", "config.intervall=10"], "at '/config': additional properties 'intervall' not allowed"),
     (["--set", "config.interval=0.1"], "at '/config/interval'"),
+    (["--set", "config.interval=5x"], "at '/config/interval'"),  # a duration: seconds, or 500ms, 5s, 2m
     (["--set", "config.sys_path=/"], "additional properties 'sys_path' not allowed"),  # owned by the chart
     (["--set", "nonRoot.enabled=true,nonRoot.uid=0"], "at '/nonRoot/uid'"),
     (["--set", "gpu.enabled=true,gpu.driverRoot=/etc"], "at '/gpu/driverRoot'"),
@@ -273,6 +274,8 @@ def test_config_is_valid_for_wattlens_and_inside_the_mounts(name: str, tmp_path:
         assert config.web_config_file is not None
         assert any(Path(m) in config.web_config_file.parents for m in mounts)
     for key, value in OPTIONS[name].get("config", {}).items():
+        if isinstance(value, str) and key in {"interval", "workload_ttl"}:
+            value = parse_duration(value)  # a duration with units in the values, seconds in the model
         assert getattr(config, key) == value or key in {"idle_watts", "model"}, key
     volume = next(v for v in spec["volumes"] if v["name"] == "config")
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]

@@ -45,8 +45,10 @@ def test_catalogue_follows_naming_conventions() -> None:
             assert family.kind == "counter" and family.name.endswith("_joules_total")
         if "watts" in family.name:
             assert family.kind == "gauge" and family.name.endswith("_watts")
-        if family.kind != "info":
-            assert family.labels[0] == "node", "every series carries the constant node label"
+        assert family.labels[0] == "node", f"{family.full_name}: every series carries the constant node label"
+        assert "uid" not in family.labels or family.name.startswith(("pod_", "container_")), (
+                "uid is a pod's UID (a container's: its pod's), nothing else's"
+            )
 
 
 def test_every_catalogued_family_is_rendered(tmp_path: Path) -> None:
@@ -61,6 +63,17 @@ def test_every_catalogued_family_is_rendered(tmp_path: Path) -> None:
             continue  # rendered by the GPU and process-metrics tests
         assert f"# TYPE {name} " in text, name
     assert len(metrics.CATALOGUE) == len({f.full_name for f in metrics.CATALOGUE})
+
+
+def test_every_rendered_series_has_the_node_label(tmp_path: Path) -> None:
+    tree = RaplTree.copy("intel-laptop", tmp_path)
+    engine = Engine.start(make_config(sys_path=tree.root, meters="rapl", node_name="n9"))
+    engine.tick(0.0)
+    text = Renderer().render(engine.tick(5.0)).text.decode()
+    wattlens = [line for line in text.splitlines() if line.startswith("wattlens_")]
+    assert any(line.startswith("wattlens_build_info{") for line in wattlens)
+    for line in wattlens:
+        assert 'node="n9"' in line, line
 
 
 def test_label_values_are_escaped(tmp_path: Path) -> None:
