@@ -79,7 +79,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "image.digest": "sha256:" + "ab" * 32, "image.pullPolicy": "Always",
         "imagePullSecrets": [{"name": "regcred"}], "nameOverride": "power", "fullnameOverride": "power-exporter",
         "port": 19875, "extraArgs": ["--log-level", "debug"],
-        "config": {"interval": "10s", "workload_ttl": "15m", "process_metrics": True, "carbon_intensity": 350, "idle_watts": {"package": 20},
+        "config": {"interval": "10s", "workload_ttl": "15m", "process_metrics": True, "carbon_intensity": 350,
+                   "idle_watts": {"package": 20},
                    "model": {"idle_watts_per_cpu": 1.0}},
         "serviceAccount.annotations": {"example.com/owner": "platform"},
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
@@ -273,9 +274,9 @@ def test_config_is_valid_for_wattlens_and_inside_the_mounts(name: str, tmp_path:
     if OPTIONS[name].get("webConfig.secretName"):
         assert config.web_config_file is not None
         assert any(Path(m) in config.web_config_file.parents for m in mounts)
-    for key, value in OPTIONS[name].get("config", {}).items():
-        if isinstance(value, str) and key in {"interval", "workload_ttl"}:
-            value = parse_duration(value)  # a duration with units in the values, seconds in the model
+    for key, given in OPTIONS[name].get("config", {}).items():
+        # A duration with units in the values is seconds in the model.
+        value = parse_duration(given) if key in {"interval", "workload_ttl"} else given
         assert getattr(config, key) == value or key in {"idle_watts", "model"}, key
     volume = next(v for v in spec["volumes"] if v["name"] == "config")
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
