@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from exporter.files import CONFIG_FILE_LIMIT, read_operator_text
+
 ENV_PREFIX = "WATTLENS_"
 ENV_CONFIG_FILE = "WATTLENS_CONFIG"
 DEFAULT_PORT = 9875
@@ -66,6 +68,19 @@ class Config(BaseModel):
     listen: str = Field(
         f":{DEFAULT_PORT}",
         json_schema_extra=_hint(f"HOST:PORT or :PORT, e.g. :{DEFAULT_PORT} or 127.0.0.1:{DEFAULT_PORT}"),
+    )
+    health_listen: str | None = Field(
+        None,
+        json_schema_extra=_hint(
+            "HOST:PORT or :PORT of a plain-HTTP listener for /healthz and /readyz only (probes that cannot do "
+            "TLS or basic auth), e.g. :9876, or unset"
+        ),
+    )
+    max_connections_per_peer: int = Field(
+        0,
+        ge=0,
+        le=65536,
+        json_schema_extra=_hint("the most connections one client address may hold, or 0 for no per-client cap"),
     )
     sys_path: Path = Field(Path("/sys"), json_schema_extra=_hint("the host's sysfs mount, e.g. /sys or /host/sys"))
     proc_path: Path = Field(Path("/proc"), json_schema_extra=_hint("the host's procfs mount, e.g. /proc or /host/proc"))
@@ -167,10 +182,11 @@ class Config(BaseModel):
     )
     model: ModelConfig = Field(default_factory=ModelConfig)
 
-    @field_validator("listen")
+    @field_validator("listen", "health_listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
-        parse_listen(value)
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value:  # health_listen: empty means unset
+            parse_listen(value)
         return value
 
     @field_validator("meters", "pod_labels", mode="before")
@@ -213,6 +229,9 @@ class Config(BaseModel):
     def listen_address(self) -> tuple[str | None, int]:
         return parse_listen(self.listen)
 
+    def health_listen_address(self) -> tuple[str | None, int] | None:
+        return parse_listen(self.health_listen) if self.health_listen else None
+
 
 def parse_listen(value: str) -> tuple[str | None, int]:
     """`HOST:PORT`, `:PORT` or `[V6]:PORT` → (host or None for every interface, port)."""
@@ -244,7 +263,7 @@ def _merge(
 
 def read_config_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_operator_text(path, CONFIG_FILE_LIMIT)
     except OSError as exc:
         raise ConfigError(
             f"config file {path}: cannot be read ({exc.strerror or exc}). "
