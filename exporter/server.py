@@ -9,7 +9,8 @@ a real parser instead of a hand-rolled one. Around it, admission control that co
 - When the cap is reached, the oldest connection that holds no request in progress (idle keep-alive, or
   connected but silent) is closed to make room, as nginx does, so idle sockets cannot lock anyone out.
 - If every connection is busy (mid-request or being written to), the newcomer lands in a small reserve that
-  answers only /healthz and /readyz, so probes still get through; the reserve evicts its own oldest.
+  answers only /healthz and /readyz, so probes still get through; when the reserve is full it evicts the
+  oldest connection of the address that holds most of it.
 - Deadlines: the first request of a connection must arrive whole within a few seconds, later ones within
   `request_timeout_s` of their first byte; a response not taken by the client within `write_timeout_s` is
   aborted (RST, send buffer discarded) rather than closed, which would wait for a peer that never reads.
@@ -59,6 +60,7 @@ TEXT = ("Content-Type", "text/plain; charset=utf-8")
 CLOSE = ("Connection", "close")
 TLS_RECORD_HANDSHAKE = 0x16
 PLAIN_HTTP_LOG_EVERY_S = 60.0
+AUTH_RETRY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,10 @@ class Limits:
     max_pending_auth: int = 32  # queued bcrypt checks (each queue: peers known to authenticate, and others)
     health_connections: int = 16  # the optional plain health listener's cap
     tcp_user_timeout_s: float = 30.0
+    # Kernel send buffer per connection (the kernel doubles it). Autotuning would let each client that never
+    # reads pin up to tcp_wmem's max (4 MiB) of memory charged to this cgroup; 128 KiB still fills a
+    # 100 Mbit/s, 10 ms path.
+    send_buffer_bytes: int = 128 * 1024
 
 
 class State(enum.Enum):
@@ -103,17 +109,16 @@ class Conn:
     transport: asyncio.BaseTransport | None = None
 
     def drop(self, reason: str, stats: Counter[str]) -> None:
-        """Make room: close a reusable connection, abort anything else, cancel a handshake."""
+        """Make room: abort the connection, or cancel its TLS handshake."""
         stats[reason] += 1
         if self.transport is None:
             if self.task is not None:
                 self.task.cancel()
             return
-        tls = self.transport.get_extra_info("sslcontext") is not None
-        if self.state in REUSABLE and not tls:
-            self.transport.close()  # nothing is buffered: a plain FIN, which keep-alive clients retry on
-        else:
-            abort(self.transport)  # a TLS close would wait for the peer's close_notify
+        # Abort, even an idle connection: a FIN would leave an orphan socket until the peer answers it, and
+        # clients that reconnect as fast as they are evicted would pile those up. HTTP clients retry a request
+        # on a kept-alive connection that was reset, as on one that was closed.
+        abort(self.transport)
 
 
 @dataclass(eq=False)
@@ -126,6 +131,14 @@ class Pool:
 
     def oldest(self, where: Callable[[Conn], bool]) -> Conn | None:
         return next((c for c in self.conns.values() if where(c)), None)
+
+    def greediest(self) -> Conn | None:
+        """The oldest connection of the address holding the most here: a probe from an address of its own
+        is not pushed out by a crowd from another."""
+        if not self.per_peer:
+            return None
+        peer = max(self.per_peer, key=lambda p: self.per_peer[p])
+        return self.oldest(lambda c: c.peer == peer)
 
 
 def abort(transport: asyncio.BaseTransport) -> None:
@@ -206,7 +219,8 @@ UNAUTHORIZED = Reply(401, b"Unauthorized\n", (TEXT, ("WWW-Authenticate", 'Basic 
 BUSY = Reply(
     503, b"too many connections: only /healthz and /readyz are served now\n", (TEXT, ("Retry-After", "1")), close=True
 )
-AUTH_BUSY = Reply(503, b"too many logins in progress\n", (TEXT, ("Retry-After", "1")))
+HEALTH_ONLY = Reply(404, b"this listener serves /healthz and /readyz only\n", close=True)
+AUTH_BUSY = Reply(503, b"too many logins in progress: retry in a second\n", (TEXT, ("Retry-After", "1")))
 
 
 class _ClientError(Exception):
@@ -251,36 +265,37 @@ class Listener:
     health: bool  # the plain health-only listener
 
 
+Pending = tuple[Credentials, "asyncio.Future[Verdict]"]
+
+
 class AuthQueue:
-    """Pending bcrypt checks for one worker thread: peers that authenticated before go first; each queue is
-    bounded, so is each client address's share (an eighth), and a check whose client gave up is skipped."""
+    """Pending bcrypt checks for one worker thread, bounded in total (`limit`) and per client address (an
+    eighth of it). Addresses take turns, so one address cannot starve another however much it sends; addresses
+    that logged in before (known) get two turns for every one of the rest, and a check whose client gave up is
+    skipped."""
 
     def __init__(self, auth: BasicAuth, limit: int) -> None:
         self.auth = auth
         self.limit = limit
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wattlens-auth")
-        self._known: deque[tuple[Credentials, asyncio.Future[Verdict]]] = deque()
-        self._other: deque[tuple[Credentials, asyncio.Future[Verdict]]] = deque()
+        self._known: OrderedDict[str, deque[Pending]] = OrderedDict()  # address → its checks, in turn order
+        self._other: OrderedDict[str, deque[Pending]] = OrderedDict()
         self._good_peers: OrderedDict[str, None] = OrderedDict()
-        self._per_peer: Counter[str] = Counter()  # pending checks per client address
+        self._pending = 0
+        self._known_turns = 0  # known turns in a row; the others get the next one after two
         self._running = False
 
     def submit(self, credentials: Credentials, peer: str) -> asyncio.Future[Verdict] | None:
         """A future for the verdict, or None if the queue (or this peer's share of it) is full."""
-        queue = self._known if peer in self._good_peers else self._other
-        if len(queue) >= self.limit or self._per_peer[peer] >= max(1, self.limit // 8):
+        turns = self._known if peer in self._good_peers else self._other
+        mine = turns.get(peer)
+        if self._pending >= self.limit or (mine is not None and len(mine) >= max(1, self.limit // 8)):
             return None
         future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
-        self._per_peer[peer] += 1
-        future.add_done_callback(functools.partial(self._settled, peer))
-        queue.append((credentials, future))
+        turns.setdefault(peer, deque()).append((credentials, future))
+        self._pending += 1
         self._pump()
         return future
-
-    def _settled(self, peer: str, _future: asyncio.Future[Verdict]) -> None:
-        self._per_peer[peer] -= 1
-        if self._per_peer[peer] <= 0:
-            del self._per_peer[peer]
 
     def passed(self, peer: str) -> None:
         self._good_peers[peer] = None
@@ -288,9 +303,23 @@ class AuthQueue:
         while len(self._good_peers) > 256:
             self._good_peers.popitem(last=False)
 
+    def _next(self) -> Pending | None:
+        use_known = bool(self._known) and (not self._other or self._known_turns < 2)
+        turns = self._known if use_known else self._other
+        if not turns:
+            return None
+        self._known_turns = self._known_turns + 1 if use_known else 0
+        peer, checks = next(iter(turns.items()))
+        pending = checks.popleft()
+        del turns[peer]
+        if checks:
+            turns[peer] = checks  # to the back of the line
+        self._pending -= 1
+        return pending
+
     def _pump(self) -> None:
-        while not self._running and (self._known or self._other):
-            credentials, future = (self._known or self._other).popleft()
+        while not self._running and (pending := self._next()) is not None:
+            credentials, future = pending
             if future.done():
                 continue  # the client went away or timed out
             self._running = True
@@ -310,10 +339,11 @@ class AuthQueue:
             self._pump()
 
     def close(self) -> None:
-        for _, future in (*self._known, *self._other):
-            future.cancel()
-        self._known.clear()
-        self._other.clear()
+        for turns in (self._known, self._other):
+            for checks in turns.values():
+                for _, future in checks:
+                    future.cancel()
+            turns.clear()
         self._worker.shutdown(wait=False, cancel_futures=True)
 
 
@@ -387,10 +417,12 @@ class MetricsServer:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(self.limits.tcp_user_timeout_s * 1000))
+                if self.limits.send_buffer_bytes:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.send_buffer_bytes)
         pool = self._health if listener.health else self._place(peer)
         health_only = pool is not self._main
         if len(pool.conns) >= pool.cap:
-            victim = pool.oldest(lambda _c: True)
+            victim = pool.greediest()
             if victim is not None:
                 victim.drop(f"evicted_{pool.name}", self.dropped)
                 self._forget(victim)  # its slot is free now; its socket is counted until it is gone
@@ -515,6 +547,7 @@ class MetricsServer:
                 PLAIN_HTTP_LOG_EVERY_S,
             )
         with contextlib.suppress(OSError):
+            conn.sock.recv(self.limits.max_request_bytes)  # take the request, or closing would reset the reply
             conn.sock.send(
                 b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
                 b"Client sent an HTTP request to an HTTPS server.\n"
@@ -654,6 +687,8 @@ class MetricsServer:
     async def _answer(self, conn: Conn, request: h11.Request) -> Reply:
         path = request.target.split(b"?", 1)[0]
         if conn.health_only and path not in HEALTH_PATHS:
+            if conn.pool is self._health:
+                return HEALTH_ONLY
             self.dropped["busy"] += 1
             return BUSY
         if self._auth_queue is not None and conn.pool is not self._health:
@@ -668,25 +703,34 @@ class MetricsServer:
         assert queue is not None
         header = next((v.decode("latin-1") for k, v in request.headers if k == b"authorization"), "")
         credentials = queue.auth.credentials(header)
-        if credentials is None:
-            return UNAUTHORIZED
-        known = queue.auth.cached(credentials)
-        if known is not None:
-            return None if known else UNAUTHORIZED
-        pending = queue.submit(credentials, conn.peer)
+        known = queue.auth.cached(credentials) if credentials is not None else False
+        if conn.pool is self._reserve and not known:
+            return BUSY  # the reserve is for probes that logged in before: no bcrypt for newcomers now
+        if known is None and credentials is not None:
+            known = await self._check(queue, credentials, conn.peer)
+            if known is None:
+                return AUTH_BUSY
+        return None if known else UNAUTHORIZED
+
+    async def _check(self, queue: AuthQueue, credentials: Credentials, peer: str) -> bool | None:
+        """bcrypt through the queue: the verdict, or None when the queue turned it away or it took too long."""
+        pending = queue.submit(credentials, peer)
         if pending is None:
             self.dropped["auth_queue_full"] += 1
-            return AUTH_BUSY
+            # Not at once: a client turned away would come straight back, and a flood of them would keep the
+            # event loop busy answering. A second's wait is what Retry-After asks for anyway.
+            await asyncio.sleep(AUTH_RETRY_S)
+            return None
         try:
             verdict = await asyncio.wait_for(asyncio.shield(pending), self.limits.request_timeout_s)
         except TimeoutError:
             pending.cancel()
-            return AUTH_BUSY
-        if verdict.ok:
-            queue.passed(conn.peer)
             return None
-        await asyncio.sleep(verdict.pad_s)
-        return UNAUTHORIZED
+        if verdict.ok:
+            queue.passed(peer)
+        else:
+            await asyncio.sleep(verdict.pad_s)  # every failure as slow as the costliest user's
+        return verdict.ok
 
     def _route(self, request: h11.Request, path: bytes) -> Reply:
         if request.method not in (b"GET", b"HEAD"):
@@ -735,6 +779,8 @@ class MetricsServer:
         ]
         if close or self._closing or reply.close:
             headers.append(CLOSE)
+        if writer.transport.is_closing():  # evicted or reset while the reply was being made
+            raise ConnectionResetError("connection closed before the reply")
         writer.write(h.send(h11.Response(status_code=reply.status, headers=headers)))
         if not head_only:
             writer.write(h.send(h11.Data(data=reply.body)))

@@ -225,10 +225,12 @@ class TlsContext:
         try:
             self._current = self._build()
         except (OSError, ssl.SSLError, ValueError) as exc:
+            file = getattr(exc, "filename", None)
+            which = f"file {file}" if file else f"certificate {self.cert} / key {self.key}"
             raise WebConfigError(
-                f"web_config_file: TLS certificate {self.cert} / key {self.key} / client CA {self.client_ca} "
-                f"unusable ({getattr(exc, 'strerror', None) or exc}). Fix: point cert_file and key_file at a PEM "
-                "certificate and its private key (and client_ca_file at a PEM CA bundle)"
+                f"web_config_file: TLS {which} unusable ({getattr(exc, 'strerror', None) or exc}). Fix: point "
+                "cert_file and key_file at a PEM certificate and its private key (and client_ca_file at a PEM "
+                "CA bundle), regular files"
             ) from None
         # The context the listener uses: the first one, which hands each handshake to the newest good one.
         self.context = self._current.context

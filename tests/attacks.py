@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import http.client
 import os
 import resource
 import socket
@@ -18,6 +19,7 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 LOOPBACK = "127.0.0.1"
@@ -288,11 +290,11 @@ class ProbeResult:
 
 
 def probe_once(port: int, path: str = "/healthz", timeout: float = 2.0, context: ssl.SSLContext | None = None,
-               headers: dict[str, str] | None = None) -> tuple[int, str]:
+               headers: dict[str, str] | None = None, source: str | None = None) -> tuple[int, str]:
     """One kubelet-style probe: a new connection, one GET, the status (0 and why on failure)."""
-    sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
+    sock = socket.create_connection((LOOPBACK, port), timeout=timeout, source_address=(source, 0) if source else None)
     try:
-        stream: socket.socket = context.wrap_socket(sock) if context is not None else sock
+        stream = context.wrap_socket(sock, server_hostname=LOOPBACK) if context is not None else sock
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         stream.sendall(f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\n{extra}Connection: close\r\n\r\n".encode())
         head = b""
@@ -311,9 +313,9 @@ class Prober:
 
     def __init__(self, port: int, path: str = "/healthz", period: float = 0.1, timeout: float = 2.0,
                  count: int = 1000, context: ssl.SSLContext | None = None,
-                 headers: dict[str, str] | None = None, expect: int = 200) -> None:
+                 headers: dict[str, str] | None = None, expect: int = 200, source: str | None = None) -> None:
         self.port, self.path, self.period, self.timeout, self.count = port, path, period, timeout, count
-        self.context, self.headers, self.expect = context, headers, expect
+        self.context, self.headers, self.expect, self.source = context, headers, expect, source
         self.result = ProbeResult()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
@@ -323,7 +325,7 @@ class Prober:
             started = time.monotonic()
             self.result.sent += 1
             try:
-                status, why = probe_once(self.port, self.path, self.timeout, self.context, self.headers)
+                status, why = probe_once(self.port, self.path, self.timeout, self.context, self.headers, self.source)
             except (OSError, ssl.SSLError) as exc:
                 status, why = 0, type(exc).__name__
             if status == self.expect:
@@ -343,24 +345,44 @@ class Prober:
         return self.result
 
 
+_TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+               "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}
+
+
 def server_sockets(port: int) -> Counter[str]:
-    """Server-side TCP sockets of local port `port` by state, from /proc/net/tcp (held by an fd or orphaned)."""
-    states = {"01": "ESTABLISHED", "04": "FIN_WAIT1", "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE",
-              "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING", "03": "SYN_RECV"}
+    """Server-side TCP sockets of local port `port` by state, from /proc/net/tcp. Those no fd holds (inode 0) are
+    "queued" (ESTABLISHED: completed by the kernel, waiting in the listen backlog for accept()) or "orphan"
+    (closed by the server, the kernel still sending or finishing: what a plain close leaves behind)."""
     found: Counter[str] = Counter()
     with open("/proc/net/tcp") as table:
         next(table)
         for line in table:
             fields = line.split()
-            if int(fields[1].split(":")[1], 16) == port:
-                found[states.get(fields[3], fields[3])] += 1
+            if int(fields[1].split(":")[1], 16) != port:
+                continue
+            state = _TCP_STATES.get(fields[3], fields[3])
+            if fields[9] == "0" and state not in ("TIME_WAIT", "SYN_RECV"):
+                state = "queued" if state == "ESTABLISHED" else f"orphan {state}"
+            found[state] += 1
     return found
 
 
-def held_server_sockets(port: int) -> int:
-    """Server-side sockets that still hold memory or a slot: all but TIME_WAIT (no buffers) and the listener."""
+def held_server_sockets(port: int, orphans_only: bool = False) -> int:
+    """Server-side sockets the server holds or left behind: those with an fd and orphans. Not TIME_WAIT (no
+    buffers), the listener, or connections the kernel queued that the server has not accepted yet."""
     found = server_sockets(port)
-    return sum(n for state, n in found.items() if state not in ("TIME_WAIT", "LISTEN"))
+    if orphans_only:
+        return sum(n for state, n in found.items() if state.startswith("orphan"))
+    return sum(n for state, n in found.items() if state not in ("TIME_WAIT", "LISTEN", "queued", "SYN_RECV"))
+
+
+def process_sockets(pid: int) -> int:
+    """Sockets a process holds open (its fds that are sockets, listeners included)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    return count
 
 
 def process_fds(pid: int) -> int:
@@ -383,3 +405,86 @@ def tcp_memory_pages() -> int:
                 parts = line.split()
                 return int(parts[parts.index("mem") + 1])
     return 0
+
+
+class Scraper:
+    """A Prometheus-like scraper: one keep-alive connection, GET every `period` s; like Go's HTTP client it
+    retries once on a fresh connection when the kept one was closed under it. Records each scrape's status."""
+
+    def __init__(self, port: int, path: str = "/metrics", period: float = 0.5, timeout: float = 2.0,
+                 context: ssl.SSLContext | None = None, headers: dict[str, str] | None = None,
+                 source: str | None = None) -> None:
+        self.port, self.path, self.period, self.timeout = port, path, period, timeout
+        self.context, self.headers, self.source = context, headers or {}, source
+        self.statuses: list[int] = []
+        self.latencies_s: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+
+    def _connect(self) -> http.client.HTTPConnection:
+        source = (self.source, 0) if self.source else None
+        if self.context is not None:
+            return http.client.HTTPSConnection(LOOPBACK, self.port, timeout=self.timeout, context=self.context,
+                                               source_address=source)
+        return http.client.HTTPConnection(LOOPBACK, self.port, timeout=self.timeout, source_address=source)
+
+    def _scrape(self, conn: http.client.HTTPConnection) -> int:
+        conn.request("GET", self.path, headers=self.headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+
+    def _run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        while not self._stop.is_set():
+            started = time.monotonic()
+            status = 0
+            for _attempt in range(2):
+                try:
+                    conn = conn or self._connect()
+                    status = self._scrape(conn)
+                    break
+                except (OSError, http.client.HTTPException, ssl.SSLError):
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    if time.monotonic() - started > self.timeout:
+                        break  # a timeout is a failed scrape, not a closed connection to retry
+            self.statuses.append(status)
+            self.latencies_s.append(time.monotonic() - started)
+            self._stop.wait(max(0.0, self.period - (time.monotonic() - started)))
+        if conn is not None:
+            conn.close()
+
+    def start(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[int]:
+        self._stop.set()
+        self._thread.join(self.timeout * 2 + 5)
+        return self.statuses
+
+
+class Sampler:
+    """Samples a value every `period` s in a thread and keeps the maximum (sockets, fds, RSS under attack)."""
+
+    def __init__(self, read: Callable[[], int], period: float = 0.2) -> None:
+        self.read, self.period = read, period
+        self.peak = read()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            with contextlib.suppress(OSError):
+                self.peak = max(self.peak, self.read())
+
+    def start(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak

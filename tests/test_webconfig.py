@@ -79,7 +79,9 @@ def plain_http(port: int) -> bytes:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         conn.request("GET", "/metrics")
-        return conn.getresponse().read()
+        response = conn.getresponse()
+        assert response.status == 400
+        return response.read()
     finally:
         conn.close()
 
@@ -107,10 +109,12 @@ def test_tls_and_basic_auth(pki: Path, tmp_path: Path) -> None:
             assert status == 401
             assert headers["www-authenticate"].startswith("Basic")
             assert b"wattlens" not in body  # no data at all
-        # Plain HTTP to the TLS port gets nothing.
-        with pytest.raises((http.client.HTTPException, ConnectionError, OSError)):
-            plain_http(daemon.port)
-        assert daemon.stop()[0] == 0
+        # Plain HTTP to the TLS port gets a plain 400 that says why, no data, and one line in the log.
+        for _ in range(3):
+            assert plain_http(daemon.port) == b"Client sent an HTTP request to an HTTPS server.\n"
+        code, log = daemon.stop()
+        assert code == 0
+        assert log.count("plain HTTP from 127.0.0.1 on the TLS port") == 1
 
 
 def test_client_certificates_are_required_when_configured(pki: Path, tmp_path: Path) -> None:
