@@ -103,9 +103,10 @@ HTTP_REJECTIONS = Family(
     "http_rejections_total",
     "counter",
     "Connections the endpoint ended or requests it refused to protect itself, by reason: evicted_idle (room for "
-    "a new connection), evicted_reserve, evicted_health, evicted_handshake, handshake_failed, handshake_timeout, "
-    "plain_http_on_tls, request_timeout, idle_timeout, write_timeout, busy (only health served), peer_limit, "
-    "auth_queue_full, accept_error, shutdown (counted up to the last tick).",
+    "a new connection), evicted_share (an address holding more than its share), evicted_reserve, "
+    "evicted_health, evicted_handshake, handshake_failed, handshake_timeout, plain_http_on_tls, "
+    "request_timeout, idle_timeout, write_timeout, busy (only health served), peer_limit, auth_queue_full, "
+    "accept_error, shutdown (counted up to the last tick).",
     ("node", "reason"),
 )
 TLS_CERT_EXPIRY = Family(

@@ -7,7 +7,9 @@ a real parser instead of a hand-rolled one. Around it, admission control that co
   pool. TLS handshakes have a smaller cap of their own and a short timeout; a new one beyond the cap evicts
   the oldest unfinished one.
 - When the cap is reached, the oldest connection that holds no request in progress (idle keep-alive, or
-  connected but silent) is closed to make room, as nginx does, so idle sockets cannot lock anyone out.
+  connected but silent) is closed to make room, as nginx does, so idle sockets cannot lock anyone out:
+  the newcomer's own address's first, then the address holding the most; a newcomer from another address
+  may also take the oldest connection of an address holding more than its share, whatever it is doing.
 - If every connection is busy (mid-request or being written to), the newcomer lands in a small reserve that
   answers only /healthz and /readyz, so probes still get through; when the reserve is full it evicts the
   oldest connection of the address that holds most of it.
@@ -439,7 +441,13 @@ class MetricsServer:
         conn.task = asyncio.create_task(self._connection(conn, listener))
 
     def _place(self, peer: str) -> Pool:
-        """Main pool if there is, or can be made, room for this peer; else the reserve."""
+        """Main pool if there is, or can be made, room for this peer; else the reserve.
+
+        Room is made, in this order, from: the newcomer's own address's oldest idle connection; the oldest idle
+        connection of the address holding the most; and, for a newcomer from another address, the oldest
+        connection (whatever it is doing) of an address holding more than its share. So a crowd from one address
+        cannot push out the idle keep-alive connection of a scraper elsewhere, nor lock that scraper out.
+        """
         main = self._main
         per_peer = self.limits.max_connections_per_peer
         if per_peer and main.per_peer[peer] >= per_peer:
@@ -447,15 +455,26 @@ class MetricsServer:
             if victim is None:
                 self.dropped["peer_limit"] += 1
                 return self._reserve
-            victim.drop("evicted_idle", self.dropped)
-            self._forget(victim)
-        if len(main.conns) >= main.cap:
-            victim = main.oldest(lambda c: c.state in REUSABLE)
-            if victim is None:
-                return self._reserve
-            victim.drop("evicted_idle", self.dropped)
-            self._forget(victim)
-        return main
+            self._evict(victim, "evicted_idle")
+        if len(main.conns) < main.cap:
+            return main
+        greediest = max(main.per_peer, key=lambda p: main.per_peer[p])
+        victim = main.oldest(lambda c: c.peer == peer and c.state in REUSABLE) or main.oldest(
+            lambda c: c.peer == greediest and c.state in REUSABLE
+        )
+        if victim is not None:
+            self._evict(victim, "evicted_idle")
+            return main
+        if greediest != peer and main.per_peer[greediest] > main.per_peer[peer] + 1:
+            victim = main.oldest(lambda c: c.peer == greediest)
+            if victim is not None:
+                self._evict(victim, "evicted_share")
+                return main
+        return self._reserve
+
+    def _evict(self, victim: Conn, reason: str) -> None:
+        victim.drop(reason, self.dropped)
+        self._forget(victim)  # its slot is free now; its socket is gone within a loop iteration
 
     def _forget(self, conn: Conn) -> None:
         """Free the connection's slot (its pool entry); idempotent."""

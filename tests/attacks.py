@@ -352,7 +352,8 @@ _TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "F
 def server_sockets(port: int) -> Counter[str]:
     """Server-side TCP sockets of local port `port` by state, from /proc/net/tcp. Those no fd holds (inode 0) are
     "queued" (ESTABLISHED: completed by the kernel, waiting in the listen backlog for accept()) or "orphan"
-    (closed by the server, the kernel still sending or finishing: what a plain close leaves behind)."""
+    (closed by the server, the kernel still finishing; "with data" if it still holds unsent bytes: what a plain
+    close of a never-reading client leaves behind)."""
     found: Counter[str] = Counter()
     with open("/proc/net/tcp") as table:
         next(table)
@@ -362,7 +363,8 @@ def server_sockets(port: int) -> Counter[str]:
                 continue
             state = _TCP_STATES.get(fields[3], fields[3])
             if fields[9] == "0" and state not in ("TIME_WAIT", "SYN_RECV"):
-                state = "queued" if state == "ESTABLISHED" else f"orphan {state}"
+                unsent = int(fields[4].split(":")[0], 16)
+                state = "queued" if state == "ESTABLISHED" else f"orphan {state}" + (" with data" if unsent else "")
             found[state] += 1
     return found
 
@@ -371,8 +373,8 @@ def held_server_sockets(port: int, orphans_only: bool = False) -> int:
     """Server-side sockets the server holds or left behind: those with an fd and orphans. Not TIME_WAIT (no
     buffers), the listener, or connections the kernel queued that the server has not accepted yet."""
     found = server_sockets(port)
-    if orphans_only:
-        return sum(n for state, n in found.items() if state.startswith("orphan"))
+    if orphans_only:  # those that still hold unsent data: an orphan that only waits for the peer's FIN holds none
+        return sum(n for state, n in found.items() if state.startswith("orphan") and state.endswith("with data"))
     return sum(n for state, n in found.items() if state not in ("TIME_WAIT", "LISTEN", "queued", "SYN_RECV"))
 
 

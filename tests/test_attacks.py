@@ -133,6 +133,7 @@ def test_clients_that_never_read_are_cut_off_and_leave_nothing_behind() -> None:
         tcp = Sampler(tcp_memory_pages).start()
         # The kubelet probes from the node's address, not from the attacker's (a pod's): 127.0.0.2 here.
         prober = Prober(endpoint.port, period=0.1, timeout=2.0, source="127.0.0.2").start()
+        scraper = Scraper(endpoint.port, period=0.5, timeout=5.0, source="127.0.0.3").start()  # Prometheus's pod
         first, second = AttackStats(), AttackStats()
         began = time.monotonic()
         waves = Attack(slow_readers(endpoint.port, 260, began + 4.5, first)).start()
@@ -140,7 +141,7 @@ def test_clients_that_never_read_are_cut_off_and_leave_nothing_behind() -> None:
         second_wave = Attack(slow_readers(endpoint.port, 260, began + 9.0, second)).start()
         waves.join(15)
         second_wave.join(15)
-        probes = prober.stop()
+        probes, scrapes = prober.stop(), scraper.stop()
         peak_sockets, peak_fds, peak_tcp = sockets.stop(), fds.stop(), tcp.stop()
         deadline = time.monotonic() + 5
         while held_server_sockets(endpoint.port) or process_fds(endpoint.pid) > fds_before:
@@ -153,6 +154,7 @@ def test_clients_that_never_read_are_cut_off_and_leave_nothing_behind() -> None:
         assert (peak_tcp - tcp_before) * 4096 <= (CAP + RESERVE + SLACK) * 300 * 1024, (tcp_before, peak_tcp)
         assert probes.sent >= 60
         assert probes.ratio >= 0.99, probes
+        assert len(scrapes) >= 12 and all(status == 200 for status in scrapes), scrapes
     finally:
         assert endpoint.stop() == 0
 

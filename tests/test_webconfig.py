@@ -129,7 +129,7 @@ def test_client_certificates_are_required_when_configured(pki: Path, tmp_path: P
 
 
 @pytest.mark.parametrize(("content", "expected"), [
-    ("tls_server_config:\n  cert_file: nope.crt\n  key_file: nope.key\n", "TLS certificate"),
+    ("tls_server_config:\n  cert_file: nope.crt\n  key_file: nope.key\n", "TLS file"),
     ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [X]\n", "cipher_suites"),
     ("basic_auth_users:\n  alice: plaintext\n", "basic_auth_users.alice is not a bcrypt hash"),
     ("basic_auth_users:\n  alice: $2b$10$tooshort\n", "basic_auth_users.alice is not a bcrypt hash"),
