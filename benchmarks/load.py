@@ -216,20 +216,33 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
 
+    def _scrape(self, conn: http.client.HTTPConnection | None) -> tuple[http.client.HTTPConnection, int, bytes]:
+        """One GET /metrics. Like Prometheus's HTTP client (RFC 9112 §9.3.1), a request that fails on a kept-alive
+        connection (the server closed or reset it while idle) is retried once on a new one."""
+        for reused in (conn is not None, False):
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                conn.request("GET", "/metrics")
+                response = conn.getresponse()
+                return conn, response.status, response.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = None
+                if not reused:
+                    raise
+        raise AssertionError("unreachable")
+
     def _run(self) -> None:
         conn: http.client.HTTPConnection | None = None
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("GET", "/metrics")
-                response = conn.getresponse()
-                body = response.read()
+                conn, status, body = self._scrape(conn)
                 done = time.monotonic()
                 values = {m.group(1).decode(): float(m.group(2)) for m in _SAMPLE.finditer(body)}
                 self.samples.append(Sample(
-                    done, response.status, done - started, values.get("ticks_total", float("nan")),
+                    done, status, done - started, values.get("ticks_total", float("nan")),
                     values.get("last_tick_timestamp_seconds", float("nan")),
                     values.get("ticks_skipped_total", float("nan")),
                     values.get("tick_duration_seconds", float("nan")),

@@ -6,8 +6,8 @@ a real parser instead of a hand-rolled one. Around it, admission control that co
 - Every socket is counted from accept() to connection_lost (TLS handshakes included), against the cap of its
   pool. TLS handshakes have a smaller cap of their own and a short timeout; a new one beyond the cap evicts
   the oldest unfinished one.
-- When the cap is reached, the oldest connection that holds no request in progress (idle keep-alive, or
-  connected but silent) is closed to make room, as nginx does, so idle sockets cannot lock anyone out:
+- When the cap is reached, a connection that holds no request in progress is closed to make room, as nginx
+  does (silent ones first, then the longest-idle keep-alive one), so idle sockets cannot lock anyone out:
   the newcomer's own address's first, then the address holding the most; a newcomer from another address
   may also take the oldest connection of an address holding more than its share, whatever it is doing.
 - If every connection is busy (mid-request or being written to), the newcomer lands in a small reserve that
@@ -77,7 +77,7 @@ class Limits:
     max_handshakes: int = 64  # TLS handshakes in progress
     handshake_timeout_s: float = 3.0
     max_connections_per_peer: int = 0  # 0: no per-peer cap
-    max_pending_auth: int = 32  # queued bcrypt checks (each queue: peers known to authenticate, and others)
+    max_pending_auth: int = 32  # queued bcrypt checks in all; an eighth of that per client address
     health_connections: int = 16  # the optional plain health listener's cap
     tcp_user_timeout_s: float = 30.0
     # Kernel send buffer per connection (the kernel doubles it). Autotuning would let each client that never
@@ -107,6 +107,7 @@ class Conn:
     sock: socket.socket
     health_only: bool
     state: State = State.FRESH
+    idle_since: float = 0.0  # loop time it last became reusable (connected, or answered a request)
     task: asyncio.Task[None] | None = None
     transport: asyncio.BaseTransport | None = None
 
@@ -127,12 +128,17 @@ class Conn:
 class Pool:
     name: str
     cap: int
-    evict_any: bool  # the reserve and the health listener: every connection there is disposable
     conns: OrderedDict[int, Conn] = field(default_factory=OrderedDict)  # oldest first
     per_peer: Counter[str] = field(default_factory=Counter)
 
     def oldest(self, where: Callable[[Conn], bool]) -> Conn | None:
         return next((c for c in self.conns.values() if where(c)), None)
+
+    def reusable(self, peer: str | None = None) -> Conn | None:
+        """The connection to close first to make room: a silent one (connected, nothing sent) before an idle
+        keep-alive one (it has made requests: more likely a real client), and of those the longest idle."""
+        candidates = [c for c in self.conns.values() if c.state in REUSABLE and (peer is None or c.peer == peer)]
+        return min(candidates, key=lambda c: (c.state is State.IDLE, c.idle_since), default=None)
 
     def greediest(self) -> Conn | None:
         """The oldest connection of the address holding the most here: a probe from an address of its own
@@ -157,16 +163,20 @@ def abort(transport: asyncio.BaseTransport) -> None:
         transport.close()
 
 
-_libc: ctypes.CDLL | None = None
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    trim: Callable[[int], int] | None = getattr(libc, "malloc_trim", None)  # glibc only
+    return trim
 
 
 def release_free_memory() -> None:
     """Give freed heap back to the system (glibc's malloc_trim). TLS handshakes allocate and free many small
     buffers; glibc keeps them, so RSS after a burst of handshakes would stay at its peak. No-op elsewhere."""
-    global _libc  # noqa: PLW0603 - loaded once
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    trim = getattr(_libc, "malloc_trim", None)
+    trim = _malloc_trim()
     if trim is not None:
         trim(0)
 
@@ -368,14 +378,15 @@ class MetricsServer:
         self.dropped: Counter[str] = Counter()  # connections ended by the server, by reason
         self.accepted = 0
         self._ids = itertools.count()
-        self._main = Pool("main", self.limits.max_connections, evict_any=False)
-        self._reserve = Pool("reserve", self.limits.reserve_connections, evict_any=True)
-        self._health = Pool("health", self.limits.health_connections, evict_any=True)
+        self._main = Pool("main", self.limits.max_connections)
+        self._reserve = Pool("reserve", self.limits.reserve_connections)
+        self._health = Pool("health", self.limits.health_connections)
         self._handshakes: OrderedDict[int, Conn] = OrderedDict()
         self._listeners: list[Listener] = []
         self._accepting: list[asyncio.Task[None]] = []
         self._closing = False
         self._plain_http_logged = -PLAIN_HTTP_LOG_EVERY_S
+        self._accept_errors_logged = -60.0
 
     # --- listening ---------------------------------------------------------------------------------------
 
@@ -404,7 +415,11 @@ class MetricsServer:
                 accepted, address = await loop.sock_accept(sock)
             except OSError as exc:  # EMFILE and friends: wait for fds to come back instead of spinning
                 self.dropped["accept_error"] += 1
-                log.warning("accept failed: %s", exc)
+                if self._accept_errors_logged + 60.0 <= time.monotonic():
+                    self._accept_errors_logged = time.monotonic()
+                    log.warning(
+                        "accept failed: %s (logged once a minute; counted in wattlens_http_rejections_total)", exc
+                    )
                 await asyncio.sleep(0.1)
                 continue
             self.accepted += 1
@@ -426,9 +441,8 @@ class MetricsServer:
         if len(pool.conns) >= pool.cap:
             victim = pool.greediest()
             if victim is not None:
-                victim.drop(f"evicted_{pool.name}", self.dropped)
-                self._forget(victim)  # its slot is free now; its socket is counted until it is gone
-        conn = Conn(next(self._ids), peer, pool, sock, health_only)
+                self._evict(victim, f"evicted_{pool.name}")
+        conn = Conn(next(self._ids), peer, pool, sock, health_only, idle_since=asyncio.get_running_loop().time())
         pool.conns[conn.id] = conn
         pool.per_peer[peer] += 1
         if listener.tls is not None:
@@ -443,15 +457,16 @@ class MetricsServer:
     def _place(self, peer: str) -> Pool:
         """Main pool if there is, or can be made, room for this peer; else the reserve.
 
-        Room is made, in this order, from: the newcomer's own address's oldest idle connection; the oldest idle
-        connection of the address holding the most; and, for a newcomer from another address, the oldest
+        Room is made, in this order, from: the newcomer's own address's reusable connections (silent ones
+        first, then the longest idle); those of the address holding the most; and, for a newcomer from another
+        address, the oldest
         connection (whatever it is doing) of an address holding more than its share. So a crowd from one address
         cannot push out the idle keep-alive connection of a scraper elsewhere, nor lock that scraper out.
         """
         main = self._main
         per_peer = self.limits.max_connections_per_peer
         if per_peer and main.per_peer[peer] >= per_peer:
-            victim = main.oldest(lambda c: c.peer == peer and c.state in REUSABLE)
+            victim = main.reusable(peer)
             if victim is None:
                 self.dropped["peer_limit"] += 1
                 return self._reserve
@@ -459,9 +474,7 @@ class MetricsServer:
         if len(main.conns) < main.cap:
             return main
         greediest = max(main.per_peer, key=lambda p: main.per_peer[p])
-        victim = main.oldest(lambda c: c.peer == peer and c.state in REUSABLE) or main.oldest(
-            lambda c: c.peer == greediest and c.state in REUSABLE
-        )
+        victim = main.reusable(peer) or main.reusable(greediest)
         if victim is not None:
             self._evict(victim, "evicted_idle")
             return main
@@ -665,6 +678,7 @@ class MetricsServer:
         request: h11.Request | None = None
         received = len(h.trailing_data[0])  # pipelined bytes already buffered
         conn.state = State.READING if received else (State.FRESH if first else State.IDLE)
+        conn.idle_since = loop.time()
         body_bytes = 0
         while True:
             event = h.next_event()

@@ -100,7 +100,7 @@ def test_idle_sockets_starve_neither_probes_nor_scrapes(tmp_path: Path) -> None:
         time.sleep(0.5)
         fds_before = process_fds(d.process.pid)
         stats = AttackStats()
-        until = time.monotonic() + 10
+        until = time.monotonic() + 8
         attack = Attack(idle_sockets(d.port, 300, until, stats)).start()
         time.sleep(1.5)  # the attackers hold every slot by now
         sockets = Sampler(lambda: process_sockets(d.process.pid) + held_server_sockets(d.port, orphans_only=True))
@@ -300,7 +300,7 @@ def test_a_wrong_password_flood_does_not_starve_real_scrapes(tmp_path: Path) -> 
             assert time.monotonic() < deadline
             time.sleep(0.1)
         stats = AttackStats()
-        until = time.monotonic() + 10
+        until = time.monotonic() + 7
         attack = Attack(wrong_passwords(d.port, 200, until, stats, "prometheus")).start()
         time.sleep(1.0)
         # Prometheus, a new connection for every scrape (the worst case), 2 s timeout.
@@ -315,7 +315,7 @@ def test_a_wrong_password_flood_does_not_starve_real_scrapes(tmp_path: Path) -> 
         # The flood was real: wrong passwords checked (401) as fast as one thread can, the rest turned away
         # at once (503) because one address may queue only a share of the bounded queue.
         assert stats.responses[401] > 20 and stats.responses[503] > 500, stats
-        assert known_result.sent >= 12 and known_result.ok == known_result.sent, known_result
+        assert known_result.sent >= 8 and known_result.ok == known_result.sent, known_result
         assert fresh_statuses and all(status == 200 for status in fresh_statuses), fresh_statuses
         assert d.stop()[0] == 0
 
