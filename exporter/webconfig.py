@@ -221,7 +221,7 @@ class TlsContext:
         self.client_ca = _resolve(config_path, tls.client_ca_file) if tls.client_ca_file else None
         self._settings = tls
         self._failing = False
-        self._expiry_warned = False
+        self._expiry_warned = ""  # "", "soon" or "expired": what was last warned about
         try:
             self._current = self._build()
         except (OSError, ssl.SSLError, ValueError) as exc:
@@ -274,6 +274,7 @@ class TlsContext:
         try:
             files = self._files()
             if self._stamp(files) == self._current.stamp:
+                self._note_expiry()  # a certificate that was fine at start can come close to expiry, or expire
                 return False
             fresh = self._build()
         except (OSError, ssl.SSLError, ValueError) as exc:
@@ -283,15 +284,17 @@ class TlsContext:
             self._failing = True
             return False
         self._current, self._failing = fresh, False
-        self._expiry_warned = False
+        self._expiry_warned = ""
         log.info("TLS certificate, key or client CA changed; new handshakes use them")
         self._note_expiry()
         return True
 
     def _note_expiry(self) -> None:
+        """Warn once when the certificate comes within 14 days of expiry, and once more when it expires."""
         left = self._current.not_after - time.time()
-        if left < EXPIRY_WARNING_S and not self._expiry_warned:
-            self._expiry_warned = True
+        state = "expired" if left <= 0 else "soon" if left < EXPIRY_WARNING_S else ""
+        if state and state != self._expiry_warned:
+            self._expiry_warned = state
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self._current.not_after))
             state = "EXPIRED" if left <= 0 else f"expires in {left / 86400:.1f} days"
             log.warning("TLS certificate %s %s (not after %s): replace it", self.cert, state, when)

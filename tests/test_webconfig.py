@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import calendar
 import http.client
 import ssl
 import subprocess
@@ -209,3 +210,25 @@ def test_unknown_users_and_cheap_hashes_fail_as_slowly_as_the_costliest_user() -
         assert min(times) >= 0.95 * floor, (user, times, floor)
 
 
+
+
+def test_expiry_is_warned_when_it_comes_close_and_again_when_it_passes(
+    pki: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from exporter import webconfig
+
+    config = webconfig.TlsServerConfig(cert_file=pki / "server.crt", key_file=pki / "server.key")
+    with caplog.at_level("WARNING", logger="exporter.webconfig"):
+        tls = webconfig.TlsContext(pki / "web.yml", config)  # valid for 2 days: within the 14-day warning
+        assert [r.message for r in caplog.records if "expires in" in r.message]
+        expiry = subprocess.run(["openssl", "x509", "-in", str(pki / "server.crt"), "-noout", "-enddate"],
+                                capture_output=True, text=True, check=True).stdout.strip().split("=", 1)[1]
+        assert tls.not_after == calendar.timegm(time.strptime(expiry, "%b %d %H:%M:%S %Y GMT"))  # as openssl reads it
+        caplog.clear()
+        for _ in range(3):
+            assert tls.reload_if_changed() is False
+        assert caplog.records == []  # said once, not on every tick
+        monkeypatch.setattr(webconfig.time, "time", lambda: tls.not_after + 1)
+        for _ in range(3):
+            tls.reload_if_changed()
+        assert [r.message for r in caplog.records if "EXPIRED" in r.message] and len(caplog.records) == 1
