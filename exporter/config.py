@@ -38,6 +38,8 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from exporter.files import CONFIG_FILE_LIMIT, read_operator_text
+
 ENV_PREFIX = "WATTLENS_"
 ENV_CONFIG_FILE = "WATTLENS_CONFIG"
 DEFAULT_PORT = 9875
@@ -153,6 +155,22 @@ class Config(BaseModel):
             "HTTP and ticks",
             f"PORT, :PORT (every interface), HOST:PORT or [IPV6]:PORT, e.g. {DEFAULT_PORT}, 127.0.0.1:{DEFAULT_PORT} "
             f"or [::1]:{DEFAULT_PORT}",
+        ),
+    )
+    health_listen: Annotated[str | None, BeforeValidator(_listen_text)] = Field(
+        None,
+        json_schema_extra=_hint(
+            "HTTP and ticks",
+            "PORT, :PORT or HOST:PORT of a plain-HTTP listener for /healthz and /readyz only (probes that cannot do "
+            "TLS or basic auth), e.g. :9876, or unset",
+        ),
+    )
+    max_connections_per_peer: int = Field(
+        0,
+        ge=0,
+        le=65536,
+        json_schema_extra=_hint(
+            "HTTP and ticks", "the most connections one client address may hold, or 0 for no per-client cap"
         ),
     )
     sys_path: Path = Field(
@@ -299,10 +317,11 @@ class Config(BaseModel):
         json_schema_extra=_hint("Power model", "a mapping of idle_watts_per_cpu, max_watts_per_cpu and cpus"),
     )
 
-    @field_validator("listen")
+    @field_validator("listen", "health_listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
-        parse_listen(value)
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value:  # health_listen: empty means unset
+            parse_listen(value)
         return value
 
     @field_validator("meters", "pod_labels", mode="before")
@@ -344,6 +363,9 @@ class Config(BaseModel):
 
     def listen_address(self) -> tuple[str | None, int]:
         return parse_listen(self.listen)
+
+    def health_listen_address(self) -> tuple[str | None, int] | None:
+        return parse_listen(self.health_listen) if self.health_listen else None
 
 
 # --- the settings as a list: flags, variables and help are generated from it -------------------------
@@ -433,7 +455,7 @@ def _merge(
 
 def read_config_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_operator_text(path, CONFIG_FILE_LIMIT)
     except OSError as exc:
         raise ConfigError(
             f"config file {path}: cannot be read ({exc.strerror or exc}). "

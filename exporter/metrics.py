@@ -99,6 +99,22 @@ SCRAPES = Family(
     "Metric scrapes served, by format and encoding (counted up to the last tick).",
     ("node", "format", "encoding"),
 )
+HTTP_REJECTIONS = Family(
+    "http_rejections_total",
+    "counter",
+    "Connections the endpoint ended or requests it refused to protect itself, by reason: evicted_idle (room for "
+    "a new connection), evicted_share (an address holding more than its share), evicted_reserve, "
+    "evicted_health, evicted_handshake, handshake_failed, handshake_timeout, plain_http_on_tls, "
+    "request_timeout, idle_timeout, write_timeout, busy (only health served), peer_limit, auth_queue_full, "
+    "accept_error, shutdown (counted up to the last tick).",
+    ("node", "reason"),
+)
+TLS_CERT_EXPIRY = Family(
+    "tls_certificate_expiry_timestamp_seconds",
+    "gauge",
+    "Unix time at which the TLS certificate being served expires (web_config_file with tls_server_config).",
+    ("node",),
+)
 RENDER_DURATION = Family(
     "render_duration_seconds", "gauge", "Wall time of rendering the previous exposition.", ("node",)
 )
@@ -339,6 +355,8 @@ CATALOGUE: tuple[Family, ...] = (
     TICK_CPU,
     LAST_TICK,
     SCRAPES,
+    HTTP_REJECTIONS,
+    TLS_CERT_EXPIRY,
     RENDER_DURATION,
 )
 # Families that appear only when their source is there: GPUs present, or process_metrics on.
@@ -347,6 +365,7 @@ CONDITIONAL: frozenset[str] = frozenset(
     for f in (
         PROCESS_CPU_JOULES,
         GRID_CARBON_INTENSITY,
+        TLS_CERT_EXPIRY,
         POD_LABELS,
         POD_WATCH_REQUESTS,
         POD_WATCH_ERRORS,

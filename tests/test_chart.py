@@ -66,11 +66,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "dashboards.annotations": {"grafana_folder": "Energy"}, "dashboards.namespace": "monitoring",
     },
     "web-config": {
-        "webConfig.secretName": "wattlens-web", "probes.scheme": "HTTPS", "serviceMonitor.scheme": "https",
+        "webConfig.secretName": "wattlens-web", "serviceMonitor.scheme": "https",
         "serviceMonitor.tlsConfig": {"ca": {"secret": {"name": "wattlens-ca", "key": "ca.crt"}}, "serverName": "w"},
         "serviceMonitor.basicAuth": {"username": {"name": "wattlens-auth", "key": "user"},
                                      "password": {"name": "wattlens-auth", "key": "password"}},
     },
+    # No plain health listener: the probes go to the metrics port, over TLS (the kubelet does not verify).
+    "web-config-probes-on-metrics": {"webConfig.secretName": "wattlens-web", "healthPort": 0,
+                                     "probes.port": "metrics", "probes.scheme": "HTTPS"},
     "nothing-optional": {"serviceMonitor.enabled": False, "prometheusRule.enabled": False,
                          "dashboards.enabled": False, "networkPolicy.enabled": False,
                          "serviceAccount.create": False, "serviceAccount.name": "default"},
@@ -184,7 +187,7 @@ def test_option_sets_change_every_value() -> None:
                 if new != defaults[leaf]:
                     changed.add(leaf)
     # Set to their defaults in every option set on purpose (they name what the defaults already are).
-    same = {"dashboards.label", "dashboards.labelValue", "probes.port"}
+    same = {"dashboards.label", "dashboards.labelValue"}
     assert set(defaults) - changed == same
 
 
@@ -267,8 +270,12 @@ def test_config_is_valid_for_wattlens_and_inside_the_mounts(name: str, tmp_path:
     for path in (config.sys_path, config.cgroup_root,
                  config.kubelet_log_path / "pods", config.kubelet_log_path / "containers"):
         assert any(path == Path(m) or Path(m) in path.parents for m in mounts), path
-    [port] = c["ports"]
-    assert config.listen_address() == (None, port["containerPort"])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert config.listen_address() == (None, ports["metrics"])
+    health = config.health_listen_address()
+    assert (health[1] if health else None) == ports.get("health")  # the probes' plain listener, when there is one
+    probed = {c["readinessProbe"]["httpGet"]["port"], c["livenessProbe"]["httpGet"]["port"]}
+    assert probed <= set(ports), probed
     assert config.kubernetes_api is bool(OPTIONS[name].get("apiWatch.enabled"))
     assert list(config.pod_labels) == OPTIONS[name].get("apiWatch.podLabels", [])
     if OPTIONS[name].get("webConfig.secretName"):

@@ -23,6 +23,8 @@ from exporter.logs import JsonFormatter, LogfmtFormatter
 SAMPLES: dict[str, tuple[str, Any]] = {
     "interval": ("2s", 2.0),
     "listen": ("127.0.0.1:1234", "127.0.0.1:1234"),
+    "health_listen": ("9876", ":9876"),
+    "max_connections_per_peer": ("16", 16),
     "sys_path": ("/host/sys", Path("/host/sys")),
     "proc_path": ("/host/proc", Path("/host/proc")),
     "cgroup_root": ("/host/cgroup", Path("/host/cgroup")),

@@ -12,7 +12,7 @@ from helpers import FIXTURES, REPO, RaplTree, make_config, tool
 
 from exporter import metrics
 from exporter.engine import Engine
-from exporter.exposition import Renderer
+from exporter.exposition import EndpointStats, Renderer
 
 
 def _promtool() -> str:
@@ -56,12 +56,15 @@ def test_every_catalogued_family_is_rendered(tmp_path: Path) -> None:
     engine = Engine.start(make_config(sys_path=tree.root, meters="rapl"))
     engine.tick(0.0)
     tree.advance("intel-rapl:0", 1_000_000)
-    text = Renderer().render(engine.tick(5.0), {("text", "identity"): 3}).text.decode()
+    endpoint = EndpointStats(scrapes={("text", "identity"): 3}, rejections={"evicted_idle": 2}, tls_not_after=1.9e9)
+    text = Renderer().render(engine.tick(5.0), endpoint).text.decode()
     for family in metrics.CATALOGUE:
         name = family.full_name + ("_info" if family.kind == "info" else "")
         if family.full_name in metrics.CONDITIONAL:
             continue  # rendered by the GPU and process-metrics tests
         assert f"# TYPE {name} " in text, name
+    assert 'wattlens_http_rejections_total{node="' in text and 'reason="evicted_idle"} 2.0' in text
+    assert "wattlens_tls_certificate_expiry_timestamp_seconds{" in text
     assert len(metrics.CATALOGUE) == len({f.full_name for f in metrics.CATALOGUE})
 
 

@@ -17,6 +17,7 @@ from typing import Any
 SCHEMA = Path(__file__).resolve().parent / "wattlens" / "values.schema.json"
 CHART_OWNED = (
     "listen",
+    "health_listen",
     "sys_path",
     "proc_path",
     "cgroup_root",

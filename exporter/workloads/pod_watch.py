@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exporter.files import CREDENTIAL_FILE_LIMIT, read_operator_text
+
 log = logging.getLogger(__name__)
 
 
@@ -146,7 +148,7 @@ class PodWatch:
 
         def reread_token(config: Any) -> None:
             try:
-                config.api_key["BearerToken"] = self.token_file.read_text().strip()
+                config.api_key["BearerToken"] = read_operator_text(self.token_file, CREDENTIAL_FILE_LIMIT).strip()
             except OSError:
                 config.api_key["BearerToken"] = ""
 
