@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -56,7 +56,16 @@ def _add(metric: Metric, labels: list[str], value: float) -> None:
     metric.add_metric(labels, value)  # type: ignore[attr-defined]
 
 
-def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: float) -> Iterator[Metric]:
+@dataclass(frozen=True, slots=True)
+class EndpointStats:
+    """What the HTTP endpoint reports about itself, copied on the event loop before each tick."""
+
+    scrapes: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    rejections: Mapping[str, int] = field(default_factory=dict)
+    tls_not_after: float | None = None
+
+
+def families(snap: Snapshot, endpoint: EndpointStats, render_s: float) -> Iterator[Metric]:
     node = snap.info.node
     yield from _zone_families(snap)
     yield from _node_energy_families(snap)
@@ -85,7 +94,7 @@ def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: f
         yield carbon
 
     build = InfoMetricFamily(m.BUILD_INFO.full_name, m.BUILD_INFO.help)
-    build.add_metric([], {"version": snap.info.version, "python_version": snap.info.python_version})
+    build.add_metric([], {"node": node, "version": snap.info.version, "python_version": snap.info.python_version})
     info = InfoMetricFamily(m.NODE_INFO.full_name, m.NODE_INFO.help)
     info.add_metric(
         [],
@@ -114,9 +123,17 @@ def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: f
         _add(metric, [node], float(value))
         yield metric
     served = _family(m.SCRAPES)
-    for (fmt, encoding), count in sorted(scrapes.items()):
+    for (fmt, encoding), count in sorted(endpoint.scrapes.items()):
         _add(served, [node, fmt, encoding], count)
     yield served
+    rejected = _family(m.HTTP_REJECTIONS)
+    for reason, count in sorted(endpoint.rejections.items()):
+        _add(rejected, [node, reason], count)
+    yield rejected
+    if endpoint.tls_not_after is not None:
+        expiry = _family(m.TLS_CERT_EXPIRY)
+        _add(expiry, [node], endpoint.tls_not_after)
+        yield expiry
 
 
 def _zone_families(snap: Snapshot) -> Iterator[Metric]:
@@ -296,7 +313,7 @@ class Renderer:
 
     def __init__(self) -> None:
         self._snapshot: Snapshot | None = None
-        self._scrapes: Mapping[tuple[str, str], int] = {}
+        self._endpoint = EndpointStats()
         self._last_render_s = 0.0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -305,11 +322,11 @@ class Renderer:
 
     def collect(self) -> Iterator[Metric]:
         if self._snapshot is not None:
-            yield from families(self._snapshot, self._scrapes, self._last_render_s)
+            yield from families(self._snapshot, self._endpoint, self._last_render_s)
 
-    def render(self, snap: Snapshot, scrapes: Mapping[tuple[str, str], int] | None = None) -> Exposition:
+    def render(self, snap: Snapshot, endpoint: EndpointStats | None = None) -> Exposition:
         started = time.perf_counter()
-        self._snapshot, self._scrapes = snap, dict(scrapes or {})
+        self._snapshot, self._endpoint = snap, endpoint or EndpointStats()
         text = render_text(self.registry)
         openmetrics: bytes = render_openmetrics(self.registry)  # type: ignore[no-untyped-call]
         exposition = Exposition(

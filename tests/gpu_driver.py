@@ -3,7 +3,7 @@ process start). Reads a JSON scenario on stdin, prints one JSON object per tick 
 
 scenario = {"flags": {...config flags...}, "state_path": str,
             "steps": [{"now": float, "state": str (a prepared state file copied into state_path)}],
-            "render": bool}
+            "render": bool, "document": bool (also the `once --json` document)}
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from exporter.config import load_config
 from exporter.engine import Engine
 from exporter.exposition import Renderer
 from exporter.snapshot import Snapshot
+from exporter.snapshot_json import snapshot_document
 
 
 def summary(snap: Snapshot) -> dict[str, Any]:
@@ -54,6 +55,8 @@ def main() -> None:
         out = summary(snap)
         if scenario.get("render"):
             out["text"] = Renderer().render(snap).text.decode()
+        if scenario.get("document"):
+            out["document"] = snapshot_document(snap)
         print(json.dumps(out), flush=True)
     engine.close()
 

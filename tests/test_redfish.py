@@ -13,12 +13,15 @@ from typing import Any
 import pytest
 from fake_bmc import FakeBmc, TlsFiles, make_tls
 from helpers import ProcTree, make_config, tool
+from test_once_json import compare
 
 from exporter.config import ConfigError, RedfishConfig, load_config
 from exporter.engine import Engine
+from exporter.exposition import Renderer
 from exporter.meters.redfish import RedfishMeter, RedfishPoller
 from exporter.meters.select import NodeMeters
 from exporter.snapshot import SourceUp
+from exporter.snapshot_json import snapshot_document
 
 PASSWORD = "pa55-w0rd"
 
@@ -324,3 +327,7 @@ def test_platform_joules_in_the_engine_follow_the_bmc(bmc: FakeBmc, secret: Path
     engine.close()
     platform = next(z for z in snap.zones if z.zone.source == "redfish")
     assert (platform.zone.zone, platform.up, platform.joules_uj) == ("platform", True, 1_870_000_000)
+    assert platform.watts == 374.0 and platform.reading_age_s is not None and 0 <= platform.reading_age_s < 5
+    # The exposition and `once --json` say the same, the reading's age included.
+    text = Renderer().render(snap).text.decode()
+    assert "wattlens_node_platform_reading_age_seconds" in compare(text, snapshot_document(snap))

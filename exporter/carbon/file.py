@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from exporter.config import Config
-from exporter.sysfs import read_small
+from exporter.files import SMALL_VALUE_LIMIT, read_operator_text
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class CarbonFile:
         if self.path is None:
             return self.value
         try:
-            value = float(read_small(self.path, 64).split()[0])
+            value = float(read_operator_text(self.path, SMALL_VALUE_LIMIT).split()[0])
             if not 0 <= value <= 5000:
                 raise ValueError(f"{value} is outside 0..5000 gCO2e/kWh")
         except (OSError, ValueError, IndexError) as exc:
