@@ -58,7 +58,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as render_o
 
 from exporter.config import Config, load_config
 from exporter.engine import Engine
-from exporter.exposition import GZIP_LEVEL, Exposition, Renderer
+from exporter.exposition import GZIP_LEVEL, EndpointStats, Exposition, Renderer
 from exporter.idle import IdleBaseline
 
 TICK_STEP_S = 5.0  # synthetic monotonic clock advance per tick
@@ -145,7 +145,7 @@ def bench_ticks(name: str, config: Config, ticks: int, warmup: int, fixture: Rap
         for _ in range(warmup):  # first tick (baseline), first render, warm caches; not measured or counted
             if fixture is not None:
                 fixture.advance(TICK_STEP_S, count=False)
-            renderer.render(engine.tick(now), scrapes)
+            renderer.render(engine.tick(now), EndpointStats(scrapes=dict(scrapes)))
             now += TICK_STEP_S
         # Energy written from here on must show up exactly in the zone counters (checked below).
         base = engine.snapshot()
@@ -161,7 +161,7 @@ def bench_ticks(name: str, config: Config, ticks: int, warmup: int, fixture: Rap
             c0, w0 = thread_time(), perf()
             snap = engine.tick(now)
             c1, w1 = thread_time(), perf()
-            exposition = renderer.render(snap, scrapes)
+            exposition = renderer.render(snap, EndpointStats(scrapes=dict(scrapes)))
             c2, w2 = thread_time(), perf()
             run.tick_cpu.append(c1 - c0)
             run.render_cpu.append(c2 - c1)

@@ -65,19 +65,24 @@ class _Domain:
 
 
 @dataclass(slots=True)
-class _Tick:
-    """One tick's deltas: per domain (sum of its counters, and whether every counter had one), per place."""
+class _Counter:
+    """One physical counter: its delta tracking, its joules since start, and what its last reading said."""
 
-    domains: dict[str, tuple[int, bool]] = field(default_factory=dict)
-    places: dict[Place, int | None] = field(default_factory=dict)
-    sources: dict[str, str] = field(default_factory=dict)
+    zone: ZoneId
+    place: Place
+    domain: str  # its domain's key: the zone name, or gpu:<uuid>
+    role: Role
+    limit_w: float  # the most watts it can draw: larger steps are resets
+    track: CounterTrack = field(default_factory=CounterTrack)
+    top_level: bool = False  # set with the containment (the node's total adds it)
+    joules_uj: int = 0
+    method: str = ""
+    read: float = 0.0  # the tick it was last read in
+    age_s: float | None = None
+    watts: float | None = None
 
-    def add(self, domain: str, place: Place, source: str, delta: int | None) -> None:
-        total, complete = self.domains.get(domain, (0, True))
-        self.domains[domain] = (total + (delta or 0), complete and delta is not None)
-        known = self.places.get(place, 0)
-        self.places[place] = None if delta is None or known is None else known + delta
-        self.sources.setdefault(domain, source)
+
+Deltas = list[tuple[_Counter, "int | None"]]  # this tick's delta of every counter read (None: down or new)
 
 
 def domain_key(zone: ZoneId) -> str:
@@ -92,15 +97,12 @@ class Accounting:
         self.config = config
         self.workloads = workloads
         self.known_idle = known_idle  # idle watts per zone the CPU meter knows for certain (the model)
-        self._counters: dict[ZoneId, CounterTrack] = {}
-        self._joules: Ledger[ZoneId] = Ledger()
-        self._methods: dict[ZoneId, str] = {}
-        self._seen: dict[ZoneId, tuple[float, float | None, float | None]] = {}  # when read, its age, its watts
+        self._counters: dict[ZoneId, _Counter] = {}
         self._domains: dict[str, _Domain] = {}
         self._accelerators: dict[str, AcceleratorSample] = {}  # last sample per uuid (identity, method, users)
         self.errors: Ledger[tuple[str, str]] = Ledger()
-        self._places: dict[ZoneId, Place] = {}
-        self._containment: tuple[frozenset[Place], list[Place], dict[Place, Place | None]] | None = None
+        # How the measured places nest: computed again only when a counter comes or goes.
+        self._containment: tuple[list[Place], dict[Place, Place | None], tuple[ZoneInfo, ...]] | None = None
         self._node_total_uj = 0
         self._platform_common_uj = 0
         self._parts_common_uj = 0
@@ -108,33 +110,44 @@ class Accounting:
 
     # --- counters -------------------------------------------------------------------------------------------
 
-    def _step(self, sample: CounterSample, now: float, dt: float | None) -> int | None:
+    def _counter(self, zone: ZoneId, place: Place) -> _Counter:
+        role = role_of(zone.zone)
+        limit = self.config.max_platform_watts if role in ("module", "platform") else self.config.max_zone_watts
+        counter = self._counters[zone] = _Counter(zone, place, domain_key(zone), role, limit)
+        self._containment = None
+        return counter
+
+    def _step(
+        self, sample: CounterSample, now: float, dt: float | None, place: Place | None = None
+    ) -> tuple[_Counter, int | None]:
         """Fold one counter reading into its total; the delta, or None if the counter is down or re-baselined."""
         zone = sample.zone
-        track = self._counters.get(zone)
-        if track is None:
-            track = self._counters[zone] = CounterTrack()
-            self._places[zone] = Place(zone.zone, zone.socket)
-        what = f"{zone.source} {zone.device} ({zone.zone})"
-        self._methods[zone] = sample.method
-        age = None if sample.read_at is None else max(0.0, now - sample.read_at)
-        self._seen[zone] = (now, age, sample.watts)
+        counter = self._counters.get(zone)
+        if counter is None:
+            counter = self._counter(zone, place or Place(zone.zone, zone.socket))
+        counter.method, counter.read, counter.watts = sample.method, now, sample.watts
+        counter.age_s = None if sample.read_at is None else max(0.0, now - sample.read_at)
+        track = counter.track
         if sample.energy_uj is None:
             self.errors.add((zone.source, zone.device), 1)
             if track.failed(sample.error):
+                what = f"{zone.source} {zone.device} ({zone.zone})"
                 log.warning("%s is down: %s; retrying with backoff", what, sample.error)
-            return None
-        node_level = role_of(zone.zone) in ("module", "platform")
-        limit = self.config.max_platform_watts if node_level else self.config.max_zone_watts
-        step, came_back = track.observe(sample.energy_uj, sample.max_range_uj, dt, limit)
+            return counter, None
+        step, came_back = track.observe(sample.energy_uj, sample.max_range_uj, dt, counter.limit_w)
         if came_back:
-            log.info("%s is back", what)
+            log.info("%s %s (%s) is back", zone.source, zone.device, zone.zone)
         if step.kind is StepKind.RESET:
-            log.warning("%s counter reset (no plausible wrap); adding nothing for this tick", what)
-        self._joules.add(zone, step.delta_uj)
+            log.warning(
+                "%s %s (%s) counter reset (no plausible wrap); adding nothing for this tick",
+                zone.source,
+                zone.device,
+                zone.zone,
+            )
+        counter.joules_uj += step.delta_uj
         if step.kind is StepKind.FIRST:
-            return 0 if dt is None else None  # a re-baselined counter has no delta this tick
-        return step.delta_uj
+            return counter, (0 if dt is None else None)  # a re-baselined counter has no delta this tick
+        return counter, step.delta_uj
 
     # --- the tick -------------------------------------------------------------------------------------------
 
@@ -151,42 +164,43 @@ class Accounting:
     ) -> dict[P, dict[str, int]]:
         """Account one tick: node counters split by `cpu` weights, accelerators by their users (through `owner`),
         module and platform at node level. Returns the per-process view (`processes` weights) by CPU domain."""
-        tick = _Tick()
-        for sample in node:
-            delta = self._step(sample, now, dt)
-            tick.add(domain_key(sample.zone), self._place(sample.zone), sample.zone.source, delta)
-        accel_deltas: dict[str, tuple[AcceleratorSample, int | None]] = {}
+        deltas: Deltas = [self._step(sample, now, dt) for sample in node]
+        accel_deltas: list[tuple[AcceleratorSample, int | None]] = []
         for accel in accelerators:
-            zone = _accelerator_zone(accel)
             self._accelerators[accel.device.uuid] = accel
-            self._places[zone] = Place("gpu", str(accel.device.index), accel.device.scope)
-            delta = self._step(CounterSample(zone, accel.energy_uj, 0, accel.error, accel.method), now, dt)
-            tick.add(domain_key(zone), self._places[zone], zone.source, delta)
-            accel_deltas[accel.device.uuid] = (accel, delta)
+            place = Place("gpu", str(accel.device.index), accel.device.scope)
+            sample = CounterSample(_accelerator_zone(accel), accel.energy_uj, 0, accel.error, accel.method)
+            counter, delta = self._step(sample, now, dt, place)
+            deltas.append((counter, delta))
+            accel_deltas.append((accel, delta))
+        self._forget(now)
         by_process: dict[P, dict[str, int]] = {}
         if dt is None or dt <= 0:
             return by_process
-        for key, (delta, complete) in tick.domains.items():
-            role = role_of(key.partition(":")[0])
-            if role == "cpu":
-                split = self._split(key, tick.sources[key], delta, complete=complete, weights=cpu, now=now, dt=dt)
+        spread = self.config.idle_attribution == "cpu"
+        for key, (delta, complete, counter) in self._by_domain(deltas).items():
+            source = counter.zone.source
+            if counter.role == "cpu":
+                split = self._split(key, source, delta, complete=complete, weights=cpu, now=now, dt=dt)
                 if processes is not None:
-                    spread = self.config.idle_attribution == "cpu"
                     for process, microjoules in self._view(delta, split, processes, spread).items():
                         by_process.setdefault(process, {})[key] = microjoules
-            elif role in ("module", "platform"):
-                self._domain(key, role, tick.sources[key])
-        for accel, delta in accel_deltas.values():
+            else:
+                self._domain(key, counter.role, source)
+        for accel, delta in accel_deltas:
             if delta is not None and owner is not None:
-                self._split_accelerator(accel, delta - self._inside(accel, tick), owner, now, dt)
-        self._node_energy(tick)
+                inside = self._inside(accel, deltas) if accel.device.scope else 0
+                self._split_accelerator(accel, delta - inside, owner, now, dt)
+        self._node_energy(deltas)
         return by_process
 
-    def _place(self, zone: ZoneId) -> Place:
-        place = self._places.get(zone)
-        if place is None:
-            place = self._places[zone] = Place(zone.zone, zone.socket)
-        return place
+    def _forget(self, now: float) -> None:
+        """Counters not read for `workload_ttl` (a meter handed over at runtime) leave, like an ended workload."""
+        ttl = self.config.workload_ttl
+        gone = [zone for zone, counter in self._counters.items() if now - counter.read > ttl]
+        for zone in gone:
+            del self._counters[zone]
+            self._containment = None
 
     def _domain(self, key: str, role: Role, source: str) -> _Domain:
         domain = self._domains.get(key)
@@ -253,77 +267,98 @@ class Accounting:
 
     # --- containment: rest of node and node total ------------------------------------------------------------
 
-    def _structure(self) -> tuple[list[Place], dict[Place, Place | None]]:
-        measured = frozenset(self._places.values())
-        if self._containment is None or self._containment[0] != measured:
+    def _structure(self) -> tuple[list[Place], dict[Place, Place | None], tuple[ZoneInfo, ...]]:
+        if self._containment is None:
+            sources = {c.place: c.zone.source for c in self._counters.values()}
+            measured = sorted(sources)
             top = top_level(measured)
             parents = {p: parent_of(p, measured) for p in measured}
-            self._containment = (measured, top, parents)
-        return self._containment[1], self._containment[2]
+            info = tuple(
+                ZoneInfo(p.zone, p.socket, sources[p], role_of(p.zone), (parents[p] or Place("")).zone, p in top)
+                for p in measured
+            )
+            for counter in self._counters.values():
+                counter.top_level = counter.place in top
+            self._containment = (top, parents, info)
+        return self._containment
 
-    def _inside(self, accel: AcceleratorSample, tick: _Tick) -> int:
+    @staticmethod
+    def _by_domain(deltas: Deltas) -> dict[str, list[Any]]:
+        """Node domains' deltas: key → [Σ delta of its counters, whether every one had one, one of them]."""
+        domains: dict[str, list[Any]] = {}
+        for counter, delta in deltas:
+            if counter.role == "accelerator":
+                continue
+            acc = domains.get(counter.domain)
+            if acc is None:
+                domains[counter.domain] = [delta or 0, delta is not None, counter]
+            else:
+                acc[0] += delta or 0
+                acc[1] = acc[1] and delta is not None
+        return domains
+
+    @staticmethod
+    def _by_place(deltas: Deltas) -> dict[Place, int | None]:
+        """This tick's delta per place (None when one of its counters had none)."""
+        places: dict[Place, int | None] = {}
+        for counter, delta in deltas:
+            known = places.get(counter.place, 0)
+            places[counter.place] = None if delta is None or known is None else known + delta
+        return places
+
+    def _inside(self, accel: AcceleratorSample, deltas: Deltas) -> int:
         """The CPU energy a module-scope accelerator's counter also counts this tick (GH200: its Grace socket),
         taken out before its split so no workload gets Grace's energy twice."""
-        if not accel.device.scope:
-            return 0
+        places = self._by_place(deltas)
         place = Place("gpu", str(accel.device.index), accel.device.scope)
-        inner = [p for p in tick.places if role_of(p.zone) == "cpu" and contains(place, p)]
+        inner = [p for p in places if role_of(p.zone) == "cpu" and contains(place, p)]
         outermost = [p for p in inner if not any(contains(o, p) for o in inner)]
-        return min(
-            sum(tick.places[p] or 0 for p in outermost),
-            tick.places.get(place) or 0,
-        )
+        return min(sum(places[p] or 0 for p in outermost), places.get(place) or 0)
 
-    def _node_energy(self, tick: _Tick) -> None:
-        top, _ = self._structure()
-        platform = [p for p in tick.places if role_of(p.zone) == "platform"]
-        parts = [tick.places.get(p) for p in top]
-        platform_delta = tick.places.get(platform[0]) if platform else None
-        if platform_delta is not None:
-            self._node_total_uj += platform_delta
-            if parts and all(d is not None for d in parts):
-                self._platform_common_uj += platform_delta
-                self._parts_common_uj += sum(d or 0 for d in parts)
-                rest = max(0, self._platform_common_uj - self._parts_common_uj)
-                self._rest_uj = max(self._rest_uj or 0, rest)
-        else:
-            self._node_total_uj += sum(d or 0 for d in parts)
+    def _node_energy(self, deltas: Deltas) -> None:
+        """The node's total (the platform while it reads, else the top-level domains) and the rest of the node:
+        kept as max(previous, Σ platform − Σ top-level) over the ticks every one of them was read in."""
+        self._structure()
+        platform: int | None = None
+        parts, counted, complete = 0, 0, True
+        for counter, delta in deltas:
+            if counter.role == "platform":
+                platform = delta
+            elif counter.top_level:
+                parts += delta or 0
+                counted += 1
+                complete = complete and delta is not None
+        if platform is None:
+            self._node_total_uj += parts
+            return
+        self._node_total_uj += platform
+        if complete and counted:
+            self._platform_common_uj += platform
+            self._parts_common_uj += parts
+            rest = max(0, self._platform_common_uj - self._parts_common_uj)
+            self._rest_uj = max(self._rest_uj or 0, rest)
 
     # --- what gets exported ---------------------------------------------------------------------------------
 
     def zones(self) -> tuple[ZoneState, ...]:
-        """Every node counter read within `workload_ttl` (a meter handed over at runtime keeps its series that
-        long, like an ended workload)."""
-        latest = max((seen[0] for seen in self._seen.values()), default=0.0)
-        for zone in [z for z, seen in self._seen.items() if latest - seen[0] > self.config.workload_ttl]:
-            del self._seen[zone], self._counters[zone], self._places[zone]
-            self._containment = None
-        states = []
-        for zone, track in sorted(self._counters.items()):
-            if zone.zone == "gpu":
-                continue
-            _, age, watts = self._seen[zone]
-            states.append(
-                ZoneState(
-                    zone=zone,
-                    joules_uj=self._joules.get(zone),
-                    watts=watts if watts is not None and track.up else track.watts,
-                    up=track.up,
-                    wraps=track.wraps,
-                    resets=track.resets,
-                    method=self._methods[zone],
-                    reading_age_s=age,
-                )
+        """Every node counter (accelerators have their own states)."""
+        return tuple(
+            ZoneState(
+                zone=zone,
+                joules_uj=c.joules_uj,
+                watts=c.watts if c.watts is not None and c.track.up else c.track.watts,
+                up=c.track.up,
+                wraps=c.track.wraps,
+                resets=c.track.resets,
+                method=c.method,
+                reading_age_s=c.age_s,
             )
-        return tuple(states)
+            for zone, c in sorted(self._counters.items())
+            if zone.zone != "gpu"
+        )
 
     def zone_info(self) -> tuple[ZoneInfo, ...]:
-        top, parents = self._structure()
-        sources = {place: zone.source for zone, place in self._places.items()}
-        return tuple(
-            ZoneInfo(p.zone, p.socket, sources[p], role_of(p.zone), (parents.get(p) or Place("")).zone, p in top)
-            for p in sorted(sources)
-        )
+        return self._structure()[2]
 
     def domains(self) -> tuple[DomainState, ...]:
         return tuple(
@@ -336,14 +371,17 @@ class Accounting:
         states = []
         for uuid, accel in self._accelerators.items():
             zone = _accelerator_zone(accel)
-            track = self._counters[zone]
+            counter = self._counters.get(zone)
+            if counter is None:
+                continue
+            track = counter.track
             domain = self._domains.get(f"gpu:{uuid}")
             states.append(
                 AcceleratorState(
                     device=accel.device,
                     source=zone.source,
                     method=accel.method,
-                    joules_uj=self._joules.get(zone),
+                    joules_uj=counter.joules_uj,
                     idle_uj=domain.idle_uj if domain else 0,
                     active_uj=domain.active_uj if domain else 0,
                     unattributed_uj=domain.unattributed_uj if domain else 0,

@@ -18,7 +18,15 @@ from exporter.config import Config
 from exporter.meters.base import AcceleratorMeter
 from exporter.meters.select import MeterReport, NodeMeters, open_accelerators, select_meter
 from exporter.nodeinfo import NodeInfo, read_node_info
-from exporter.snapshot import PodWatchStats, Snapshot, SourceErrors, SourceUp, TickStats
+from exporter.snapshot import (
+    AcceleratorState,
+    PodWatchStats,
+    Snapshot,
+    SourceErrors,
+    SourceUp,
+    TickStats,
+    ZoneState,
+)
 from exporter.sysfs import raise_fd_limit
 from exporter.workloads.pod_watch import PodWatch
 from exporter.workloads.process_view import ProcessView
@@ -152,13 +160,15 @@ class Engine:
 
     # --- what gets exported ------------------------------------------------------------------------------------
 
-    def _sources(self) -> tuple[list[SourceUp], list[SourceErrors]]:
+    def _sources(
+        self, zones: tuple[ZoneState, ...], accelerators: tuple[AcceleratorState, ...]
+    ) -> tuple[list[SourceUp], list[SourceErrors]]:
         """Every source's health: the meters preferred to the one measuring CPU energy that are unavailable
         (device ""), each zone and accelerator, /proc/stat, the pod watch and the carbon file."""
         needed = _needed(self.config, self.meter)
         up = [SourceUp(r.name, "", False) for r in self.reports if not r.available and r.name in needed]
-        up += [SourceUp(z.zone.source, z.zone.device, z.up) for z in self.accounting.zones()]
-        up += [SourceUp(a.source, a.device.uuid, a.up) for a in self.accounting.accelerator_states()]
+        up += [SourceUp(z.zone.source, z.zone.device, z.up) for z in zones]
+        up += [SourceUp(a.source, a.device.uuid, a.up) for a in accelerators]
         errors = [SourceErrors(source, device, count) for (source, device), count in self.accounting.errors.items()]
         if self.cpu.present:
             up.append(SourceUp("procfs", "stat", self.cpu.up))
@@ -174,13 +184,14 @@ class Engine:
 
     def snapshot(self) -> Snapshot:
         accounting, watch = self.accounting, self.pod_watch
-        up, errors = self._sources()
+        zones, accelerators = accounting.zones(), accounting.accelerator_states()
+        up, errors = self._sources(zones, accelerators)
         processes, other = self.processes.states() if self.processes is not None else ((), ())
         cgroups = self.workloads.cgroups
         return Snapshot(
             info=self.info,
             meter=self.meter.name if self.meter is not None else "none",
-            zones=accounting.zones(),
+            zones=zones,
             domains=accounting.domains(),
             sources=tuple(up),
             errors=tuple(errors),
@@ -192,7 +203,7 @@ class Engine:
             tick_seconds=self._dt,
             cgroup_read_errors=cgroups.malformed_reads if cgroups else 0,
             cgroup_walks_truncated=cgroups.truncated_walks if cgroups else 0,
-            accelerators=accounting.accelerator_states(),
+            accelerators=accelerators,
             accelerator_driver=", ".join(m.driver for m in self.accelerators),
             carbon_intensity=self.carbon.value,
             pod_label_keys=self.config.pod_labels if watch else (),

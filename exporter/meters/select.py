@@ -67,6 +67,15 @@ class _InUse:
     name: str
     meter: NodeMeter
     roles: set[Role] = field(default_factory=set)
+    cpu: frozenset[ZoneId] = frozenset()  # its zones read for the CPU role
+    read: frozenset[ZoneId] = frozenset()  # every zone of it that is read (its roles')
+
+    def serve(self) -> _InUse:
+        """Note which of its zones the roles it serves take (again after a role came or went)."""
+        zones = self.meter.zones()
+        self.read = frozenset(z for z in zones if role_of(z.zone) in self.roles)
+        self.cpu = frozenset(z for z in self.read if role_of(z.zone) == "cpu")
+        return self
 
 
 class NodeMeters:
@@ -80,6 +89,7 @@ class NodeMeters:
         self.reports: list[MeterReport] = []
         self.switches = 0
         self._in_use: list[_InUse] = []
+        self._cpu: _InUse | None = None  # the meter serving the CPU role
         self._cpu_down_since: float | None = None
         self._probe_at: float | None = None
         self._probe_backoff = PROBE_FIRST_S
@@ -96,7 +106,7 @@ class NodeMeters:
             except MeterUnavailable as exc:
                 self.reports.append(MeterReport("redfish", False, exc.reason, exc.fix))
             else:
-                self._in_use.append(_InUse("redfish", bmc, {"platform"}))
+                self._in_use.append(_InUse("redfish", bmc, {"platform"}).serve())
                 self.reports.append(MeterReport("redfish", True, notes=_notes(bmc), roles=("platform",)))
         for name in self.order:
             if not wanted and not try_all:
@@ -113,7 +123,8 @@ class NodeMeters:
                 self.reports.append(MeterReport(name, True, notes=(*notes, _unused(meter, self._in_use))))
                 continue
             wanted -= serves
-            self._in_use.append(_InUse(name, meter, serves))
+            self._in_use.append(_InUse(name, meter, serves).serve())
+            self._roles_changed()
             self.reports.append(MeterReport(name, True, notes=notes, roles=tuple(r for r in NODE_ROLES if r in serves)))
 
     @property
@@ -131,36 +142,40 @@ class NodeMeters:
         return next((u.meter for u in self._in_use if u.name == name), None)
 
     def _serving(self, role: Role) -> _InUse | None:
+        if role == "cpu":
+            return self._cpu  # asked every tick: kept rather than searched
         return next((u for u in self._in_use if role in u.roles), None)
+
+    def _roles_changed(self) -> None:
+        self._cpu = next((u for u in self._in_use if "cpu" in u.roles), None)
 
     # --- per tick ------------------------------------------------------------------------------------------
 
     def zones(self) -> Sequence[ZoneId]:
-        return [z for u in self._in_use for z in u.meter.zones() if role_of(z.zone) in u.roles]
+        return [z for u in self._in_use for z in u.meter.zones() if z in u.read]
 
     def read(self, now: float, cpu: CpuTimes | None) -> list[CounterSample]:
         samples: list[CounterSample] = []
-        cpu_samples: list[CounterSample] = []
+        cpu_read = False
         for use in self._in_use:
+            read, cpu_zones = use.read, use.cpu
             for sample in use.meter.read(now, cpu):
-                role = role_of(sample.zone.zone)
-                if role in use.roles:
+                if sample.zone in read:
                     samples.append(sample)
-                    if role == "cpu":
-                        cpu_samples.append(sample)
+                    cpu_read = cpu_read or (sample.energy_uj is not None and sample.zone in cpu_zones)
         before = self._serving("cpu")
-        self._watch_cpu(now, cpu_samples)
+        self._watch_cpu(now, cpu_read)
         after = self._serving("cpu")
         if after is not None and after is not before:
             # The new meter's first reading is this tick's baseline, so the next tick has a delta.
-            samples.extend(s for s in after.meter.read(now, cpu) if role_of(s.zone.zone) == "cpu")
+            samples.extend(s for s in after.meter.read(now, cpu) if s.zone in after.cpu)
         return samples
 
-    def _watch_cpu(self, now: float, cpu_samples: list[CounterSample]) -> None:
+    def _watch_cpu(self, now: float, cpu_read: bool) -> None:
         serving = self._serving("cpu")
         if serving is None:
             return
-        if any(s.energy_uj is not None for s in cpu_samples):
+        if cpu_read:
             self._cpu_down_since = None
             self._probe_better(now, serving)
             return
@@ -194,6 +209,8 @@ class NodeMeters:
         if existing is not None:
             if "cpu" in _roles(existing.meter):
                 existing.roles.add("cpu")
+                existing.serve()
+                self._roles_changed()
                 return existing
             return None
         try:
@@ -203,15 +220,18 @@ class NodeMeters:
         if "cpu" not in _roles(meter):
             meter.close()
             return None
-        use = _InUse(name, meter, {"cpu"})
+        use = _InUse(name, meter, {"cpu"}).serve()
         self._in_use.append(use)
+        self._roles_changed()
         return use
 
     def _release_cpu(self, use: _InUse) -> None:
         use.roles.discard("cpu")
+        use.serve()
         if not use.roles:
             use.meter.close()
             self._in_use.remove(use)
+        self._roles_changed()
 
     def _probe_better(self, now: float, serving: _InUse) -> None:
         """After a failover, try the meters before the one in use again (with backoff); the first that reads
@@ -230,7 +250,8 @@ class NodeMeters:
                 meter.close()
                 continue
             self._release_cpu(serving)
-            self._in_use.insert(0, _InUse(name, meter, {"cpu"}))
+            self._in_use.insert(0, _InUse(name, meter, {"cpu"}).serve())
+            self._roles_changed()
             self.switches += 1
             self._probe_at = None
             log.warning("meter %s reads again; node CPU energy from %s (source=%s)", name, name, name)
@@ -246,6 +267,7 @@ class NodeMeters:
         for use in self._in_use:
             use.meter.close()
         self._in_use = []
+        self._roles_changed()
 
 
 def _notes(meter: NodeMeter) -> tuple[str, ...]:
