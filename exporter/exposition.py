@@ -186,9 +186,11 @@ def _node_energy_families(snap: Snapshot) -> Iterator[Metric]:
     for i in snap.zone_info:
         values = (node, i.zone, i.socket, i.source, i.role, i.parent, str(i.top_level).lower())
         info.add_metric([], dict(zip(m.NODE_ZONE_INFO.labels, values, strict=True)))
-    switches = _family(m.METER_SWITCHES)
-    _add(switches, [node], snap.meter_switches)
-    yield from (info, switches)
+    yield info
+    if snap.meter_switches:  # only after a hand-over: most nodes never have one
+        switches = _family(m.METER_SWITCHES)
+        _add(switches, [node], snap.meter_switches)
+        yield switches
 
 
 def _gpu_families(snap: Snapshot) -> Iterator[Metric]:

@@ -123,7 +123,8 @@ METER_SWITCHES = Family(
     "meter_switches_total",
     "counter",
     "Times the meter of the node's CPU energy was handed over at runtime (to the next in `meters` after its zones "
-    "were down for meter_failover_after, or back); series carry the new meter's source.",
+    "were down for meter_failover_after, or back); series carry the new meter's source. Present once a hand-over "
+    "has happened.",
     ("node",),
 )
 SOURCE_UP = Family(
@@ -439,6 +440,7 @@ CONDITIONAL: frozenset[str] = frozenset(
         NODE_PLATFORM_WATTS,
         NODE_PLATFORM_READING_AGE,
         NODE_REST_JOULES,
+        METER_SWITCHES,
         TLS_CERT_EXPIRY,
         POD_LABELS,
         POD_WATCH_REQUESTS,

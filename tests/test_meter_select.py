@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 from helpers import FIXTURES, ProcTree, RaplTree, make_config
 from hwmon_tree import HwmonTree
+from test_once_json import compare
 
 from exporter.config import ConfigError, load_config
 from exporter.engine import Engine
+from exporter.exposition import Renderer
 from exporter.meters.hwmon import ACPI_NO_READING_UW
 from exporter.meters.registry import DEFAULT_ORDER, NODE_METERS
 from exporter.meters.select import NodeMeters, select_meter
+from exporter.snapshot_json import snapshot_document
 
 
 def merged(tmp_path: Path, *names: str) -> Path:
@@ -133,7 +136,11 @@ def test_rapl_lost_at_runtime_hands_over_to_hwmon_and_takes_back(tmp_path: Path,
     assert engine.meter.name == "rapl"
     assert "meter rapl reads again; node CPU energy from rapl" in caplog.text
     assert engine.meter.switches == 2  # type: ignore[attr-defined]
+    snap = engine.tick(95.0)
     engine.close()
+    text = Renderer().render(snap).text.decode()
+    assert 'wattlens_meter_switches_total{node="test-node"} 2.0' in text
+    assert "wattlens_meter_switches_total" in compare(text, snapshot_document(snap))
 
 
 def test_hwmon_lost_at_runtime_hands_over_to_the_model(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ NOT_IN_JSON = {"wattlens_render_duration_seconds", "wattlens_scrapes_total", "wa
                "wattlens_tls_certificate_expiry_timestamp_seconds"}
 GPU_FAMILIES = {f.full_name for f in metrics.CATALOGUE if "gpu" in f.name}
 MODULE_FAMILIES = {metrics.NODE_MODULE_JOULES.full_name, metrics.NODE_MODULE_WATTS.full_name}
+SWITCHES = {metrics.METER_SWITCHES.full_name}  # after a runtime hand-over only (tests/test_meter_select.py)
 # Samples only where HTTP is served: the certificate (with TLS), connections refused.
 HTTP_ONLY = {metrics.TLS_CERT_EXPIRY.full_name, metrics.HTTP_REJECTIONS.full_name}
 # A BMC's reading age: hwmon's ACPI meter is read in the tick itself.
@@ -264,7 +265,7 @@ def test_the_json_carries_every_series_of_the_exposition(tmp_path: Path) -> None
     assert kinds == {"pod", "container", "service", "vm", "user", "job"}
     assert {lb["user_id"] for name, lb, _ in series(text) if name == "wattlens_user_cpu_joules_total"} == {"1000"}
     everything_but_gpus = {f.full_name for f in metrics.CATALOGUE} - GPU_FAMILIES - MODULE_FAMILIES - HTTP_ONLY
-    assert seen == everything_but_gpus - BMC_ONLY  # GPUs and superchip modules: the next tests
+    assert seen == everything_but_gpus - BMC_ONLY - SWITCHES  # GPUs and superchip modules: the next tests
     assert snapshot.carbon_intensity == 250.0 and snapshot.errors
 
 
