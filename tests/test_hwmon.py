@@ -18,6 +18,7 @@ from helpers import FIXTURES, REPO, ProcTree, make_config
 from hwmon_tree import HWMON_FIXTURES, HwmonTree, channels
 
 from exporter.engine import Engine
+from exporter.exposition import Renderer
 from exporter.meters.base import MeterUnavailable
 from exporter.meters.hwmon import ACPI_NO_READING_UW, HwmonMeter, discover
 from exporter.snapshot import Snapshot, SourceUp
@@ -292,3 +293,27 @@ def test_root_only_sensors_say_why_and_how(kernel_mode_trees: Path) -> None:
     assert len(lines) == 2 and all(line.startswith("unavailable") for line in lines), lines
     assert all("readable by root only" in line and "UID 0" in line for line in lines)
     assert "hwmon2/energy" in lines[0] and "hwmon1/power1" in lines[1]
+
+
+@pytest.mark.parametrize("name", HWMON_FIXTURES)
+def test_default_order_on_every_fixture_labels_each_zone_with_its_meter(name: str, tmp_path: Path) -> None:
+    """RAPL missing → hwmon measures what it has; hwmon missing (or only a platform) → the model measures the
+    CPU. Every series says which meter it came from."""
+    proc = ProcTree(tmp_path / "proc")
+    engine = Engine.start(make_config(sys_path=FIXTURES / name, proc_path=proc.root, workloads=False, gpus=False))
+    engine.tick(0.0)
+    proc.advance(20, 80)
+    snap = engine.tick(5.0)
+    engine.close()
+    zones = {c.zone for c in channels(name)}
+    cpu_zones = zones - {"platform", "module"}
+    assert snap.meter == ("hwmon" if cpu_zones else "model")
+    assert {z.zone.zone: z.zone.source for z in snap.zones} == {
+        **dict.fromkeys(zones, "hwmon"), **({} if cpu_zones else {"package": "model"})}
+    assert {d.zone: d.source for d in snap.domains} == (
+        dict.fromkeys(cpu_zones, "hwmon") if cpu_zones else {"package": "model"})
+    text = Renderer().render(snap).text.decode()
+    for z in snap.zones:
+        assert f'source="{z.zone.source}"' in text and z.up
+    unavailable = {s.source for s in snap.sources if s.device == "" and not s.up}
+    assert unavailable == ({"rapl"} if zones else {"rapl", "hwmon"})  # hwmon found a platform or more: up
