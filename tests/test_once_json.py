@@ -23,7 +23,7 @@ from exporter.snapshot_json import snapshot_document
 from exporter.workloads.pod_watch import PodMeta, PodWatch
 
 # Not in the JSON: they describe serving HTTP (the render before this one, scrapes served, connections
-# refused, the certificate served), which `once` does not do.
+# refused, the TLS certificate), which `once` does not do.
 NOT_IN_JSON = {"wattlens_render_duration_seconds", "wattlens_scrapes_total", "wattlens_http_rejections_total",
                "wattlens_tls_certificate_expiry_timestamp_seconds"}
 GPU_FAMILIES = {f.full_name for f in metrics.CATALOGUE if "gpu" in f.name}
