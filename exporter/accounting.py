@@ -273,10 +273,13 @@ class Accounting:
             measured = sorted(sources)
             top = top_level(measured)
             parents = {p: parent_of(p, measured) for p in measured}
-            info = tuple(
-                ZoneInfo(p.zone, p.socket, sources[p], role_of(p.zone), (parents[p] or Place("")).zone, p in top)
-                for p in measured
-            )
+            by_zone: dict[tuple[str, str], ZoneInfo] = {}
+            for p in measured:  # per zone name: the first socket's parent; top-level if any socket's is
+                known = by_zone.get((p.zone, sources[p]))
+                parent = known.parent if known else (parents[p] or Place("")).zone
+                level = (known is not None and known.top_level) or p in top
+                by_zone[(p.zone, sources[p])] = ZoneInfo(p.zone, sources[p], role_of(p.zone), parent, level)
+            info = tuple(by_zone.values())
             for counter in self._counters.values():
                 counter.top_level = counter.place in top
             self._containment = (top, parents, info)

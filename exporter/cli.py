@@ -255,21 +255,27 @@ def check(config: Config, seconds: float) -> int:
     return 0
 
 
+def _nesting(top_level: bool, parent: str) -> str:
+    if top_level:
+        return "top-level"
+    return f"inside {parent}" if parent else "the node's total"
+
+
 def _print_domains(snap: Snapshot) -> None:
     print("\nDomains (top-level ones add up; the others are inside their parent):")
-    watts = {(z.zone.zone, z.zone.socket, z.zone.source): z.watts for z in snap.zones}
-    gpus = {str(a.device.index): a for a in snap.accelerators}
-    for i in snap.zone_info:
-        gpu = gpus.get(i.socket) if i.zone == "gpu" else None
-        power = gpu.watts if gpu is not None else watts.get((i.zone, i.socket, i.source))
-        shown = f"{power:8.2f} W" if power is not None else "   (no reading)"
-        if gpu is not None:
-            where = f"GPU {gpu.device.index}"
-            shown += f"  {gpu.device.model} {gpu.device.uuid}" + (" (counts its module)" if gpu.device.scope else "")
-        else:
-            where = f"socket {i.socket}" if i.socket else "node"
-        nesting = "top-level" if i.top_level else f"inside {i.parent}" if i.parent else "the node's total"
-        print(f"  {i.zone:9} {where:10} {i.source:8} {i.role:12} {nesting:18} {shown}")
+    nesting = {(i.zone, i.source): _nesting(i.top_level, i.parent) for i in snap.zone_info}
+    for z in snap.zones:
+        power = f"{z.watts:8.2f} W" if z.watts is not None else "   (no reading)"
+        where = f"socket {z.zone.socket}" if z.zone.socket else "node"
+        place = nesting.get((z.zone.zone, z.zone.source), "")
+        print(f"  {z.zone.zone:9} {where:10} {z.zone.source:8} {role_of(z.zone.zone):12} {place:18} {power}")
+    for a in snap.accelerators:
+        power = f"{a.watts:8.2f} W" if a.watts is not None else "   (no reading)"
+        place = nesting.get(("gpu", a.source), "")
+        scope = " (counts its module)" if a.device.scope else ""
+        where = f"GPU {a.device.index}"
+        device = f"{a.device.model} {a.device.uuid}{scope}"
+        print(f"  {'gpu':9} {where:10} {a.source:8} {'accelerator':12} {place:18} {power}  {device}")
     if snap.ready and snap.tick_seconds > 0:
         print(f"  node total over the measurement: {snap.node.total_uj / 1e6 / snap.tick_seconds:.2f} W")
     for d in snap.domains:

@@ -19,7 +19,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as render_o
 
 from exporter import metrics as m
 from exporter.counters import MICRO
-from exporter.snapshot import Snapshot
+from exporter.snapshot import Snapshot, ZoneState
 from exporter.zones import role_of
 
 GZIP_LEVEL = 6  # the size/CPU knee for this kind of text; level 9 costs ~3x for ~2 % smaller
@@ -141,23 +141,11 @@ def _zone_families(snap: Snapshot) -> Iterator[Metric]:
     node = snap.info.node
     joules, watts = _family(m.NODE_CPU_JOULES), _family(m.NODE_CPU_WATTS)
     wraps, resets = _family(m.COUNTER_WRAPS), _family(m.COUNTER_RESETS)
-    module, module_watts = _family(m.NODE_MODULE_JOULES), _family(m.NODE_MODULE_WATTS)
-    platform, platform_watts = _family(m.NODE_PLATFORM_JOULES), _family(m.NODE_PLATFORM_WATTS)
-    platform_age = _family(m.NODE_PLATFORM_READING_AGE)
+    node_level = []
     for z in snap.zones:
         zone = z.zone
-        role = role_of(zone.zone)
-        if role == "module":
-            _add(module, [node, zone.socket, zone.source, z.method], z.joules_uj / MICRO)
-            if z.watts is not None:
-                _add(module_watts, [node, zone.socket, zone.source], z.watts)
-            continue
-        if role == "platform":
-            _add(platform, [node, zone.source, zone.device, z.method], z.joules_uj / MICRO)
-            if z.watts is not None:
-                _add(platform_watts, [node, zone.source, zone.device], z.watts)
-            if z.reading_age_s is not None:
-                _add(platform_age, [node, zone.source, zone.device], z.reading_age_s)
+        if role_of(zone.zone) != "cpu":
+            node_level.append(z)
             continue
         zone_labels = [node, zone.zone, zone.socket, zone.die, zone.source]
         _add(joules, [*zone_labels, z.method], z.joules_uj / MICRO)
@@ -166,6 +154,26 @@ def _zone_families(snap: Snapshot) -> Iterator[Metric]:
         if z.watts is not None:
             _add(watts, zone_labels, z.watts)
     yield from (joules, watts, wraps, resets)
+    if node_level:  # most nodes have neither a superchip module nor a platform meter
+        yield from _node_level_families(node, node_level)
+
+
+def _node_level_families(node: str, zones: list[ZoneState]) -> Iterator[Metric]:
+    module, module_watts = _family(m.NODE_MODULE_JOULES), _family(m.NODE_MODULE_WATTS)
+    platform, platform_watts = _family(m.NODE_PLATFORM_JOULES), _family(m.NODE_PLATFORM_WATTS)
+    platform_age = _family(m.NODE_PLATFORM_READING_AGE)
+    for z in zones:
+        zone = z.zone
+        if zone.zone == "module":
+            _add(module, [node, zone.socket, zone.source, z.method], z.joules_uj / MICRO)
+            if z.watts is not None:
+                _add(module_watts, [node, zone.socket, zone.source], z.watts)
+            continue
+        _add(platform, [node, zone.source, zone.device, z.method], z.joules_uj / MICRO)
+        if z.watts is not None:
+            _add(platform_watts, [node, zone.source, zone.device], z.watts)
+        if z.reading_age_s is not None:
+            _add(platform_age, [node, zone.source, zone.device], z.reading_age_s)
     if module.samples:
         yield from (module, module_watts)
     if platform.samples:
@@ -184,7 +192,7 @@ def _node_energy_families(snap: Snapshot) -> Iterator[Metric]:
         yield rest
     info = InfoMetricFamily(m.NODE_ZONE_INFO.full_name, m.NODE_ZONE_INFO.help)
     for i in snap.zone_info:
-        values = (node, i.zone, i.socket, i.source, i.role, i.parent, str(i.top_level).lower())
+        values = (node, i.zone, i.source, i.role, i.parent, str(i.top_level).lower())
         info.add_metric([], dict(zip(m.NODE_ZONE_INFO.labels, values, strict=True)))
     yield info
     if snap.meter_switches:  # only after a hand-over: most nodes never have one

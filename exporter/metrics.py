@@ -117,7 +117,7 @@ NODE_ZONE_INFO = Family(
     "info",
     "Every measured zone, its role (cpu, module, platform, accelerator), the zone directly around it (parent) and "
     'whether it is top-level: top_level="true" zones add up without double counting (docs/domains.md).',
-    ("node", "zone", "socket", "source", "role", "parent", "top_level"),
+    ("node", "zone", "source", "role", "parent", "top_level"),
 )
 METER_SWITCHES = Family(
     "meter_switches_total",

@@ -32,11 +32,11 @@ class ZoneState:
 
 @dataclass(frozen=True, slots=True)
 class ZoneInfo:
-    """Where a measured zone sits in the containment of exporter/zones.py: the zone directly around it
-    (`parent`, "" for none) and whether it is top-level (added into the node's total without double counting)."""
+    """Where a measured zone sits in the containment of exporter/zones.py, per zone name (every socket of a
+    node is built alike): the zone directly around it (`parent`, "" for none) and whether it is top-level (added
+    into the node's total without double counting)."""
 
     zone: str
-    socket: str
     source: str
     role: str
     parent: str

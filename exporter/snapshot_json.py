@@ -91,7 +91,6 @@ def snapshot_document(snap: Snapshot) -> dict[str, Any]:
         "containment": [
             {
                 "zone": i.zone,
-                "socket": i.socket,
                 "source": i.source,
                 "role": i.role,
                 "parent": i.parent,

@@ -36,7 +36,7 @@ def summary(snap: Snapshot) -> dict[str, Any]:
         "zones": {z.zone.device: z.joules_uj for z in snap.zones},
         "node_total_uj": snap.node.total_uj,
         "rest_uj": snap.node.rest_uj,
-        "zone_info": [[i.zone, i.socket, i.parent, i.top_level] for i in snap.zone_info],
+        "zone_info": [[i.zone, i.parent, i.top_level] for i in snap.zone_info],
     }
 
 

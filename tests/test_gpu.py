@@ -266,11 +266,11 @@ def test_gh200_module_is_counted_once_and_grace_is_not_given_twice(tmp_path: Pat
         node.step(step * 5.0, state)
     ticks = node.run(sys_path=str(tmp_path / "gh200"), meters="rapl,hwmon,model")
     last = ticks[-1]
-    tree = {(zone, socket): (parent, top) for zone, socket, parent, top in last["zone_info"]}
-    assert tree[("module", "0")] == ("", True)
-    assert tree[("gpu", "0")] == ("module", False)  # the GPU's counter is the module, inside the Module meter
-    assert tree[("grace", "0")] == ("gpu", False)
-    assert tree[("cpu", "0")] == ("grace", False) and tree[("sysio", "0")] == ("grace", False)
+    tree = {zone: (parent, top) for zone, parent, top in last["zone_info"]}
+    assert tree["module"] == ("", True)
+    assert tree["gpu"] == ("module", False)  # the GPU's counter is the module, inside the Module meter
+    assert tree["grace"] == ("gpu", False)
+    assert tree["cpu"] == ("grace", False) and tree["sysio"] == ("grace", False)
     # The node's total: the module, once (not + the GPU's 612 W + Grace 151 W + its rails).
     assert last["node_total_uj"] == 2 * 612 * 5 * 1_000_000
     assert last["rest_uj"] is None  # no platform meter

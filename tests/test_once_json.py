@@ -89,7 +89,7 @@ def _platform(doc: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
 
 
 def _containment(doc: dict[str, Any], labels: dict[str, str]) -> float:
-    place = _one(doc["containment"], zone=labels["zone"], socket=labels["socket"], source=labels["source"])
+    place = _one(doc["containment"], zone=labels["zone"], source=labels["source"])
     assert (labels["role"], labels["parent"], labels["top_level"]) == (
         place["role"], place["parent"], str(place["top_level"]).lower())
     return 1.0
