@@ -331,3 +331,41 @@ def test_platform_joules_in_the_engine_follow_the_bmc(bmc: FakeBmc, secret: Path
     # The exposition and `once --json` say the same, the reading's age included.
     text = Renderer().render(snap).text.decode()
     assert "wattlens_node_platform_reading_age_seconds" in compare(text, snapshot_document(snap))
+
+
+class DocumentClient:
+    """A client answering GETs from a dict of documents (for the chassis choice, which the fake BMC's single
+    chassis cannot show)."""
+
+    def __init__(self, documents: dict[str, dict[str, Any]]) -> None:
+        self.documents = documents
+        self.sessions_path = ""
+
+    def get(self, path: str, public: bool = False) -> dict[str, Any]:
+        return self.documents[path.rstrip("/")]
+
+
+def _chassis(ident: str, power: bool, system: bool) -> dict[str, Any]:
+    document: dict[str, Any] = {"Id": ident, "Links": {"ComputerSystems": [{"@odata.id": "/redfish/v1/Systems/1"}]
+                                                       if system else []}}
+    if power:
+        document["Power"] = {"@odata.id": f"/redfish/v1/Chassis/{ident}/Power"}
+    return document
+
+
+@pytest.mark.parametrize(("chassis", "chosen"), [
+    ({"Enclosure": (False, False), "System": (True, True)}, "System"),  # the one with power readings
+    ({"Blade": (True, True), "Backplane": (True, False)}, "Blade"),  # both: the one linked to the system
+    ({"A": (True, True), "B": (True, True)}, None),  # the operator must say which
+])
+def test_several_chassis_the_one_with_power(chassis: dict[str, tuple[bool, bool]], chosen: str | None) -> None:
+    from exporter.meters.redfish import Discovery, RedfishError
+
+    members = [f"/redfish/v1/Chassis/{name}" for name in chassis]
+    client = DocumentClient({path: _chassis(name, *chassis[name]) for path, name in zip(members, chassis, strict=True)})
+    discovery = Discovery(client, "", 5.0)  # type: ignore[arg-type]
+    if chosen is None:
+        with pytest.raises(RedfishError, match="more than one with power readings"):
+            discovery._choose(members)
+    else:
+        assert discovery._choose(members) == f"/redfish/v1/Chassis/{chosen}"

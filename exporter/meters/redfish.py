@@ -43,6 +43,7 @@ ROOT = "/redfish/v1"
 MAX_BODY = 1 << 20  # a chassis resource is a few kB; anything this large is not one
 RETRY_MAX_S = 300.0
 KWH_J = 3_600_000
+POWER_RESOURCES = ("EnvironmentMetrics", "PowerSubsystem", "Power")
 FIRST_READING_WAIT_S = 2.0
 
 
@@ -321,9 +322,19 @@ class Discovery:
             )
         if len(members) == 1:
             return members[0]
+        # Several (an enclosure, a backplane, a blade): the one with power readings, else the one linked to the
+        # computer system; with more than one of those the operator says which.
+        documents = {path: self.client.get(path) for path in members}
+        powered = [p for p, d in documents.items() if any(_link(d, k) for k in POWER_RESOURCES)]
+        if len(powered) == 1:
+            return powered[0]
+        linked = [p for p in powered or members if (documents[p].get("Links") or {}).get("ComputerSystems")]
+        if len(linked) == 1:
+            return linked[0]
         raise RedfishError(
             "protocol",
-            f"the BMC has {len(members)} chassis ({', '.join(_ids(members)) or 'none'})",
+            f"the BMC has {len(members)} chassis ({', '.join(_ids(members)) or 'none'}) and more than one with "
+            "power readings",
             "set redfish.chassis to the one whose power is this node's",
         )
 
