@@ -35,7 +35,9 @@ class Daemon:
     def __init__(self, config: Config, engine: Engine) -> None:
         self.config = config
         self.engine = engine
-        self.renderer = Renderer()
+        # Scrapes have variants rendered here, on demand, so neither the loop nor the next tick waits on a render.
+        self._render_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wattlens-render")
+        self.renderer = Renderer(self._render_pool)
         self.exposition: Exposition | None = None
         self.tls: TlsContext | None = None
         auth: BasicAuth | None = None
@@ -57,9 +59,10 @@ class Daemon:
         """Live while ticks keep finishing; a wedged tick makes /healthz fail so the agent is restarted."""
         return time.monotonic() - self._last_tick_end < 3 * self.config.interval + 10
 
-    def _tick(self) -> Exposition:
+    def _tick(self, scrapes: dict[tuple[str, str], int]) -> Exposition:
+        """Read and account; the exposition it returns renders nothing until a scrape asks for it."""
         snapshot = self.engine.tick(time.monotonic())
-        return self.renderer.render(snapshot, self.server.scrapes)
+        return self.renderer.render(snapshot, scrapes)
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -69,7 +72,8 @@ class Daemon:
         failing = False
         while not stop.is_set():
             try:
-                self.exposition = await loop.run_in_executor(self._executor, self._tick)
+                scrapes = dict(self.server.scrapes)  # counted up to this tick, copied on the loop that counts
+                self.exposition = await loop.run_in_executor(self._executor, self._tick, scrapes)
                 self._last_tick_end = time.monotonic()
                 if self.tls is not None:
                     self.tls.reload_if_changed()  # certificate rotation: new handshakes get the new pair
@@ -119,6 +123,7 @@ class Daemon:
                 await watching
         await self.server.close()
         self._executor.shutdown(wait=True)
+        self._render_pool.shutdown(wait=True)
         log.info("stopped")
         return 0
 

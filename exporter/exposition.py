@@ -1,15 +1,26 @@
-"""Snapshot → metric families → pre-rendered exposition bytes, once per tick.
+"""Snapshot → exposition bytes, rendered lazily: at most once per tick, per format and encoding asked for.
 
-Every scrape is served from the bytes made here (text 0.0.4 and OpenMetrics, each also gzipped), so a scrape
-costs a dictionary lookup, not a render. prometheus-client does the formatting and label escaping.
+A tick only wraps its snapshot in an `Exposition`; nothing is rendered until a scrape asks for a variant (text
+0.0.4 or OpenMetrics, identity or gzip), and each variant is rendered at most once per tick, so an unscraped
+tick renders nothing. Sample lines are the same in both formats (only the family headers differ), so they are
+made once per tick and shared. Each series' label text is escaped when the series is born and reused while
+it lives; a render then costs a dictionary lookup and a float format per series.
+
+prometheus-client still serves what it is good at: the standard process/platform collectors, and the
+reference rendering (`reference_registry`) that the tests compare this output with, series by series.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from math import isnan
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -19,95 +30,78 @@ from prometheus_client.openmetrics.exposition import generate_latest as render_o
 
 from exporter import metrics as m
 from exporter.counters import MICRO
-from exporter.engine import Snapshot
+
+if TYPE_CHECKING:
+    from exporter.engine import Snapshot
 
 GZIP_LEVEL = 6  # the size/CPU knee for this kind of text; level 9 costs ~3x for ~2 % smaller
 CONTENT_TYPE_TEXT = CONTENT_TYPE_PLAIN_0_0_4
+_EOF = "# EOF\n"
 
 
-@dataclass(frozen=True, slots=True)
-class Exposition:
-    """One tick's rendered metrics, in every variant a scraper can ask for."""
-
-    text: bytes
-    text_gzip: bytes
-    openmetrics: bytes
-    openmetrics_gzip: bytes
-    ready: bool
-    rendered_at: float  # monotonic
-
-    def body(self, openmetrics: bool, gzipped: bool) -> bytes:
-        if openmetrics:
-            return self.openmetrics_gzip if gzipped else self.openmetrics
-        return self.text_gzip if gzipped else self.text
+# --- the walk: every family of a snapshot, in exposition order ------------------------------------------------
 
 
-def _family(fam: m.Family) -> Metric:
-    if fam.kind == "counter":
-        return CounterMetricFamily(fam.full_name, fam.help, labels=fam.labels)
-    if fam.kind == "gauge":
-        return GaugeMetricFamily(fam.full_name, fam.help, labels=fam.labels)
-    return InfoMetricFamily(fam.full_name, fam.help, labels=fam.labels)
+@dataclass(slots=True)
+class Rows:
+    """One family's samples: label values in `names` order (the catalogue's, plus pod label keys) and a value."""
+
+    family: m.Family
+    names: tuple[str, ...]
+    samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+
+    def add(self, values: tuple[str, ...], value: float) -> None:
+        self.samples.append((values, value))
 
 
-def _add(metric: Metric, labels: list[str], value: float) -> None:
-    # Counter/Gauge families share this signature; Metric itself does not declare it.
-    metric.add_metric(labels, value)  # type: ignore[attr-defined]
+def _rows(fam: m.Family) -> Rows:
+    return Rows(fam, fam.labels)
 
 
-def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: float) -> Iterator[Metric]:
+def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: float) -> list[Rows]:
+    """Every family of the exposition with its samples, in the order they are rendered."""
     node = snap.info.node
-    joules, watts = _family(m.NODE_CPU_JOULES), _family(m.NODE_CPU_WATTS)
-    wraps, resets = _family(m.COUNTER_WRAPS), _family(m.COUNTER_RESETS)
+    out: list[Rows] = []
+    joules, watts = _rows(m.NODE_CPU_JOULES), _rows(m.NODE_CPU_WATTS)
+    wraps, resets = _rows(m.COUNTER_WRAPS), _rows(m.COUNTER_RESETS)
     for z in snap.zones:
-        zone_labels = [node, z.zone.zone, z.zone.socket, z.zone.die, z.zone.source]
-        _add(joules, zone_labels, z.joules_uj / MICRO)
-        _add(wraps, zone_labels, z.wraps)
-        _add(resets, zone_labels, z.resets)
+        zone_labels = (node, z.zone.zone, z.zone.socket, z.zone.die, z.zone.source)
+        joules.add(zone_labels, z.joules_uj / MICRO)
+        wraps.add(zone_labels, z.wraps)
+        resets.add(zone_labels, z.resets)
         if z.watts is not None:
-            _add(watts, zone_labels, z.watts)
-    yield from (joules, watts, wraps, resets)
+            watts.add(zone_labels, z.watts)
+    out += (joules, watts, wraps, resets)
 
-    idle, active = _family(m.NODE_CPU_IDLE_JOULES), _family(m.NODE_CPU_ACTIVE_JOULES)
-    baseline = _family(m.NODE_CPU_IDLE_WATTS)
+    idle, active = _rows(m.NODE_CPU_IDLE_JOULES), _rows(m.NODE_CPU_ACTIVE_JOULES)
+    baseline = _rows(m.NODE_CPU_IDLE_WATTS)
     for d in snap.domains:
-        _add(idle, [node, d.zone, d.source], d.idle_uj / MICRO)
-        _add(active, [node, d.zone, d.source], d.active_uj / MICRO)
+        idle.add((node, d.zone, d.source), d.idle_uj / MICRO)
+        active.add((node, d.zone, d.source), d.active_uj / MICRO)
         if d.idle_watts is not None:
-            _add(baseline, [node, d.zone, d.source, d.idle_method], d.idle_watts)
-    yield from (idle, active, baseline)
+            baseline.add((node, d.zone, d.source, d.idle_method), d.idle_watts)
+    out += (idle, active, baseline)
 
-    up, errors = _family(m.SOURCE_UP), _family(m.SOURCE_ERRORS)
+    up, errors = _rows(m.SOURCE_UP), _rows(m.SOURCE_ERRORS)
     for source, device, is_up in snap.sources:
-        _add(up, [node, source, device], 1.0 if is_up else 0.0)
+        up.add((node, source, device), 1.0 if is_up else 0.0)
     for source, device, count in snap.errors:
-        _add(errors, [node, source, device], count)
-    yield from (up, errors)
+        errors.add((node, source, device), count)
+    out += (up, errors)
 
-    yield from _workload_families(snap)
+    _workload_families(snap, out)
     if snap.gpus:
-        yield from _gpu_families(snap)
+        _gpu_families(snap, out)
     if snap.carbon_intensity is not None:
-        carbon = _family(m.GRID_CARBON_INTENSITY)
-        _add(carbon, [node], snap.carbon_intensity)
-        yield carbon
+        carbon = _rows(m.GRID_CARBON_INTENSITY)
+        carbon.add((node,), snap.carbon_intensity)
+        out.append(carbon)
 
-    build = InfoMetricFamily(m.BUILD_INFO.full_name, m.BUILD_INFO.help)
-    build.add_metric([], {"version": snap.info.version, "python_version": snap.info.python_version})
-    info = InfoMetricFamily(m.NODE_INFO.full_name, m.NODE_INFO.help)
-    info.add_metric(
-        [],
-        {
-            "node": node,
-            "cpu_model": snap.info.cpu_model,
-            "cpus": str(snap.info.cpus),
-            "sockets": str(snap.info.sockets),
-            "kernel": snap.info.kernel,
-            "cgroup_version": snap.info.cgroup_version,
-            "meter": snap.meter,
-        },
-    )
-    yield from (build, info)
+    build, info = _rows(m.BUILD_INFO), _rows(m.NODE_INFO)
+    build.add((snap.info.version, snap.info.python_version), 1.0)
+    i = snap.info
+    info.add((node, i.cpu_model, str(i.cpus), str(i.sockets), i.kernel, i.cgroup_version, snap.meter), 1.0)
+    out += (build, info)
 
     t = snap.ticks
     for fam, value in (
@@ -118,89 +112,81 @@ def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: f
         (m.LAST_TICK, t.last_unix_time),
         (m.RENDER_DURATION, render_s),
     ):
-        metric = _family(fam)
-        _add(metric, [node], float(value))
-        yield metric
-    served = _family(m.SCRAPES)
+        rows = _rows(fam)
+        rows.add((node,), float(value))
+        out.append(rows)
+    served = _rows(m.SCRAPES)
     for (fmt, encoding), count in sorted(scrapes.items()):
-        _add(served, [node, fmt, encoding], count)
-    yield served
+        served.add((node, fmt, encoding), count)
+    out.append(served)
+    return out
 
 
-def _gpu_families(snap: Snapshot) -> Iterator[Metric]:
+def _gpu_families(snap: Snapshot, out: list[Rows]) -> None:
     node = snap.info.node
-    joules, watts = _family(m.NODE_GPU_JOULES), _family(m.NODE_GPU_WATTS)
-    idle, active = _family(m.NODE_GPU_IDLE_JOULES), _family(m.NODE_GPU_ACTIVE_JOULES)
-    baseline, resets = _family(m.NODE_GPU_IDLE_WATTS), _family(m.NODE_GPU_RESETS)
-    splits, unattributed = _family(m.GPU_ATTRIBUTION_TICKS), _family(m.UNATTRIBUTED_GPU_JOULES)
-    info = InfoMetricFamily(m.NODE_GPU_INFO.full_name, m.NODE_GPU_INFO.help)
+    joules, watts = _rows(m.NODE_GPU_JOULES), _rows(m.NODE_GPU_WATTS)
+    idle, active = _rows(m.NODE_GPU_IDLE_JOULES), _rows(m.NODE_GPU_ACTIVE_JOULES)
+    baseline, resets = _rows(m.NODE_GPU_IDLE_WATTS), _rows(m.NODE_GPU_RESETS)
+    splits, unattributed = _rows(m.GPU_ATTRIBUTION_TICKS), _rows(m.UNATTRIBUTED_GPU_JOULES)
+    info = _rows(m.NODE_GPU_INFO)
     for g in snap.gpus:
-        labels = [node, str(g.gpu.index), g.gpu.uuid, g.gpu.model]
-        _add(joules, [*labels, g.method], g.joules_uj / MICRO)
-        _add(idle, labels, g.idle_uj / MICRO)
-        _add(active, labels, g.active_uj / MICRO)
-        _add(resets, labels, g.resets)
-        _add(unattributed, labels[:3], g.unattributed_uj / MICRO)
+        labels = (node, str(g.gpu.index), g.gpu.uuid, g.gpu.model)
+        joules.add((*labels, g.method), g.joules_uj / MICRO)
+        idle.add(labels, g.idle_uj / MICRO)
+        active.add(labels, g.active_uj / MICRO)
+        resets.add(labels, g.resets)
+        unattributed.add(labels[:3], g.unattributed_uj / MICRO)
         if g.watts is not None:
-            _add(watts, labels, g.watts)
+            watts.add(labels, g.watts)
         if g.idle_watts is not None:
-            _add(baseline, [*labels, g.idle_method], g.idle_watts)
+            baseline.add((*labels, g.idle_method), g.idle_watts)
         for split, count in g.splits:
-            _add(splits, [*labels[:3], split], count)
-        info.add_metric(
-            [],
-            {
-                "node": node,
-                "gpu": str(g.gpu.index),
-                "gpu_uuid": g.gpu.uuid,
-                "gpu_model": g.gpu.model,
-                "driver": snap.gpu_driver,
-                "mig": str(g.mig).lower(),
-            },
-        )
-    yield from (joules, watts, idle, active, baseline, resets, info, splits, unattributed)
+            splits.add((*labels[:3], split), count)
+        info.add((*labels, snap.gpu_driver, str(g.mig).lower()), 1.0)
+    out += (joules, watts, idle, active, baseline, resets, info, splits, unattributed)
 
 
-def _workload_families(snap: Snapshot) -> Iterator[Metric]:
+def _workload_families(snap: Snapshot, out: list[Rows]) -> None:
     node, source = snap.info.node, snap.meter
-    joules = {kind: _family(fam) for kind, fam in m.WORKLOAD_FAMILIES.items()}
-    gpu_joules = {kind: _family(fam) for kind, fam in m.WORKLOAD_GPU_FAMILIES.items()}
+    joules = {kind: _rows(fam) for kind, fam in m.WORKLOAD_FAMILIES.items()}
+    gpu_joules = {kind: _rows(fam) for kind, fam in m.WORKLOAD_GPU_FAMILIES.items()}
     gpu_labels = {f"gpu:{g.gpu.uuid}": (str(g.gpu.index), g.gpu.uuid) for g in snap.gpus}
-    pod_watts = _family(m.POD_CPU_WATTS)
+    pod_watts = _rows(m.POD_CPU_WATTS)
+    tick_s = snap.tick_seconds
     for w in snap.workloads:
         for zone, microjoules in w.energy_uj:
             if zone in gpu_labels:
-                _add(gpu_joules[w.kind], [node, *w.labels, *gpu_labels[zone]], microjoules / MICRO)
+                gpu_joules[w.kind].add((node, *w.labels, *gpu_labels[zone]), microjoules / MICRO)
             else:
-                _add(joules[w.kind], [node, *w.labels, zone, source], microjoules / MICRO)
-        if w.kind == "pod" and snap.tick_seconds > 0:
+                joules[w.kind].add((node, *w.labels, zone, source), microjoules / MICRO)
+        if w.kind == "pod" and tick_s > 0:
             for zone, microjoules in w.last_uj:
                 if zone not in gpu_labels:
-                    _add(pod_watts, [node, *w.labels, zone, source], microjoules / MICRO / snap.tick_seconds)
-    yield from joules.values()
+                    pod_watts.add((node, *w.labels, zone, source), microjoules / MICRO / tick_s)
+    out += joules.values()
     if snap.gpus:
-        yield from gpu_joules.values()
-    yield pod_watts
-    unattributed = _family(m.UNATTRIBUTED_CPU_JOULES)
+        out += gpu_joules.values()
+    out.append(pod_watts)
+    unattributed = _rows(m.UNATTRIBUTED_CPU_JOULES)
     for zone, microjoules in snap.unattributed:
-        _add(unattributed, [node, zone, source], microjoules / MICRO)
-    yield unattributed
-    yield from _process_families(snap)
-    yield from _pod_watch_families(snap)
-    workloads = _family(m.WORKLOADS)
+        unattributed.add((node, zone, source), microjoules / MICRO)
+    out.append(unattributed)
+    _process_families(snap, out)
+    _pod_watch_families(snap, out)
+    workloads = _rows(m.WORKLOADS)
     counts = dict.fromkeys(m.WORKLOAD_FAMILIES, 0)
     for w in snap.workloads:
         counts[w.kind] += 1
     for kind, count in counts.items():
-        _add(workloads, [node, kind], count)
-    yield workloads
+        workloads.add((node, kind), count)
+    out.append(workloads)
     for fam, value in (
         (m.CGROUP_READ_ERRORS, snap.cgroup_read_errors),
         (m.CGROUP_WALKS_TRUNCATED, snap.cgroup_walks_truncated),
     ):
-        metric = _family(fam)
-        _add(metric, [node], value)
-        yield metric
+        rows = _rows(fam)
+        rows.add((node,), value)
+        out.append(rows)
 
 
 def label_name(key: str) -> str:
@@ -208,64 +194,299 @@ def label_name(key: str) -> str:
     return "label_" + "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in key)
 
 
-def _pod_watch_families(snap: Snapshot) -> Iterator[Metric]:
+def _pod_watch_families(snap: Snapshot, out: list[Rows]) -> None:
     if snap.pod_watch is None:
         return
     node = snap.info.node
-    names = [*m.POD_LABELS.labels, *map(label_name, snap.pod_label_keys)]
-    labels = GaugeMetricFamily(m.POD_LABELS.full_name, m.POD_LABELS.help, labels=names)
+    labels = Rows(m.POD_LABELS, (*m.POD_LABELS.labels, *map(label_name, snap.pod_label_keys)))
     for row in snap.pod_labels:
-        labels.add_metric([node, *row], 1.0)
+        labels.add((node, *row), 1.0)
     lists, watches, errors, _synced = snap.pod_watch
-    requests, failures = _family(m.POD_WATCH_REQUESTS), _family(m.POD_WATCH_ERRORS)
-    _add(requests, [node, "list"], lists)
-    _add(requests, [node, "watch"], watches)
-    _add(failures, [node], errors)
-    yield from (labels, requests, failures)
+    requests, failures = _rows(m.POD_WATCH_REQUESTS), _rows(m.POD_WATCH_ERRORS)
+    requests.add((node, "list"), lists)
+    requests.add((node, "watch"), watches)
+    failures.add((node,), errors)
+    out += (labels, requests, failures)
 
 
-def _process_families(snap: Snapshot) -> Iterator[Metric]:
+def _process_families(snap: Snapshot, out: list[Rows]) -> None:
     if not (snap.processes or snap.processes_other):
         return
     node, source = snap.info.node, snap.meter
-    processes = _family(m.PROCESS_CPU_JOULES)
+    processes = _rows(m.PROCESS_CPU_JOULES)
     for key, energy in snap.processes:
         for zone, microjoules in energy:
-            labels = [node, str(key.pid), key.comm, key.container_id, key.unit, zone, source]
-            _add(processes, labels, microjoules / MICRO)
+            processes.add((node, str(key.pid), key.comm, key.container_id, key.unit, zone, source), microjoules / MICRO)
     for zone, microjoules in snap.processes_other:
-        _add(processes, [node, "", "other", "", "", zone, source], microjoules / MICRO)
-    yield processes
+        processes.add((node, "", "other", "", "", zone, source), microjoules / MICRO)
+    out.append(processes)
+
+
+# --- formatting ----------------------------------------------------------------------------------------------
+
+
+def go_float(value: float) -> str:
+    """A sample value as Prometheus' Go code writes it (prometheus-client's floatToGoString, same bytes)."""
+    if isnan(value):
+        return "NaN"
+    if value == _INF:
+        return "+Inf"
+    if value == -_INF:
+        return "-Inf"
+    text = repr(float(value))
+    dot = text.find(".")
+    if value > 0 and dot > 6:  # Go switches to an exponent sooner than Python
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
+
+
+_INF = float("inf")
+
+
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+@dataclass(frozen=True, slots=True)
+class _Names:
+    """How a family is named in each format."""
+
+    sample: str  # the name on every sample line (counters end in _total, info families in _info)
+    text_header: str
+    openmetrics_header: str
+
+
+def _names(fam: m.Family) -> _Names:
+    name = fam.full_name
+    if fam.kind == "counter":
+        text = f"# HELP {name} {_help_text(fam.help)}\n# TYPE {name} counter\n"
+        base = name.removesuffix("_total")
+        return _Names(name, text, f"# HELP {base} {_help_openmetrics(fam.help)}\n# TYPE {base} counter\n")
+    if fam.kind == "info":
+        text = f"# HELP {name}_info {_help_text(fam.help)}\n# TYPE {name}_info gauge\n"
+        return _Names(name + "_info", text, f"# HELP {name} {_help_openmetrics(fam.help)}\n# TYPE {name} info\n")
+    text = f"# HELP {name} {_help_text(fam.help)}\n# TYPE {name} gauge\n"
+    return _Names(name, text, f"# HELP {name} {_help_openmetrics(fam.help)}\n# TYPE {name} gauge\n")
+
+
+def _help_text(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _help_openmetrics(text: str) -> str:
+    return escape_label_value(text)
+
+
+class _FamilyLines:
+    """The label text of one family's live series, made when a series is born and kept while it lives."""
+
+    __slots__ = ("label_names", "names", "order", "prefixes")
+
+    def __init__(self, fam: m.Family, label_names: tuple[str, ...]) -> None:
+        self.names = _names(fam)
+        self.label_names = label_names
+        self.order = sorted(range(len(label_names)), key=label_names.__getitem__)  # label names sort
+        self.prefixes: dict[tuple[str, ...], str] = {}
+
+    def prefix(self, values: tuple[str, ...]) -> str:
+        names = self.label_names
+        pairs = ",".join(f'{names[i]}="{escape_label_value(values[i])}"' for i in self.order)
+        return f"{self.names.sample}{{{pairs}}} " if pairs else f"{self.names.sample} "
+
+    def render(self, samples: Sequence[tuple[tuple[str, ...], float]]) -> str:
+        """The sample lines; series not rendered this time lose their cached label text."""
+        known, live = self.prefixes, {}
+        lines = []
+        for values, value in samples:
+            prefix = known.get(values)
+            if prefix is None:
+                prefix = self.prefix(values)
+            live[values] = prefix
+            lines.append(prefix + go_float(value))
+        self.prefixes = live
+        return "\n".join(lines) + "\n" if lines else ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """One tick's sample lines per family, shared by both formats."""
+
+    sections: tuple[tuple[_Names, str], ...]
+
+    def text(self, collectors: str) -> str:
+        return "".join(f"{names.text_header}{lines}" for names, lines in self.sections) + collectors
+
+    def openmetrics(self, collectors: str) -> str:
+        return "".join(f"{names.openmetrics_header}{lines}" for names, lines in self.sections) + collectors + _EOF
 
 
 class Renderer:
-    """Holds the registry (our families plus the standard process/platform collectors) and renders it."""
+    """Holds the per-series label text across ticks and the standard process/platform collectors.
 
-    def __init__(self) -> None:
-        self._snapshot: Snapshot | None = None
-        self._scrapes: Mapping[tuple[str, str], int] = {}
-        self._last_render_s = 0.0
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
+    Renders run on one thread at a time (the lock): the daemon's render thread, or the caller's.
+    """
 
-    def collect(self) -> Iterator[Metric]:
-        if self._snapshot is not None:
-            yield from families(self._snapshot, self._scrapes, self._last_render_s)
+    def __init__(self, executor: Executor | None = None, collectors: bool = True) -> None:
+        self.executor = executor  # where scrapes on the event loop have variants rendered
+        self._families: dict[tuple[str, tuple[str, ...]], _FamilyLines] = {}
+        self._lock = threading.Lock()
+        self.collectors: CollectorRegistry | None = None  # the standard process_* and python_info families
+        if collectors:
+            self.collectors = CollectorRegistry(auto_describe=False)
+            ProcessCollector(registry=self.collectors)
+            PlatformCollector(registry=self.collectors)
+        self.last_render_s = 0.0  # wall time spent rendering the previous tick's exposition
+        self._current: Exposition | None = None
 
     def render(self, snap: Snapshot, scrapes: Mapping[tuple[str, str], int] | None = None) -> Exposition:
-        started = time.perf_counter()
-        self._snapshot, self._scrapes = snap, dict(scrapes or {})
-        text = render_text(self.registry)
-        openmetrics: bytes = render_openmetrics(self.registry)  # type: ignore[no-untyped-call]
-        exposition = Exposition(
-            text=text,
-            text_gzip=gzip.compress(text, GZIP_LEVEL, mtime=0),
-            openmetrics=openmetrics,
-            openmetrics_gzip=gzip.compress(openmetrics, GZIP_LEVEL, mtime=0),
-            ready=snap.ready,
-            rendered_at=time.monotonic(),
-        )
-        self._last_render_s = time.perf_counter() - started
+        """This tick's exposition; nothing is rendered until a variant is asked for."""
+        if self._current is not None:
+            self.last_render_s = self._current.render_s
+        served, render_s = dict(scrapes or {}), self.last_render_s
+        exposition = Exposition(snap.ready, lambda: self._body(snap, served, render_s), self)
+        self._current = exposition
         return exposition
+
+    def _body(self, snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: float) -> _Body:
+        sections = []
+        seen: dict[tuple[str, tuple[str, ...]], _FamilyLines] = {}
+        for rows in families(snap, scrapes, render_s):
+            key = (rows.family.full_name, rows.names)
+            lines = self._families.get(key) or _FamilyLines(rows.family, rows.names)
+            seen[key] = lines
+            sections.append((lines.names, lines.render(rows.samples)))
+        self._families = seen  # families gone this tick (pod label keys changed) drop their series
+        return _Body(tuple(sections))
+
+    def collector_text(self, openmetrics: bool) -> str:
+        if self.collectors is None:
+            return ""
+        if openmetrics:
+            om: bytes = render_openmetrics(self.collectors)  # type: ignore[no-untyped-call]
+            return om.decode().removesuffix(_EOF)
+        return render_text(self.collectors).decode()
+
+
+Variant = tuple[bool, bool]  # (openmetrics, gzipped)
+
+
+class Exposition:
+    """One tick's metrics; each variant is rendered on first use, once."""
+
+    def __init__(self, ready: bool, body: Callable[[], _Body] | None, renderer: Renderer | None) -> None:
+        self.ready = ready
+        self.render_s = 0.0  # wall time spent rendering this exposition so far
+        self._make_body = body
+        self._renderer = renderer
+        self._body: _Body | None = None
+        self._variants: dict[Variant, bytes] = {}
+        self._pending: dict[Variant, asyncio.Future[bytes]] = {}
+
+    @classmethod
+    def of(cls, text: bytes, openmetrics: bytes, ready: bool = True) -> Exposition:
+        """An exposition already rendered (tests, tools)."""
+        exposition = cls(ready, None, None)
+        exposition._variants = {
+            (False, False): text,
+            (True, False): openmetrics,
+            (False, True): gzip.compress(text, GZIP_LEVEL, mtime=0),
+            (True, True): gzip.compress(openmetrics, GZIP_LEVEL, mtime=0),
+        }
+        return exposition
+
+    def rendered(self) -> list[Variant]:
+        return sorted(self._variants)
+
+    def body(self, openmetrics: bool, gzipped: bool) -> bytes:
+        """The bytes of one variant, rendered now if this is its first use (on the calling thread)."""
+        variant = (openmetrics, gzipped)
+        done = self._variants.get(variant)
+        if done is not None:
+            return done
+        renderer = self._renderer
+        assert renderer is not None  # `of` made every variant
+        with renderer._lock:
+            done = self._variants.get(variant)
+            if done is None:
+                started = time.perf_counter()
+                done = self._render(variant, renderer)
+                self.render_s += time.perf_counter() - started
+        return done
+
+    def _render(self, variant: Variant, renderer: Renderer) -> bytes:
+        openmetrics, gzipped = variant
+        if gzipped:
+            plain = self._variants.get((openmetrics, False)) or self._render((openmetrics, False), renderer)
+            done = gzip.compress(plain, GZIP_LEVEL, mtime=0)
+        else:
+            if self._body is None:
+                assert self._make_body is not None
+                self._body = self._make_body()
+            collectors = renderer.collector_text(openmetrics)
+            text = self._body.openmetrics(collectors) if openmetrics else self._body.text(collectors)
+            done = text.encode()
+        self._variants[variant] = done
+        return done
+
+    async def body_async(self, openmetrics: bool, gzipped: bool) -> bytes:
+        """`body` for the event loop: a variant already rendered is returned at once; the first request for
+        one renders it on the renderer's executor, and requests arriving meanwhile wait for that render."""
+        variant = (openmetrics, gzipped)
+        done = self._variants.get(variant)
+        if done is not None:
+            return done
+        pending = self._pending.get(variant)
+        if pending is None:
+            executor = self._renderer.executor if self._renderer is not None else None
+            pending = asyncio.get_running_loop().run_in_executor(executor, self.body, openmetrics, gzipped)
+            self._pending[variant] = pending
+        return await asyncio.shield(pending)  # a client that goes away does not cancel the render
+
+    # Conveniences for tools and tests.
+    @property
+    def text(self) -> bytes:
+        return self.body(False, False)
+
+    @property
+    def openmetrics(self) -> bytes:
+        return self.body(True, False)
+
+    @property
+    def text_gzip(self) -> bytes:
+        return self.body(False, True)
+
+    @property
+    def openmetrics_gzip(self) -> bytes:
+        return self.body(True, True)
+
+
+# --- the reference: the same families through prometheus-client ------------------------------------------------
+
+
+class _Reference:
+    def __init__(self, rows: list[Rows]) -> None:
+        self.rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        for r in self.rows:
+            fam = r.family
+            metric: Metric
+            if fam.kind == "info":
+                metric = InfoMetricFamily(fam.full_name, fam.help)
+                for values, _ in r.samples:
+                    metric.add_metric([], dict(zip(r.names, values, strict=True)))
+            else:
+                cls = CounterMetricFamily if fam.kind == "counter" else GaugeMetricFamily
+                metric = cls(fam.full_name, fam.help, labels=r.names)
+                for values, value in r.samples:
+                    metric.add_metric(list(values), value)
+            yield metric
+
+
+def reference_registry(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: float) -> CollectorRegistry:
+    """The same families as prometheus-client metric families (slow; for tests and the benchmark): its
+    generate_latest output must equal this module's, series by series."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Reference(families(snap, scrapes, render_s)))
+    return registry

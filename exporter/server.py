@@ -221,16 +221,16 @@ class MetricsServer:
                     b"Unauthorized\n",
                     (("Content-Type", "text/plain; charset=utf-8"), ("WWW-Authenticate", 'Basic realm="wattlens"')),
                 )
-        return self._route(request)
+        return await self._route(request)
 
-    def _route(self, request: h11.Request) -> Reply:
+    async def _route(self, request: h11.Request) -> Reply:
         path = request.target.split(b"?", 1)[0]
         if request.method not in (b"GET", b"HEAD"):
             return Reply(
                 405, b"method not allowed\n", (("Content-Type", "text/plain; charset=utf-8"), ("Allow", "GET, HEAD"))
             )
         if path == b"/metrics":
-            return self._metrics(request)
+            return await self._metrics(request)
         if path == b"/healthz":
             return Reply(200, b"ok\n") if self._healthy() else Reply(503, b"tick loop stalled\n")
         if path == b"/readyz":
@@ -241,7 +241,7 @@ class MetricsServer:
             return Reply(200, INDEX, (("Content-Type", "text/html; charset=utf-8"),))
         return Reply(404, b"not found\n")
 
-    def _metrics(self, request: h11.Request) -> Reply:
+    async def _metrics(self, request: h11.Request) -> Reply:
         exposition = self._current()
         if exposition is None:
             return Reply(503, b"no metrics yet: the first tick has not finished\n")
@@ -255,7 +255,8 @@ class MetricsServer:
         ]
         if gzipped:
             reply_headers.append(("Content-Encoding", "gzip"))
-        return Reply(200, exposition.body(openmetrics, gzipped), tuple(reply_headers))
+        # The first scrape of a tick for this variant renders it, off the event loop; later ones get its bytes.
+        return Reply(200, await exposition.body_async(openmetrics, gzipped), tuple(reply_headers))
 
     async def _send(
         self, conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply, head_only: bool = False

@@ -1,0 +1,308 @@
+"""The lazy renderer: byte-identical to prometheus-client's rendering of the same snapshot, series by series, in
+both formats; rendered at most once per tick and variant, nothing for an unscraped tick; label text kept while a
+series lives. A real Prometheus scrapes it in both formats (text through a loopback pass-through that asks
+for text/plain, as Prometheus 2.42 always asks for OpenMetrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import http.server
+import math
+import shutil
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import Daemon, RaplTree, tool
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.exposition import generate_latest as render_text
+from prometheus_client.openmetrics.exposition import generate_latest as render_openmetrics
+from prometheus_client.utils import floatToGoString
+
+from exporter import exposition as ex
+from exporter.engine import DomainState, Snapshot, TickStats, WorkloadState, ZoneState
+from exporter.gpus import GpuState
+from exporter.meters.base import ZoneId
+from exporter.meters.nvml import Gpu
+from exporter.nodeinfo import NodeInfo
+from exporter.workloads.processes import ProcessKey
+
+NASTY = 'q"uo\\te\nnl ü \ufffd {x="y"} # EOF'
+
+
+def rich_snapshot(name: str = NASTY, pods: int = 3, value: float = 1.5) -> Snapshot:
+    """A snapshot with every family of the catalogue, and label values that need escaping."""
+    gpu = Gpu(0, "GPU-1234", "NVIDIA H100 80GB HBM3")
+    workloads = []
+    for i in range(pods):
+        labels = (f"ns-{i}", f"{name}-{i}", f"uid-{i}")
+        energy = (("dram", 10**6 * i + 7), ("gpu:GPU-1234", 3), ("package", 2**40))
+        workloads.append(WorkloadState("pod", labels, energy, (("dram", 5), ("package", 123456789))))
+        workloads.append(WorkloadState("container", (f"ns-{i}", f"{name}-{i}", "app", f"{i:064x}", "containerd"),
+                                       (("package", 1),), ()))
+    workloads += [
+        WorkloadState("service", (f"{name}.service",), (("package", 99),), (("package", 1),)),
+        WorkloadState("vm", ("vm1", "1", "qemu"), (("package", 0),), ()),
+        WorkloadState("user", ("1000",), (("package", 12345678901234),), ()),
+    ]
+    zones = (ZoneState(ZoneId("rapl", "intel-rapl:0", "package", "0", ""), 123456789012, 55.25, True, 2, 1),
+             ZoneState(ZoneId("rapl", "intel-rapl:0:0", "dram", "0", ""), 0, None, False, 0, 0))
+    return Snapshot(
+        info=NodeInfo(name, "Xeon \\ \"8\"", 64, 2, "6.1.0", "v2"),
+        meter="rapl",
+        zones=zones,
+        domains=(DomainState("package", "rapl", 10**7, 3 * 10**7, 40.0, "learned"),
+                 DomainState("dram", "rapl", 0, 0, None, "ratio")),
+        sources=(("rapl", "intel-rapl:0", True), ("model", "", False)),
+        errors=(("rapl", "intel-rapl:0:0", 3),),
+        ticks=TickStats(7, 1, 0.0123, 0.5, 1.7e9),
+        ready=True,
+        workloads=tuple(workloads),
+        unattributed=(("dram", 1), ("package", 2)),
+        tick_seconds=5.0,
+        cgroup_read_errors=2,
+        cgroup_walks_truncated=1,
+        gpus=(GpuState(gpu, "energy_counter", 10**9, 10**8, 9 * 10**8, 5, 300.5, 60.0, "learned", True, 0, False,
+                       (("sm_util", 3),)),),
+        gpu_driver="550.54",
+        carbon_intensity=value,
+        pod_label_keys=("app.kubernetes.io/name", "team"),
+        pod_labels=(("ns-0", f"{name}-0", "uid-0", "ReplicaSet", "web-1", name, ""),),
+        pod_watch=(1, 5, 0, True),
+        processes=((ProcessKey(42, 1, "(sd-pam) x", "", "cron.service"), (("package", 77),)),),
+        processes_other=(("package", 5),),
+    )
+
+
+def split_series(body: bytes) -> dict[str, str]:
+    """Sample lines by series (name + label text), and header lines by position: the unit of comparison."""
+    out: dict[str, str] = {}
+    for n, line in enumerate(body.decode().splitlines()):
+        if line.startswith("#"):
+            out[f"header {n}"] = line
+        else:
+            series, _, value = line.rpartition(" ")
+            out[series] = value
+    return out
+
+
+SCRAPES = {("text", "gzip"): 4, ("openmetrics", "identity"): 2}
+
+
+def ours(snap: Snapshot) -> ex.Exposition:
+    return ex.Renderer(collectors=False).render(snap, SCRAPES)
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_equals_prometheus_client_series_by_series(openmetrics: bool) -> None:
+    snap = rich_snapshot()
+    reference = ex.reference_registry(snap, SCRAPES, 0.0)
+    want: bytes = render_openmetrics(reference) if openmetrics else render_text(reference)
+    got = ours(snap).body(openmetrics, False)
+    assert split_series(got) == split_series(want)
+    assert got == want  # and in the same order, byte for byte
+    assert b"wattlens_pod_labels{label_app_kubernetes_io_name=" in got
+    assert got.count(b"# HELP ") == len(ex.m.CATALOGUE)  # every family of the catalogue is in this snapshot
+
+
+def test_the_collectors_follow_our_families_in_both_formats() -> None:
+    exposition = ex.Renderer().render(rich_snapshot(), SCRAPES)
+    for openmetrics in (False, True):
+        body = exposition.body(openmetrics, False).decode()
+        assert body.index("wattlens_scrapes_total{") < body.index("process_cpu_seconds_total ")
+        assert "python_info{" in body
+        assert body.endswith("# EOF\n") == openmetrics
+        assert body.count("\n# EOF\n") == openmetrics  # the nasty node name has "# EOF" inside quotes
+
+
+@given(
+    label=st.text(max_size=30),
+    value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 2**62).map(float)),
+)
+@settings(max_examples=150, deadline=None)
+def test_any_label_text_and_value_render_as_prometheus_client_does(label: str, value: float) -> None:
+    snap = rich_snapshot(name=label, pods=1, value=value)
+    reference = ex.reference_registry(snap, SCRAPES, 0.0)
+    exposition = ours(snap)
+    assert exposition.body(False, False) == render_text(reference)
+    assert exposition.body(True, False) == render_openmetrics(reference)
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True))
+def test_go_float_is_prometheus_clients_float_format(value: float) -> None:
+    assert ex.go_float(value) == floatToGoString(value)
+
+
+def test_an_unscraped_tick_renders_nothing_and_each_variant_renders_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    walks = []
+    real = ex.families
+    monkeypatch.setattr(ex, "families", lambda *a: walks.append(1) or real(*a))
+    renderer = ex.Renderer()
+    first = renderer.render(rich_snapshot(), SCRAPES)
+    renderer.render(rich_snapshot(), SCRAPES)  # a tick nobody scraped
+    assert walks == []
+    third = renderer.render(rich_snapshot(), SCRAPES)
+    assert first.rendered() == []
+    text = third.text
+    assert third.text is text and third.body(False, False) is text
+    assert gzip.decompress(third.text_gzip) == text
+    assert third.openmetrics.endswith(b"# EOF\n")
+    assert len(walks) == 1  # both formats share one walk of the snapshot
+    assert third.rendered() == [(False, False), (False, True), (True, False)]
+    assert third.render_s > 0
+    # The next tick reports how long the previous exposition took to render.
+    fourth = renderer.render(rich_snapshot(), SCRAPES)
+    assert renderer.last_render_s == third.render_s
+    assert f"wattlens_render_duration_seconds{{node=\"x\"}} {ex.go_float(third.render_s)}" in (
+        fourth.text.decode().replace(ex.escape_label_value(NASTY), "x"))
+
+
+def test_concurrent_scrapes_on_the_loop_share_one_render_off_the_loop() -> None:
+    renders = []
+    loop_thread = []
+
+    async def main() -> list[bytes]:
+        loop_thread.append(threading.get_ident())
+        exposition = ex.Renderer().render(rich_snapshot(pods=300), SCRAPES)
+        real = exposition._render
+
+        def counted(variant: ex.Variant, renderer: ex.Renderer) -> bytes:
+            renders.append((variant, threading.get_ident()))
+            return real(variant, renderer)
+
+        exposition._render = counted  # type: ignore[method-assign]
+        return list(await asyncio.gather(*(exposition.body_async(True, True) for _ in range(20))))
+
+    bodies = asyncio.run(main())
+    assert len(set(bodies)) == 1
+    assert [v for v, _ in renders] == [(True, True), (True, False)]  # gzip asks for the plain body once
+    assert all(thread != loop_thread[0] for _, thread in renders)
+
+
+def test_label_text_is_escaped_once_per_series_and_dropped_when_the_series_goes() -> None:
+    renderer = ex.Renderer(collectors=False)
+    escapes = []
+    real = ex.escape_label_value
+
+    def counting(value: str) -> str:
+        escapes.append(value)
+        return real(value)
+
+    ex.escape_label_value = counting  # type: ignore[assignment]
+    try:
+        assert renderer.render(rich_snapshot(pods=3)).text
+        first = len(escapes)
+        assert renderer.render(rich_snapshot(pods=3, value=2.5)).text
+        assert len(escapes) == first  # same series, new values: nothing escaped again
+        assert renderer.render(rich_snapshot(pods=4)).text
+        born = len(escapes) - first
+        # Only the new pod's series: 2 CPU zones x 6 labels, 1 GPU x 6, 2 x 6 watts, and its container's 8.
+        assert born == 2 * 6 + 6 + 2 * 6 + 8
+    finally:
+        ex.escape_label_value = real  # type: ignore[assignment]
+    pods = renderer._families[("wattlens_pod_cpu_joules_total", ex.m.POD_CPU_JOULES.labels)]
+    assert len(pods.prefixes) == 4 * 2  # 4 pods x 2 CPU zones
+    assert renderer.render(rich_snapshot(pods=1)).text
+    pods = renderer._families[("wattlens_pod_cpu_joules_total", ex.m.POD_CPU_JOULES.labels)]
+    assert len(pods.prefixes) == 2
+
+
+# --- a real Prometheus scrapes the real daemon, in OpenMetrics and in text ---------------------------------------
+
+
+class TextOnly(http.server.BaseHTTPRequestHandler):
+    """Forwards a scrape to wattlens asking for text/plain (gzip passed through), as a scraper that takes only
+    the text format would: Prometheus 2.42 has no setting for its Accept header."""
+
+    upstream = ""
+
+    def do_GET(self) -> None:
+        request = urllib.request.Request(self.upstream, headers={
+            "Accept": "text/plain;version=0.0.4", "Accept-Encoding": self.headers.get("Accept-Encoding", "")})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            body = response.read()
+            self.send_response(response.status)
+            for header in ("Content-Type", "Content-Encoding"):
+                if response.headers.get(header):
+                    self.send_header(header, response.headers[header])
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def _query(port: int, expr: str) -> list[dict[str, Any]]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        import json
+
+        return list(json.load(response)["data"]["result"])
+
+
+def test_a_real_prometheus_scrapes_both_formats(tmp_path: Path) -> None:
+    binary = tool("prometheus", "apt-get install prometheus")
+    promtool = tool("promtool", "apt-get install prometheus")
+    tree = RaplTree.copy("intel-2socket-server", tmp_path)
+    node = 'lint "node" \\ one'
+    with Daemon("--sys", str(tree.root), "--meters", "rapl", "--interval", "0.5", "--node-name", node) as daemon:
+        daemon.wait_ready()
+        status, headers, text = daemon.get("/metrics", {"Accept": "text/plain"})
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
+        assert lint.returncode == 0 and lint.stdout == lint.stderr == b"", lint.stderr.decode()
+
+        TextOnly.upstream = f"http://127.0.0.1:{daemon.port}/metrics"
+        proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TextOnly)
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        web = proxy.server_address[1] + 1
+        config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"}, "scrape_configs": [
+            {"job_name": "openmetrics", "honor_labels": True,
+             "static_configs": [{"targets": [f"127.0.0.1:{daemon.port}"]}]},
+            {"job_name": "text", "honor_labels": True,
+             "static_configs": [{"targets": [f"127.0.0.1:{proxy.server_address[1]}"]}]},
+        ]}
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        prom = subprocess.Popen(["timeout", "--kill-after=10", "120", binary,
+                                 f"--config.file={tmp_path / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                 f"--web.listen-address=127.0.0.1:{web}", "--log.level=warn"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+        try:
+            deadline, ups = time.monotonic() + 40, {}
+            while time.monotonic() < deadline and len(ups) < 2:
+                time.sleep(0.5)
+                try:
+                    rows = _query(web, "up == 1 and scrape_samples_scraped > 40")
+                except OSError:
+                    continue
+                ups = {r["metric"]["job"]: r for r in rows}
+            assert set(ups) == {"openmetrics", "text"}, (_query(web, "up"), _query(web, "scrape_samples_scraped"))
+            time.sleep(3)  # a few more scrapes: every family has samples by then (watts after the second tick)
+            names = {job: {r["metric"]["__name__"] for r in _query(web, f'group by (__name__) ({{job="{job}"}})')}
+                     for job in ("openmetrics", "text")}
+            assert names["openmetrics"] == names["text"]
+            assert {"wattlens_node_cpu_watts", "wattlens_build_info", "process_cpu_seconds_total"} <= names["text"]
+            # Escaped label values arrive as they were: the node name with its quotes and backslash.
+            for job in ("openmetrics", "text"):
+                rows = _query(web, f'wattlens_node_cpu_joules_total{{job="{job}"}}')
+                assert len(rows) == 4 and {r["metric"]["node"] for r in rows} == {node}
+                info = _query(web, f'wattlens_build_info{{job="{job}"}}')
+                assert len(info) == 1
+            joules = _query(web, 'sum by (job) (wattlens_node_cpu_joules_total)')
+            assert all(math.isfinite(float(r["value"][1])) for r in joules)
+        finally:
+            prom.terminate()
+            _, err = prom.communicate(timeout=20)
+            proxy.shutdown()
+        assert b"level=error" not in err, err.decode()[-2000:]
+    assert shutil.which("prometheus")
