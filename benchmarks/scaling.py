@@ -123,6 +123,8 @@ def measure(size: Size, node: Node, ticks: int, warmup: int, reps: int) -> None:
         for n in range(warmup + ticks):
             node.advance(TICK_S, False, 0)
             timed = n >= warmup
+            if n == warmup:
+                gc.freeze()  # the generator's heap (and the start-up heap, as the daemon does after its first tick)
             timer.active, timer.cpu_s = timed, 0.0
             t0 = time.thread_time()
             snap = engine.tick(now)
@@ -150,6 +152,7 @@ def measure(size: Size, node: Node, ticks: int, warmup: int, reps: int) -> None:
         size.floor = held_fd_floor(list(stat.values()), reps)
     finally:
         gc.callbacks.remove(timer)
+        gc.unfreeze()
         engine.close()
     size.sweep = sweep_cost(node.proc, max(3, reps // 5))
     size.cgroups, size.processes = len(node.usage), len(node.procs)

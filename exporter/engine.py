@@ -20,7 +20,7 @@ from exporter.meters.base import CounterSample, Meter, MeterUnavailable, ZoneId
 from exporter.meters.nvml import NvmlMeter
 from exporter.meters.select import MeterReport, select_meter
 from exporter.nodeinfo import NodeInfo, read_node_info
-from exporter.sysfs import raise_fd_limit, read_small
+from exporter.sysfs import FdBudget, read_small
 from exporter.workloads.cgroups import CgroupTree
 from exporter.workloads.classify import Classified
 from exporter.workloads.kubernetes import ContainerName, KubeletLogs, PodName
@@ -92,6 +92,10 @@ class Snapshot:
     tick_seconds: float = 0.0  # length of the last tick, for watts
     cgroup_read_errors: int = 0
     cgroup_walks_truncated: int = 0
+    cgroup_full_walks: int = 0
+    fd_budget: int = 0
+    fds_held: int = 0
+    fd_degraded: tuple[str, ...] = ()  # readers refused held fds
     gpus: tuple[GpuState, ...] = ()
     gpu_driver: str = ""
     carbon_intensity: float | None = None  # gCO2e per kWh
@@ -121,6 +125,8 @@ class Engine:
     gpus: GpuAccounting | None = None
     pod_watch: PodWatch | None = None
     gpu_report: MeterReport | None = None
+    fd_budget: FdBudget = field(default_factory=lambda: FdBudget(1 << 20))
+    _fd_warned: set[str] = field(default_factory=set)
     _top_processes: TopProcesses[ProcessKey] = field(default_factory=lambda: TopProcesses(20, 600.0))
     _process_us: dict[ProcessKey, int] = field(default_factory=dict)
     _process_shares: dict[ProcessKey, dict[str, int]] = field(default_factory=dict)
@@ -171,14 +177,14 @@ class Engine:
             log.info("measuring node energy with the %s meter", meter.name)
         engine = cls(config=config, meter=meter, reports=reports, proc_stat=proc_stat, info=info)
         engine._workloads = WorkloadLedger(config.workload_ttl)
-        raise_fd_limit()
+        engine.fd_budget = FdBudget.from_process_limit()
         if config.gpus:
             engine._open_gpus()
         if config.process_metrics:
-            engine.processes = ProcessTable(config.proc_path)
+            engine.processes = ProcessTable(config.proc_path, engine.fd_budget)
             engine._top_processes = TopProcesses(config.process_top_n, config.workload_ttl)
         if config.workloads:
-            engine.cgroups = CgroupTree(config.cgroup_root)
+            engine.cgroups = CgroupTree(config.cgroup_root, engine.fd_budget, hold_s=config.workload_ttl)
             engine.kubelet = KubeletLogs(config.kubelet_log_path)
             log.info(
                 "attributing to workloads from the %s cgroup hierarchy at %s",
@@ -242,6 +248,7 @@ class Engine:
                 for gpu_domain, microjoules in per_gpu.items():
                     self._workloads.add(key, gpu_domain, microjoules)
         self._workloads.expire(now)
+        self._say_fd_degradation()
         self._last_now, self._last_cpu = now, cpu
         stats = self._stats
         self._stats = TickStats(
@@ -252,6 +259,24 @@ class Engine:
             last_unix_time=time.time(),
         )
         return self.snapshot()
+
+    def _say_fd_degradation(self) -> None:
+        budget = self.fd_budget
+        for reader in sorted(budget.degraded - self._fd_warned):
+            self._fd_warned.add(reader)
+            effect = (
+                "cgroup CPU files beyond it are opened, read and closed each tick"
+                if reader == "cgroups"
+                else "processes beyond it get no series"
+            )
+            log.warning(
+                "the fd budget (%d of the %d open files allowed; %d held) is spent: %s. Fix: raise the open-files "
+                "limit (LimitNOFILE= in the unit, ulimit -n)",
+                budget.budget,
+                budget.limit,
+                budget.held,
+                effect,
+            )
 
     def note_skipped(self, count: int) -> None:
         """The daemon skipped `count` tick slots because a tick overran its interval."""
@@ -337,8 +362,8 @@ class Engine:
         """Walk the cgroups, turn CPU readings into this tick's tree and mark its workloads as seen."""
         if self.cgroups is None:
             return EMPTY_TREE
-        usages = self.cgroups.read()
-        tree = build_tree(usages, self._usage.deltas(usages))
+        usages = self.cgroups.read(now)
+        tree = build_tree(usages, self._usage.deltas(usages, self.cgroups.ended, now))
         for top in tree.top:
             self._workloads.seen(now, top.key, tree.workloads[top.key], "")
             for child in top.children:
@@ -444,6 +469,10 @@ class Engine:
             tick_seconds=self._dt,
             cgroup_read_errors=self.cgroups.malformed_reads if self.cgroups else 0,
             cgroup_walks_truncated=self.cgroups.truncated_walks if self.cgroups else 0,
+            cgroup_full_walks=self.cgroups.full_walks if self.cgroups else 0,
+            fd_budget=self.fd_budget.budget,
+            fds_held=self.fd_budget.held,
+            fd_degraded=tuple(sorted(self.fd_budget.degraded)),
             carbon_intensity=self._carbon,
             pod_label_keys=self.config.pod_labels if self.pod_watch else (),
             pod_labels=self._pod_label_rows(),

@@ -180,13 +180,25 @@ def _workload_families(snap: Snapshot, out: list[Rows]) -> None:
     for kind, count in counts.items():
         workloads.add((node, kind), count)
     out.append(workloads)
+    _walk_families(snap, out)
+
+
+def _walk_families(snap: Snapshot, out: list[Rows]) -> None:
+    node = snap.info.node
     for fam, value in (
         (m.CGROUP_READ_ERRORS, snap.cgroup_read_errors),
         (m.CGROUP_WALKS_TRUNCATED, snap.cgroup_walks_truncated),
+        (m.CGROUP_FULL_WALKS, snap.cgroup_full_walks),
+        (m.FD_BUDGET, snap.fd_budget),
+        (m.FDS_HELD, snap.fds_held),
     ):
         rows = _rows(fam)
         rows.add((node,), value)
         out.append(rows)
+    degraded = _rows(m.FD_DEGRADED)
+    for reader in ("cgroups", "processes"):
+        degraded.add((node, reader), 1.0 if reader in snap.fd_degraded else 0.0)
+    out.append(degraded)
 
 
 def label_name(key: str) -> str:

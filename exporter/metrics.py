@@ -273,7 +273,33 @@ CGROUP_READ_ERRORS = Family(
     "cgroup_read_errors_total", "counter", "cgroup CPU files that could not be parsed.", ("node",)
 )
 CGROUP_WALKS_TRUNCATED = Family(
-    "cgroup_walks_truncated_total", "counter", "cgroup walks stopped at the directory limit.", ("node",)
+    "cgroup_walks_truncated_total",
+    "counter",
+    "cgroup listings cut short by the directory limit or a delegated subtree's cap (the rest counts as the "
+    "workload above it).",
+    ("node",),
+)
+CGROUP_FULL_WALKS = Family(
+    "cgroup_full_walks_total",
+    "counter",
+    "Full listings of the cgroup tree: the first, the periodic safety net, after an inotify queue overflow, and "
+    "every tick where inotify is unavailable (otherwise only directories inotify reports as changed are read).",
+    ("node",),
+)
+FD_BUDGET = Family(
+    "fd_budget",
+    "gauge",
+    "File descriptors wattlens may hold across ticks: the open-files limit less a reserve for HTTP connections "
+    "and the rest.",
+    ("node",),
+)
+FDS_HELD = Family("fds_held", "gauge", "File descriptors held across ticks (cgroup and process files).", ("node",))
+FD_DEGRADED = Family(
+    "fd_degraded",
+    "gauge",
+    "1 once a reader was refused held fds by the budget: cgroup files are then opened, read and closed each tick, "
+    "processes beyond the budget get no series.",
+    ("node", "reader"),
 )
 WORKLOAD_FAMILIES: dict[str, Family] = {
     "pod": POD_CPU_JOULES,
@@ -314,6 +340,10 @@ CATALOGUE: tuple[Family, ...] = (
     WORKLOADS,
     CGROUP_READ_ERRORS,
     CGROUP_WALKS_TRUNCATED,
+    CGROUP_FULL_WALKS,
+    FD_BUDGET,
+    FDS_HELD,
+    FD_DEGRADED,
     BUILD_INFO,
     NODE_INFO,
     TICKS,

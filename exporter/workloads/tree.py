@@ -9,6 +9,7 @@ user); anything deeper is already inside a child's hierarchical CPU time.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from exporter.attribution import Usage
@@ -26,22 +27,42 @@ class WorkloadTree:
 
 @dataclass
 class UsageTracker:
-    """Remembers each cgroup's last cumulative CPU time to turn readings into per-tick deltas."""
+    """Remembers each cgroup's last cumulative CPU time, by identity, to turn readings into per-tick deltas.
 
-    _previous: dict[str, int] = field(default_factory=dict)
+    A cgroup missing from one read (an fd refused, a read that failed) keeps its last reading until it is known
+    to be gone, or for `retain_s`, so when it is read again it continues from there: it is never taken for a
+    newborn whose whole lifetime of CPU fell into one tick."""
+
+    retain_s: float = 900.0
+    _previous: dict[tuple[int, int], int] = field(default_factory=dict)
+    _seen: dict[tuple[int, int], float] = field(default_factory=dict)
     _walked: bool = False
 
-    def deltas(self, usages: list[CgroupUsage]) -> dict[str, int]:
-        """Per path: CPU µs since the last tick. A cgroup born since then counts all of its CPU time; on the
-        first walk everything is a baseline; a decrease is a cgroup recreated under the same path."""
+    def deltas(
+        self, usages: list[CgroupUsage], ended: Iterable[tuple[int, int]] = (), now: float | None = None
+    ) -> dict[str, int]:
+        """Per path: CPU µs since the last reading. A cgroup born since then counts all of its CPU time; one seen
+        for the first time without being born (the first walk, a subtree listed late) is a baseline; a decrease
+        is a cgroup recreated under the same identity."""
         out: dict[str, int] = {}
+        previous, seen = self._previous, self._seen
         for usage in usages:
-            before = self._previous.get(usage.path)
+            before = previous.get(usage.identity)
             if before is None:
-                out[usage.path] = usage.usage_us if self._walked else 0
+                out[usage.path] = usage.usage_us if self._walked and usage.born else 0
             else:
                 out[usage.path] = usage.usage_us - before if usage.usage_us >= before else usage.usage_us
-        self._previous = {u.path: u.usage_us for u in usages}
+            previous[usage.identity] = usage.usage_us
+            if now is not None:
+                seen[usage.identity] = now
+        for identity in ended:
+            previous.pop(identity, None)
+            seen.pop(identity, None)
+        if now is not None and len(seen) > len(usages):  # some missing: forget those missing for too long
+            for identity in [i for i, t in seen.items() if now - t > self.retain_s]:
+                del previous[identity], seen[identity]
+        if now is None:  # callers without a clock keep only this read (tests, tools)
+            self._previous = {u.identity: u.usage_us for u in usages}
         self._walked = True
         return out
 
