@@ -87,7 +87,7 @@ def test_removed_between_walk_and_read_on_real_cgroupfs() -> None:
     service.mkdir(parents=True)
     try:
         subprocess.run([sys.executable, "-c", "sum(range(10**6))"], check=True,  # it has used CPU: a workload
-                       preexec_fn=lambda: (service / "cgroup.procs").write_text(str(os.getpid())))  # noqa: PLW1509
+                       preexec_fn=lambda: (service / "cgroup.procs").write_text(str(os.getpid())))
         walker = CgroupTree(root, watch=False)
         assert [u.path for u in walker.read()] == ["system.slice/a.service"]
         nodes = list(walker._workloads.values())

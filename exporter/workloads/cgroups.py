@@ -9,10 +9,10 @@ The tree is listed once; after that only inotify events (a child cgroup created,
 so a tick lists no directory whose membership did not change and classifies a path once. A full rescan runs
 every `rescan_s` as a safety net, after an event-queue overflow, and every tick where inotify is unavailable.
 
-Hostile trees stay bounded: the workload hierarchies (kubepods, machine, system) are listed before the rest, so a
-flood elsewhere cannot push pods past the directory limit; a delegated subtree (a directory owned by another user,
-such as `user@UID.service`) may add at most `MAX_DELEGATED_DIRS` directories and `MAX_DELEGATED_WORKLOADS`
-workloads; and a cgroup is only reported once it has used CPU.
+Hostile trees stay bounded: the workload hierarchies (kubepods, machine, system) are listed first and have their
+own directory limit, so a flood elsewhere cannot push pods past it; a delegated subtree (a directory owned by
+another user, such as `user@UID.service`) may add at most `MAX_DELEGATED_DIRS` directories and
+`MAX_DELEGATED_WORKLOADS` workloads; and a cgroup is only reported once it has used CPU.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from exporter.workloads.classify import Classified, classify, is_helper
 
 log = logging.getLogger(__name__)
 
-MAX_DIRS = 50_000  # a node with far more cgroups than this is not a node we can follow
+MAX_DIRS = 50_000  # in the workload hierarchies: a node with far more cgroups is not a node we can follow
+MAX_OTHER_DIRS = 10_000  # everywhere else together (user.slice, init.scope, ...): a flood there stays there
 MAX_DEPTH = 32
 MAX_DELEGATED_DIRS = 1_000  # per delegated subtree (one user's systemd, a rootless runtime)
 MAX_DELEGATED_WORKLOADS = 100
@@ -142,6 +143,14 @@ class _Delegation:
             self.workloads -= 1
 
 
+@dataclass(slots=True)
+class _Group:
+    """Directories tracked in a group of root subtrees, against its limit."""
+
+    limit: int
+    dirs: int = 0
+
+
 @dataclass(slots=True, eq=False)
 class _Node:
     """A cgroup directory that is tracked: a workload, or a directory that may hold workloads (or both)."""
@@ -153,6 +162,7 @@ class _Node:
     workload: Classified | None
     walk: bool  # its children are tracked (and watched)
     delegation: _Delegation | None
+    group: _Group | None = None
     born: bool = False
     wd: int = -1
     complete: bool = False  # every child was taken at its last listing
@@ -181,7 +191,7 @@ class CgroupTree:
         self.truncated_walks = 0  # listings cut short by the directory limit or a delegated subtree's cap
         self.full_walks = 0
         self.ended: list[tuple[int, int]] = []  # identities of cgroups known gone since the last read
-        self._nodes = 0
+        self._workload_dirs, self._other_dirs = _Group(MAX_DIRS), _Group(MAX_OTHER_DIRS)
         self._roots = [_Node(str(h.root), (), i, 0, None, True, None) for i, h in enumerate(self.layout.hierarchies)]
         self._by_wd: dict[int, _Node] = {}
         self._workloads: dict[str, _Node] = {}  # by filesystem path
@@ -291,22 +301,29 @@ class CgroupTree:
         delegation = parent.delegation
         if delegation is None and info.st_uid != 0:
             delegation = _Delegation(path)  # another user owns it: everything below may be theirs to create
-        if not self._room(parent, delegation, workload is not None):
+        group = parent.group
+        if group is None:  # a child of a hierarchy's root: the workload hierarchies never share with the rest
+            group = self._workload_dirs if _priority(name)[0] < len(_FIRST) else self._other_dirs
+        if not self._room(parent, group, delegation, workload is not None):
             return None
-        node = _Node(path, components, parent.hierarchy, info.st_ino, workload, walk, delegation, born=born)
+        node = _Node(path, components, parent.hierarchy, info.st_ino, workload, walk, delegation, group, born=born)
         parent.children[name] = node
-        self._nodes += 1
         if workload is not None:
             self._workloads[path] = node
         if walk and recurse:
             self._sync(node)
         return node
 
-    def _room(self, parent: _Node, delegation: _Delegation | None, is_workload: bool) -> bool:
-        if self._nodes >= MAX_DIRS:
+    def _room(self, parent: _Node, group: _Group, delegation: _Delegation | None, is_workload: bool) -> bool:
+        if group.dirs >= group.limit:
             parent.complete = False
             self.truncated_walks += 1
-            self._once("limit", "more than %d cgroup directories: the rest are not measured", MAX_DIRS)
+            self._once(
+                f"limit {group.limit}",
+                "more than %d cgroup directories under %s: the rest are measured as the workload above them",
+                group.limit,
+                "kubepods, machine.slice and system.slice" if group is self._workload_dirs else "the other slices",
+            )
             return False
         if delegation is not None:
             delegation.free_slots(self._now, self.hold_s)
@@ -327,6 +344,7 @@ class CgroupTree:
                 return False
             delegation.dirs += 1
             delegation.workloads += is_workload
+        group.dirs += 1
         return True
 
     def _watch(self, directory: _Node) -> None:
@@ -355,7 +373,8 @@ class CgroupTree:
         while stack:
             gone = stack.pop()
             stack.extend(gone.children.values())
-            self._nodes -= 1
+            if gone.group is not None:
+                gone.group.dirs -= 1
             if gone.delegation is not None:
                 gone.delegation.dirs -= 1
                 if gone.workload is not None:
