@@ -20,7 +20,7 @@ from exporter.daemon import StartupError, run
 from exporter.engine import Engine, Snapshot
 from exporter.exposition import Renderer
 from exporter.meters.base import MeterUnavailable
-from exporter.meters.nvml import NvmlMeter
+from exporter.meters.nvml_loader import open_nvml
 from exporter.meters.select import select_meter
 from exporter.nodeinfo import read_node_info
 
@@ -165,7 +165,7 @@ def _check_gpus(config: Config) -> None:
         print("  off (gpus: false)")
         return
     try:
-        meter = NvmlMeter.open(config.nvml_timeout)
+        meter = open_nvml(config.nvml_timeout)
     except MeterUnavailable as exc:
         print(f"  [no ] nvml: {exc.reason}")
         if exc.fix:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -75,6 +76,11 @@ class Daemon:
                 scrapes = dict(self.server.scrapes)  # counted up to this tick, copied on the loop that counts
                 self.exposition = await loop.run_in_executor(self._executor, self._tick, scrapes)
                 self._last_tick_end = time.monotonic()
+                if slot == 0:
+                    # The start-up heap (modules, configuration, the first walk of the cgroup tree) lives as long
+                    # as the process: out of the collector's way, a collection only looks at what ticks made.
+                    gc.collect()
+                    gc.freeze()
                 if self.tls is not None:
                     self.tls.reload_if_changed()  # certificate rotation: new handshakes get the new pair
                 failing = False

@@ -9,15 +9,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from exporter.attribution import IdleSplit, Usage, attribute, split_by_baseline, split_by_ratio
 from exporter.config import Config
 from exporter.counters import MICRO, CounterTrack, StepKind
-from exporter.gpus import GpuAccounting, GpuState
 from exporter.idle import IdleBaseline
 from exporter.ledger import Ledger, TopProcesses, WorkloadLedger
 from exporter.meters.base import CounterSample, Meter, MeterUnavailable, ZoneId
-from exporter.meters.nvml import NvmlMeter
+from exporter.meters.nvml_loader import open_nvml
 from exporter.meters.select import MeterReport, select_meter
 from exporter.nodeinfo import NodeInfo, read_node_info
 from exporter.sysfs import FdBudget, read_small
@@ -29,6 +29,9 @@ from exporter.workloads.pod_watch import PodWatch
 from exporter.workloads.processes import ProcessKey, ProcessTable, cgroup_path
 from exporter.workloads.procfs import CpuTimes, ProcStat, clock_ticks_per_second
 from exporter.workloads.tree import UsageTracker, WorkloadTree, build_tree, owner_of
+
+if TYPE_CHECKING:
+    from exporter.gpus import GpuAccounting, GpuState
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +198,13 @@ class Engine:
 
     def _open_gpus(self) -> None:
         try:
-            meter = NvmlMeter.open(self.config.nvml_timeout)
+            meter = open_nvml(self.config.nvml_timeout)
         except MeterUnavailable as exc:
             self.gpu_report = MeterReport("nvml", False, exc.reason, exc.fix)
             log.info("%s: GPU energy is not measured", exc.reason)
             return
+        from exporter.gpus import GpuAccounting  # noqa: PLC0415 - with pynvml: only where there are GPUs
+
         self.gpus = GpuAccounting(meter, self.config)
         self.gpu_report = MeterReport(
             "nvml", True, notes=tuple(f"GPU {g.index}: {g.model} {g.uuid}" for g in meter.gpus)

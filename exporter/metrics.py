@@ -18,10 +18,11 @@ class Family:
     kind: Literal["counter", "gauge", "info"]
     help: str
     labels: tuple[str, ...]
+    prefix: str = PREFIX
 
     @property
     def full_name(self) -> str:
-        return PREFIX + self.name
+        return self.prefix + self.name
 
 
 ZONE_LABELS = ("zone", "socket", "die", "source")
@@ -353,6 +354,23 @@ CATALOGUE: tuple[Family, ...] = (
     LAST_TICK,
     SCRAPES,
     RENDER_DURATION,
+)
+# The standard process and Python families every Prometheus client library exports (names and help as
+# prometheus-client has them), after wattlens' own.
+STANDARD: tuple[Family, ...] = (
+    Family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", (), ""),
+    Family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", (), ""),
+    Family("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", (), ""),
+    Family("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", (), ""),
+    Family("process_open_fds", "gauge", "Number of open file descriptors.", (), ""),
+    Family("process_max_fds", "gauge", "Maximum number of open file descriptors.", (), ""),
+    Family(
+        "python_info",
+        "gauge",
+        "Python platform information",
+        ("version", "implementation", "major", "minor", "patchlevel"),
+        "",
+    ),
 )
 # Families that appear only when their source is there: GPUs present, or process_metrics on.
 CONDITIONAL: frozenset[str] = frozenset(

@@ -18,7 +18,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
 
-import bcrypt
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -43,8 +42,6 @@ _VERIFY = {
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
-# A valid hash to check unknown users against, so a wrong user costs as much as a wrong password.
-_DUMMY_HASH = bcrypt.hashpw(b"wattlens", bcrypt.gensalt(rounds=10))
 _CACHE_SIZE = 128
 
 
@@ -173,6 +170,11 @@ class BasicAuth:
     """
 
     def __init__(self, users: dict[str, str]) -> None:
+        import bcrypt  # noqa: PLC0415 - only with basic auth configured (its import and hashing cost memory, ~80 ms)
+
+        self._checkpw = bcrypt.checkpw
+        # A valid hash to check unknown users against, so a wrong user costs as much as a wrong password.
+        self._dummy_hash = bcrypt.hashpw(b"wattlens", bcrypt.gensalt(rounds=10))
         self.users = {user: hashed.encode() for user, hashed in users.items()}
         self._results: OrderedDict[tuple[str, bytes], bool] = OrderedDict()
         self._lock = threading.Lock()
@@ -206,7 +208,7 @@ class BasicAuth:
         key = self._credentials(header)
         assert key is not None  # cached() answers False for anything unparsable
         hashed = self.users.get(key[0])
-        ok = bcrypt.checkpw(key[1], hashed if hashed is not None else _DUMMY_HASH) and hashed is not None
+        ok = self._checkpw(key[1], hashed if hashed is not None else self._dummy_hash) and hashed is not None
         with self._lock:
             self._results[key] = ok
             while len(self._results) > _CACHE_SIZE:

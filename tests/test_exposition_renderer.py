@@ -11,6 +11,7 @@ import http.server
 import math
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -23,9 +24,11 @@ import yaml
 from helpers import Daemon, RaplTree, tool
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import generate_latest as render_text
 from prometheus_client.openmetrics.exposition import generate_latest as render_openmetrics
 from prometheus_client.utils import floatToGoString
+from reference_exposition import reference_registry
 
 from exporter import exposition as ex
 from exporter.engine import DomainState, Snapshot, TickStats, WorkloadState, ZoneState
@@ -98,13 +101,13 @@ SCRAPES = {("text", "gzip"): 4, ("openmetrics", "identity"): 2}
 
 
 def ours(snap: Snapshot) -> ex.Exposition:
-    return ex.Renderer(collectors=False).render(snap, SCRAPES)
+    return ex.Renderer(standard=False).render(snap, SCRAPES)
 
 
 @pytest.mark.parametrize("openmetrics", [False, True])
 def test_equals_prometheus_client_series_by_series(openmetrics: bool) -> None:
     snap = rich_snapshot()
-    reference = ex.reference_registry(snap, SCRAPES, 0.0)
+    reference = reference_registry(snap, SCRAPES, 0.0)
     want: bytes = render_openmetrics(reference) if openmetrics else render_text(reference)
     got = ours(snap).body(openmetrics, False)
     assert split_series(got) == split_series(want)
@@ -113,14 +116,36 @@ def test_equals_prometheus_client_series_by_series(openmetrics: bool) -> None:
     assert got.count(b"# HELP ") == len(ex.m.CATALOGUE)  # every family of the catalogue is in this snapshot
 
 
-def test_the_collectors_follow_our_families_in_both_formats() -> None:
-    exposition = ex.Renderer().render(rich_snapshot(), SCRAPES)
-    for openmetrics in (False, True):
-        body = exposition.body(openmetrics, False).decode()
-        assert body.index("wattlens_scrapes_total{") < body.index("process_cpu_seconds_total ")
-        assert "python_info{" in body
-        assert body.endswith("# EOF\n") == openmetrics
-        assert body.count("\n# EOF\n") == openmetrics  # the nasty node name has "# EOF" inside quotes
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_the_standard_process_families_are_prometheus_clients(openmetrics: bool) -> None:
+    """process_* and python_info as prometheus-client's own collectors render them at the same moment: the same
+    lines, and values that agree (CPU time and memory move between the two reads)."""
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    render = render_openmetrics if openmetrics else render_text
+    before = split_series(render(registry))
+    got = ex.Renderer().render(rich_snapshot(), SCRAPES).body(openmetrics, False)
+    after = split_series(render(registry))
+    mine = split_series(got[got.index(b"# HELP process_virtual_memory_bytes"):])
+    assert mine.keys() == before.keys() == after.keys()
+    assert [v for k, v in mine.items() if k.startswith("header")] == [
+        v for k, v in after.items() if k.startswith("header")]
+    for series in ("process_start_time_seconds", "process_max_fds", 'python_info{implementation="CPython"'):
+        key = next(k for k in mine if k.startswith(series))
+        assert mine[key] == after[key]
+    for series, slack in (("process_cpu_seconds_total", 0.0), ("process_open_fds", 2.0),
+                          ("process_resident_memory_bytes", 4e6), ("process_virtual_memory_bytes", 64e6)):
+        low, high = sorted((float(before[series]), float(after[series])))
+        assert low - slack <= float(mine[series]) <= high + slack, (series, before[series], mine[series], after[series])
+    assert got.index(b"wattlens_fd_degraded{") < got.index(b"process_cpu_seconds_total ")
+    assert got.endswith(b"# EOF\n") == openmetrics
+    assert got.count(b"\n# EOF\n") == openmetrics  # the nasty node name has "# EOF" inside quotes
+
+
+def test_the_daemon_does_not_import_prometheus_client() -> None:
+    code = "import sys, exporter.cli, exporter.daemon; assert 'prometheus_client' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 @given(
@@ -130,7 +155,7 @@ def test_the_collectors_follow_our_families_in_both_formats() -> None:
 @settings(max_examples=150, deadline=None)
 def test_any_label_text_and_value_render_as_prometheus_client_does(label: str, value: float) -> None:
     snap = rich_snapshot(name=label, pods=1, value=value)
-    reference = ex.reference_registry(snap, SCRAPES, 0.0)
+    reference = reference_registry(snap, SCRAPES, 0.0)
     exposition = ours(snap)
     assert exposition.body(False, False) == render_text(reference)
     assert exposition.body(True, False) == render_openmetrics(reference)
@@ -188,7 +213,7 @@ def test_concurrent_scrapes_on_the_loop_share_one_render_off_the_loop() -> None:
 
 
 def test_label_text_is_escaped_once_per_series_and_dropped_when_the_series_goes() -> None:
-    renderer = ex.Renderer(collectors=False)
+    renderer = ex.Renderer(standard=False)
     escapes = []
     real = ex.escape_label_value
 
