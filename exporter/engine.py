@@ -28,7 +28,7 @@ from exporter.workloads.labels import label_values
 from exporter.workloads.pod_watch import PodWatch
 from exporter.workloads.processes import ProcessKey, ProcessTable, cgroup_path
 from exporter.workloads.procfs import CpuTimes, ProcStat, clock_ticks_per_second
-from exporter.workloads.tree import UsageTracker, WorkloadTree, build_tree, owner_of
+from exporter.workloads.tree import TreeBuilder, UsageTracker, WorkloadTree, owner_of
 
 if TYPE_CHECKING:
     from exporter.gpus import GpuAccounting, GpuState
@@ -109,6 +109,16 @@ class Snapshot:
     processes_other: tuple[tuple[str, int], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class _Labels:
+    """A workload's label values and the names they were made from: made again only when a name changes."""
+
+    workload: Classified
+    pod: PodName | None
+    container: ContainerName | None
+    values: tuple[str, ...]
+
+
 @dataclass(slots=True)
 class _DomainTick:
     delta_uj: int = 0
@@ -130,10 +140,12 @@ class Engine:
     gpu_report: MeterReport | None = None
     fd_budget: FdBudget = field(default_factory=lambda: FdBudget(1 << 20))
     _fd_warned: set[str] = field(default_factory=set)
+    _labels: dict[str, _Labels] = field(default_factory=dict)
     _top_processes: TopProcesses[ProcessKey] = field(default_factory=lambda: TopProcesses(20, 600.0))
     _process_us: dict[ProcessKey, int] = field(default_factory=dict)
     _process_shares: dict[ProcessKey, dict[str, int]] = field(default_factory=dict)
     _usage: UsageTracker = field(default_factory=UsageTracker)
+    _trees: TreeBuilder = field(default_factory=TreeBuilder)
     _tree: WorkloadTree = EMPTY_TREE
     _workloads: WorkloadLedger[Classified] = field(default_factory=lambda: WorkloadLedger(600.0))
     _unattributed: Ledger[str] = field(default_factory=Ledger)
@@ -368,7 +380,7 @@ class Engine:
         if self.cgroups is None:
             return EMPTY_TREE
         usages = self.cgroups.read(now)
-        tree = build_tree(usages, self._usage.deltas(usages, self.cgroups.ended, now))
+        tree = self._trees.build(usages, self._usage.deltas(usages, self.cgroups.ended, now))
         for top in tree.top:
             self._workloads.seen(now, top.key, tree.workloads[top.key], "")
             for child in top.children:
@@ -533,19 +545,23 @@ class Engine:
             pods = [r.workload.uid for _, r in records if r.workload.kind == "pod"]
             containers = [r.workload.container_id for _, r in records if r.workload.kind == "container"]
             kubelet.refresh(self._last_now or 0.0, pods, containers)
+        memo = self._labels
+        if len(memo) > len(records):  # workloads expired: forget their labels
+            self._labels = memo = {key: memo[key] for key, _ in records if key in memo}
         states = []
-        for _, record in records:
+        for key, record in records:
             workload = record.workload
             pod_uid = workload.uid if workload.kind == "pod" else ""
             if record.parent.startswith("pod:"):
-                pod_uid = record.parent.removeprefix("pod:")
+                pod_uid = record.parent[4:]
             pod, container = self._names(pod_uid, workload.container_id)
+            known = memo.get(key)
+            if known is None or known.workload is not workload or known.pod != pod or known.container != container:
+                known = memo[key] = _Labels(workload, pod, container, label_values(workload, pod, container))
+            # Zones in the order the ledger first saw them: the same every tick, no sorting needed.
             states.append(
                 WorkloadState(
-                    kind=workload.kind,
-                    labels=label_values(workload, pod, container),
-                    energy_uj=tuple(sorted(record.energy_uj.items())),
-                    last_uj=tuple(sorted(record.last_uj.items())),
+                    workload.kind, known.values, tuple(record.energy_uj.items()), tuple(record.last_uj.items())
                 )
             )
         return tuple(states)

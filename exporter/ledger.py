@@ -52,11 +52,13 @@ class WorkloadLedger(Generic[W]):
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
         self._records: dict[str, WorkloadRecord[W]] = {}
+        self._sorted: list[tuple[str, WorkloadRecord[W]]] | None = []  # records() until membership changes
 
     def seen(self, now: float, key: str, workload: W, parent: str) -> None:
         record = self._records.get(key)
         if record is None:
             record = self._records[key] = WorkloadRecord(workload, parent)
+            self._sorted = None
         record.workload, record.parent, record.last_seen = workload, parent, now
         record.last_uj.clear()
 
@@ -72,10 +74,15 @@ class WorkloadLedger(Generic[W]):
         gone = [k for k, r in self._records.items() if now - r.last_seen > self.ttl_s]
         for key in gone:
             del self._records[key]
+        if gone:
+            self._sorted = None
         return len(gone)
 
     def records(self) -> list[tuple[str, WorkloadRecord[W]]]:
-        return sorted(self._records.items())
+        """Every record, by key (sorted again only when a workload came or went)."""
+        if self._sorted is None:
+            self._sorted = sorted(self._records.items())
+        return self._sorted
 
     def __len__(self) -> int:
         return len(self._records)

@@ -90,6 +90,11 @@ class Inotify:
                 offset = start + size
 
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        fd, self.fd = getattr(self, "fd", None), None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        # Instances are few (fs.inotify.max_user_instances, 128 by default, for every process of the user):
+        # one forgotten without close() must not keep its slot.
+        self.close()

@@ -67,7 +67,19 @@ class UsageTracker:
         return out
 
 
-def build_tree(usages: list[CgroupUsage], deltas: dict[str, int]) -> WorkloadTree:
+@dataclass(frozen=True, slots=True)
+class TreePlan:
+    """The shape of a tree: top-level workloads (with their children and the nested cgroups whose CPU is not
+    theirs) and synthetic pods. It depends only on which cgroups there are, so it is kept while they stay."""
+
+    synthetic: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # (pod key, its containers' (path, key))
+    tops: tuple[tuple[str, str, tuple[tuple[str, str], ...], tuple[str, ...]], ...]  # path, key, children, minus
+    workloads: dict[str, Classified]
+    parents: dict[str, str]
+    paths: dict[str, str]
+
+
+def plan_tree(usages: list[CgroupUsage]) -> TreePlan:
     by_path: dict[str, CgroupUsage] = {}
     workloads: dict[str, Classified] = {}
     for usage in sorted(usages, key=lambda u: u.components):
@@ -84,18 +96,17 @@ def build_tree(usages: list[CgroupUsage], deltas: dict[str, int]) -> WorkloadTre
 
     parent_path = {path: nearest(u.components, by_path) for path, u in by_path.items()}
     tops = {p for p, u in by_path.items() if parent_path[p] is None or u.workload.kind == "pod"}
-    cpu = {path: deltas.get(path, 0) for path in by_path}
-    exclusive = {path: cpu[path] for path in tops}
-    children: dict[str, list[Usage[str]]] = {path: [] for path in tops}
+    minus: dict[str, list[str]] = {path: [] for path in tops}  # cgroups whose CPU is inside, but not its
+    children: dict[str, list[tuple[str, str]]] = {path: [] for path in tops}
     parents: dict[str, str] = {}
     paths = {path: by_path[path].workload.key for path in tops}
-    synthetic: dict[str, list[tuple[str, Usage[str]]]] = {}  # pod uid → containers naming it
+    synthetic: dict[str, list[tuple[str, str]]] = {}  # pod uid → containers naming it
 
     for path, usage in by_path.items():
         if path in tops:
             enclosing = nearest(usage.components, tops)
             if enclosing is not None:  # a pod inside another workload: its CPU is not that one's
-                exclusive[enclosing] -= cpu[path]
+                minus[enclosing].append(path)
             continue
         workload = usage.workload
         parent = parent_path[path]
@@ -103,27 +114,62 @@ def build_tree(usages: list[CgroupUsage], deltas: dict[str, int]) -> WorkloadTre
         pod_key = f"pod:{workload.pod_uid}" if workload.pod_uid else ""
         if pod_key and by_path[parent].workload.key != pod_key and pod_key not in workloads:
             # The path names a pod that has no cgroup of its own (containerd on v1): gather its containers.
-            synthetic.setdefault(workload.pod_uid, []).append((path, Usage(workload.key, cpu[path])))
+            synthetic.setdefault(workload.pod_uid, []).append((path, workload.key))
             continue
         if parent in tops:
-            children[parent].append(Usage(workload.key, cpu[path]))
+            children[parent].append((path, workload.key))
             parents[workload.key] = by_path[parent].workload.key
             paths[path] = workload.key
 
-    top: list[Usage[str]] = []
+    pods = []
     for uid, members in synthetic.items():
         key = f"pod:{uid}"
         workloads[key] = Classified("pod", key, uid=uid)
         for path, member in members:
-            parents[member.key] = key
-            paths[path] = member.key
+            parents[member] = key
+            paths[path] = member
             enclosing = nearest(by_path[path].components, tops)
             if enclosing is not None:
-                exclusive[enclosing] -= member.cpu_us
-        top.append(Usage(key, sum(m.cpu_us for _, m in members), tuple(m for _, m in members)))
-    for path in sorted(tops):
-        top.append(Usage(by_path[path].workload.key, max(0, exclusive[path]), tuple(children[path])))
-    return WorkloadTree(tuple(top), workloads, parents, paths)
+                minus[enclosing].append(path)
+        pods.append((key, tuple(members)))
+    return TreePlan(
+        tuple(pods),
+        tuple((p, by_path[p].workload.key, tuple(children[p]), tuple(minus[p])) for p in sorted(tops)),
+        workloads,
+        parents,
+        paths,
+    )
+
+
+def apply_plan(plan: TreePlan, deltas: dict[str, int]) -> WorkloadTree:
+    """This tick's tree: the plan with each cgroup's CPU delta."""
+    get = deltas.get
+    top: list[Usage[str]] = []
+    for key, members in plan.synthetic:
+        kids = tuple(Usage(member, get(path, 0)) for path, member in members)
+        top.append(Usage(key, sum(kid.cpu_us for kid in kids), kids))
+    for path, key, children, minus in plan.tops:
+        cpu = get(path, 0) - sum(get(p, 0) for p in minus) if minus else get(path, 0)
+        top.append(Usage(key, max(0, cpu), tuple(Usage(child, get(p, 0)) for p, child in children)))
+    return WorkloadTree(tuple(top), plan.workloads, plan.parents, plan.paths)
+
+
+def build_tree(usages: list[CgroupUsage], deltas: dict[str, int]) -> WorkloadTree:
+    return apply_plan(plan_tree(usages), deltas)
+
+
+class TreeBuilder:
+    """build_tree, with the plan kept while the cgroups read are the same as last time (most ticks)."""
+
+    def __init__(self) -> None:
+        self._paths: tuple[str, ...] | None = None
+        self._plan: TreePlan | None = None
+
+    def build(self, usages: list[CgroupUsage], deltas: dict[str, int]) -> WorkloadTree:
+        paths = tuple(u.path for u in usages)  # a path's workload never changes: classification is by path
+        if self._plan is None or paths != self._paths:
+            self._plan, self._paths = plan_tree(usages), paths
+        return apply_plan(self._plan, deltas)
 
 
 def owner_of(components: tuple[str, ...], tree: WorkloadTree) -> tuple[str, str | None] | None:
