@@ -34,6 +34,7 @@ from attribution import TICK_S, GcTimer, Node, sweep, temp_parent
 from common import REPO, Deadline, hard_deadline, heading, machine, run_bench
 
 from exporter.config import load_config
+from exporter.daemon import settle_heap
 from exporter.engine import Engine
 from exporter.exposition import Renderer
 
@@ -124,18 +125,18 @@ def measure(size: Size, node: Node, ticks: int, warmup: int, reps: int) -> None:
             node.advance(TICK_S, False, 0)
             timed = n >= warmup
             if n == warmup:
-                gc.freeze()  # the generator's heap (and the start-up heap, as the daemon does after its first tick)
+                settle_heap()  # as the daemon does after its first tick (here it also takes the generator's heap)
             timer.active, timer.cpu_s = timed, 0.0
             t0 = time.thread_time()
             snap = engine.tick(now)
             tick = time.thread_time() - t0
             renders = {}
-            for label, openmetrics, gzipped in VARIANTS:  # each as the only variant asked for in its tick
-                exposition = renderer.render(snap)
+            for label, openmetrics, gzipped in (SCRAPE, *(v for v in VARIANTS if v != SCRAPE)):
+                exposition = renderer.render(snap)  # each variant as the only one asked for in its tick
                 t0 = time.thread_time()
                 exposition.body(openmetrics, gzipped)
                 renders[label] = time.thread_time() - t0
-            timer.active = False
+                timer.active = False  # GC is counted in the tick and the one scrape's render
             now += TICK_S
             if timed:
                 size.tick.append(tick)

@@ -111,11 +111,10 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class _Labels:
-    """A workload's label values and the names they were made from: made again only when a name changes."""
+    """A workload's label values: made again only when the names the node knows change."""
 
     workload: Classified
-    pod: PodName | None
-    container: ContainerName | None
+    names: tuple[object, ...]  # which name sources they were made from
     values: tuple[str, ...]
 
 
@@ -141,6 +140,7 @@ class Engine:
     fd_budget: FdBudget = field(default_factory=lambda: FdBudget(1 << 20))
     _fd_warned: set[str] = field(default_factory=set)
     _labels: dict[str, _Labels] = field(default_factory=dict)
+    _name_sources: tuple[object, ...] = (None, None, None)
     _top_processes: TopProcesses[ProcessKey] = field(default_factory=lambda: TopProcesses(20, 600.0))
     _process_us: dict[ProcessKey, int] = field(default_factory=dict)
     _process_shares: dict[ProcessKey, dict[str, int]] = field(default_factory=dict)
@@ -548,20 +548,26 @@ class Engine:
         memo = self._labels
         if len(memo) > len(records):  # workloads expired: forget their labels
             self._labels = memo = {key: memo[key] for key, _ in records if key in memo}
+        # Names change only when the kubelet's index is rebuilt or the pod watch replaces its mapping.
+        sources = (
+            kubelet.pods_index if kubelet is not None else None,
+            kubelet.containers_index if kubelet is not None else None,
+            self.pod_watch.pods if self.pod_watch is not None else None,
+        )
+        if any(now is not was for now, was in zip(sources, self._name_sources, strict=True)):
+            self._name_sources = sources  # a new tuple: every workload's labels are made again
+        names = self._name_sources
         states = []
         for key, record in records:
             workload = record.workload
-            pod_uid = workload.uid if workload.kind == "pod" else ""
-            if record.parent.startswith("pod:"):
-                pod_uid = record.parent[4:]
-            pod, container = self._names(pod_uid, workload.container_id)
             known = memo.get(key)
-            if known is None or known.workload is not workload or known.pod != pod or known.container != container:
-                known = memo[key] = _Labels(workload, pod, container, label_values(workload, pod, container))
+            if known is None or known.names is not names or known.workload is not workload:
+                pod_uid = workload.uid if workload.kind == "pod" else ""
+                if record.parent.startswith("pod:"):
+                    pod_uid = record.parent[4:]
+                pod, container = self._names(pod_uid, workload.container_id)
+                known = memo[key] = _Labels(workload, names, label_values(workload, pod, container))
             # Zones in the order the ledger first saw them: the same every tick, no sorting needed.
-            states.append(
-                WorkloadState(
-                    workload.kind, known.values, tuple(record.energy_uj.items()), tuple(record.last_uj.items())
-                )
-            )
+            energy, last = tuple(record.energy_uj.items()), tuple(record.last_uj.items())
+            states.append(WorkloadState(workload.kind, known.values, energy, last))
         return tuple(states)

@@ -67,6 +67,15 @@ class KubeletLogs:
         self._scanned_at: float | None = None
         self._unknown_since: dict[str, float] = {}
 
+    @property
+    def pods_index(self) -> dict[str, PodName]:
+        """The index itself: replaced, never changed, on a rescan."""
+        return self._pods
+
+    @property
+    def containers_index(self) -> dict[str, ContainerName]:
+        return self._containers
+
     def pod(self, uid: str) -> PodName | None:
         return self._pods.get(uid)
 
