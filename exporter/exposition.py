@@ -42,11 +42,16 @@ _EOF = "# EOF\n"
 
 @dataclass(slots=True)
 class Rows:
-    """One family's samples: label values in `names` order (the catalogue's, plus pod label keys) and a value."""
+    """One family's samples: label values in `names` order (the catalogue's, plus pod label keys) and a value.
+
+    `workloads`: a CPU family of every workload (pods, containers, services, VMs, users, pod watts), whose
+    samples are left out when the walk is asked to (`workload_samples=False`): the renderer makes their lines
+    straight from the snapshot, the bulk of the series."""
 
     family: m.Family
     names: tuple[str, ...]
     samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+    workloads: bool = False
 
     def add(self, values: tuple[str, ...], value: float) -> None:
         self.samples.append((values, value))
@@ -56,7 +61,9 @@ def _rows(fam: m.Family) -> Rows:
     return Rows(fam, fam.labels)
 
 
-def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: float) -> list[Rows]:
+def families(
+    snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: float, workload_samples: bool = True
+) -> list[Rows]:
     """Every family of the exposition with its samples, in the order they are rendered."""
     node = snap.info.node
     out: list[Rows] = []
@@ -87,7 +94,7 @@ def families(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: f
         errors.add((node, source, device), count)
     out += (up, errors)
 
-    _workload_families(snap, out)
+    _workload_families(snap, out, workload_samples)
     if snap.gpus:
         _gpu_families(snap, out)
     if snap.carbon_intensity is not None:
@@ -144,22 +151,22 @@ def _gpu_families(snap: Snapshot, out: list[Rows]) -> None:
     out += (joules, watts, idle, active, baseline, resets, info, splits, unattributed)
 
 
-def _workload_families(snap: Snapshot, out: list[Rows]) -> None:
+def _workload_families(snap: Snapshot, out: list[Rows], samples: bool) -> None:
     node, source = snap.info.node, snap.meter
-    joules = {kind: _rows(fam) for kind, fam in m.WORKLOAD_FAMILIES.items()}
+    joules = {kind: Rows(fam, fam.labels, workloads=True) for kind, fam in m.WORKLOAD_FAMILIES.items()}
     gpu_joules = {kind: _rows(fam) for kind, fam in m.WORKLOAD_GPU_FAMILIES.items()}
     gpu_labels = {f"gpu:{g.gpu.uuid}": (str(g.gpu.index), g.gpu.uuid) for g in snap.gpus}
-    pod_watts = _rows(m.POD_CPU_WATTS)
+    pod_watts = Rows(m.POD_CPU_WATTS, m.POD_CPU_WATTS.labels, workloads=True)
     tick_s = snap.tick_seconds
     watts = pod_watts.samples.append
-    for w in snap.workloads:  # the bulk of the series: appended directly
+    for w in snap.workloads:
         add = joules[w.kind].samples.append
         for zone, microjoules in w.energy_uj:
             if zone in gpu_labels:
                 gpu_joules[w.kind].add((node, *w.labels, *gpu_labels[zone]), microjoules / MICRO)
-            else:
+            elif samples:
                 add(((node, *w.labels, zone, source), microjoules / MICRO))
-        if w.kind == "pod" and tick_s > 0:
+        if samples and w.kind == "pod" and tick_s > 0:
             for zone, microjoules in w.last_uj:
                 if zone not in gpu_labels:
                     watts(((node, *w.labels, zone, source), microjoules / MICRO / tick_s))
@@ -310,6 +317,13 @@ def _process_families(snap: Snapshot, out: list[Rows]) -> None:
 _SPECIAL = {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}
 
 
+def _value(value: float) -> str:
+    """go_float, quicker for the common case: a float whose dot is among its first 7 characters."""
+    text = repr(value)
+    dot = text.find(".")
+    return text if 0 <= dot <= 6 or value <= 0 < dot else go_float(value)
+
+
 def go_float(value: float) -> str:
     """A sample value as Prometheus' Go code writes it (prometheus-client's floatToGoString, same bytes)."""
     text = repr(float(value))
@@ -380,9 +394,7 @@ class _FamilyLines:
             prefix = get(values)
             if prefix is None:
                 prefix = known[values] = self.prefix(values)
-            text = repr(value)  # go_float, inlined for the common case: a float with a dot in its first 7
-            dot = text.find(".")
-            lines.append(prefix + (text if 0 <= dot <= 6 or value <= 0 < dot else go_float(value)))
+            lines.append(prefix + _value(value))
         if len(known) > 2 * len(samples) + 16:
             self.prefixes = {values: known[values] for values, _ in samples}
         return "\n".join(lines) + "\n" if lines else ""
@@ -414,6 +426,8 @@ class Renderer:
         self._lock = threading.Lock()
         self.last_render_s = 0.0  # wall time spent rendering the previous tick's exposition
         self._current: Exposition | None = None
+        self._workload_context: tuple[str, str] = ("", "")
+        self._workload_prefixes: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
 
     def render(self, snap: Snapshot, scrapes: Mapping[tuple[str, str], int] | None = None) -> Exposition:
         """This tick's exposition; nothing is rendered until a variant is asked for."""
@@ -425,18 +439,62 @@ class Renderer:
         return exposition
 
     def _body(self, snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: float) -> _Body:
-        sections = []
-        seen: dict[tuple[str, tuple[str, ...]], _FamilyLines] = {}
-        rows = families(snap, scrapes, render_s)
+        rows = families(snap, scrapes, render_s, workload_samples=False)
         if self.standard:
             rows += standard_families()
+        known, seen = self._families, {}
         for family in rows:
             key = (family.family.full_name, family.names)
-            lines = self._families.get(key) or _FamilyLines(family.family, family.names)
-            seen[key] = lines
-            sections.append((lines.names, lines.render(family.samples)))
+            seen[key] = known.get(key) or _FamilyLines(family.family, family.names)
         self._families = seen  # families gone this tick (pod label keys changed) drop their series
+        workload_lines = self._workload_lines(snap)
+        sections = []
+        for family in rows:
+            lines = seen[(family.family.full_name, family.names)]
+            text = workload_lines[family.family.full_name] if family.workloads else lines.render(family.samples)
+            sections.append((lines.names, text))
         return _Body(tuple(sections))
+
+    def _workload_lines(self, snap: Snapshot) -> dict[str, str]:
+        """The lines of the CPU workload families, in the order `families` has their samples, from label text
+        kept per workload (by its label values) and zone."""
+        node, source, tick_s = snap.info.node, snap.meter, snap.tick_seconds
+        if (node, source) != self._workload_context:  # never changes in a running daemon; tools may reuse us
+            self._workload_context, self._workload_prefixes = (node, source), {}
+        gpu_zones = {f"gpu:{g.gpu.uuid}" for g in snap.gpus}
+        names = {kind: fam.full_name for kind, fam in m.WORKLOAD_FAMILIES.items()}
+        family_lines = {
+            fam.full_name: self._families[(fam.full_name, fam.labels)] for fam in m.WORKLOAD_FAMILIES.values()
+        }
+        watts_family = self._families[(m.POD_CPU_WATTS.full_name, m.POD_CPU_WATTS.labels)]
+        out: dict[str, list[str]] = {name: [] for name in (*names.values(), m.POD_CPU_WATTS.full_name)}
+        watts = out[m.POD_CPU_WATTS.full_name]
+        prefixes = self._workload_prefixes
+        for w in snap.workloads:
+            name = names[w.kind]
+            mine = prefixes.get((name, w.labels))
+            if mine is None:
+                mine = prefixes[(name, w.labels)] = {}
+            lines = out[name]
+            for zone, microjoules in w.energy_uj:
+                if zone in gpu_zones:
+                    continue
+                prefix = mine.get(zone)
+                if prefix is None:
+                    prefix = mine[zone] = family_lines[name].prefix((node, *w.labels, zone, source))
+                lines.append(prefix + _value(microjoules / MICRO))
+            if w.kind == "pod" and tick_s > 0:
+                for zone, microjoules in w.last_uj:
+                    if zone in gpu_zones:
+                        continue
+                    prefix = mine.get("watts:" + zone)
+                    if prefix is None:
+                        prefix = mine["watts:" + zone] = watts_family.prefix((node, *w.labels, zone, source))
+                    watts.append(prefix + _value(microjoules / MICRO / tick_s))
+        if len(prefixes) > 2 * len(snap.workloads) + 16:  # workloads went: drop their label text
+            live = {(names[w.kind], w.labels) for w in snap.workloads}
+            self._workload_prefixes = {key: value for key, value in prefixes.items() if key in live}
+        return {name: "\n".join(lines) + "\n" if lines else "" for name, lines in out.items()}
 
 
 Variant = tuple[bool, bool]  # (openmetrics, gzipped)

@@ -169,7 +169,7 @@ def test_go_float_is_prometheus_clients_float_format(value: float) -> None:
 def test_an_unscraped_tick_renders_nothing_and_each_variant_renders_once(monkeypatch: pytest.MonkeyPatch) -> None:
     walks = []
     real = ex.families
-    monkeypatch.setattr(ex, "families", lambda *a: walks.append(1) or real(*a))
+    monkeypatch.setattr(ex, "families", lambda *a, **k: walks.append(1) or real(*a, **k))
     renderer = ex.Renderer()
     first = renderer.render(rich_snapshot(), SCRAPES)
     renderer.render(rich_snapshot(), SCRAPES)  # a tick nobody scraped
@@ -233,13 +233,16 @@ def test_label_text_is_escaped_once_per_series_and_dropped_when_the_series_goes(
         assert born == 2 * 6 + 6 + 2 * 6 + 8
     finally:
         ex.escape_label_value = real  # type: ignore[assignment]
-    pods = renderer._families[("wattlens_pod_cpu_joules_total", ex.m.POD_CPU_JOULES.labels)]
-    assert len(pods.prefixes) == 4 * 2  # 4 pods x 2 CPU zones
+    def cached_pods() -> int:  # label texts kept for pod joules series
+        return sum(1 for (name, _), zones in renderer._workload_prefixes.items()
+                   if name == "wattlens_pod_cpu_joules_total" for zone in zones if not zone.startswith("watts:"))
+
+    assert cached_pods() == 4 * 2  # 4 pods x 2 CPU zones
     for n in range(40, 0, -1):  # pods go: the label text of the gone ones is dropped, bounded by the live ones
         assert renderer.render(rich_snapshot(pods=n)).text
-        pods = renderer._families[("wattlens_pod_cpu_joules_total", ex.m.POD_CPU_JOULES.labels)]
-        assert len(pods.prefixes) <= 2 * (2 * n) + 16
-    assert len(pods.prefixes) <= 2 + 16
+        workloads = 2 * n + 3
+        assert len(renderer._workload_prefixes) <= 2 * workloads + 16
+    assert cached_pods() <= 2 * (2 * 5 + 16)
 
 
 # --- a real Prometheus scrapes the real daemon, in OpenMetrics and in text ---------------------------------------
