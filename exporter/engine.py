@@ -141,6 +141,7 @@ class Engine:
     _fd_warned: set[str] = field(default_factory=set)
     _labels: dict[str, _Labels] = field(default_factory=dict)
     _name_sources: tuple[object, ...] = (None, None, None)
+    _named_records: object = None
     _top_processes: TopProcesses[ProcessKey] = field(default_factory=lambda: TopProcesses(20, 600.0))
     _process_us: dict[ProcessKey, int] = field(default_factory=dict)
     _process_shares: dict[ProcessKey, dict[str, int]] = field(default_factory=dict)
@@ -359,8 +360,7 @@ class Engine:
             spread_idle=self.config.idle_attribution == "cpu",
         )
         self._unattributed.add(zone, shares.unattributed_uj)
-        for key, microjoules in shares.workloads.items():
-            self._workloads.add(key, zone, microjoules)
+        self._workloads.add_all(zone, shares.workloads)
         if self.processes is not None:
             # The same split, over processes instead of workloads: a separate view of the same energy.
             by_process = attribute(
@@ -541,10 +541,13 @@ class Engine:
     def _workload_states(self) -> tuple[WorkloadState, ...]:
         records = self._workloads.records()
         kubelet = self.kubelet
-        if kubelet is not None:
+        now = self._last_now or 0.0
+        # The same records (the list is kept while none comes or goes): only a due rescan can change names.
+        if kubelet is not None and (records is not self._named_records or kubelet.rescan_due(now)):
             pods = [r.workload.uid for _, r in records if r.workload.kind == "pod"]
             containers = [r.workload.container_id for _, r in records if r.workload.kind == "container"]
-            kubelet.refresh(self._last_now or 0.0, pods, containers)
+            kubelet.refresh(now, pods, containers)
+            self._named_records = records
         memo = self._labels
         if len(memo) > len(records):  # workloads expired: forget their labels
             self._labels = memo = {key: memo[key] for key, _ in records if key in memo}
@@ -554,7 +557,7 @@ class Engine:
             kubelet.containers_index if kubelet is not None else None,
             self.pod_watch.pods if self.pod_watch is not None else None,
         )
-        if any(now is not was for now, was in zip(sources, self._name_sources, strict=True)):
+        if any(source is not was for source, was in zip(sources, self._name_sources, strict=True)):
             self._name_sources = sources  # a new tuple: every workload's labels are made again
         names = self._name_sources
         states = []

@@ -69,6 +69,17 @@ class WorkloadLedger(Generic[W]):
         record.energy_uj[zone] = record.energy_uj.get(zone, 0) + microjoules
         record.last_uj[zone] = record.last_uj.get(zone, 0) + microjoules
 
+    def add_all(self, zone: str, shares: dict[str, int]) -> None:
+        """`add` for every workload of one zone's split (one call per zone and tick, not per workload)."""
+        records = self._records
+        for key, microjoules in shares.items():
+            if microjoules < 0:
+                raise ValueError(f"negative energy {microjoules} µJ for {key}")
+            record = records[key]
+            energy, last = record.energy_uj, record.last_uj
+            energy[zone] = energy.get(zone, 0) + microjoules
+            last[zone] = last.get(zone, 0) + microjoules
+
     def expire(self, now: float) -> int:
         """Drop workloads unseen for longer than the TTL; returns how many went."""
         gone = [k for k, r in self._records.items() if now - r.last_seen > self.ttl_s]

@@ -82,6 +82,12 @@ class KubeletLogs:
     def container(self, container_id: str) -> ContainerName | None:
         return self._containers.get(container_id)
 
+    def rescan_due(self, now: float) -> bool:
+        """Whether a workload unknown for less than `give_up_s` waits for a rescan that the rate limit allows."""
+        if self._scanned_at is not None and now - self._scanned_at < self.rescan_s:
+            return False
+        return any(now - first < self.give_up_s for first in self._unknown_since.values())
+
     def refresh(self, now: float, pod_uids: Iterable[str], container_ids: Iterable[str]) -> None:
         """Rescan if some workload is unknown, at most every `rescan_s`. A workload still unknown after
         `give_up_s` (a pause container never has logs) stops asking for rescans: on a node of pause containers,
@@ -89,8 +95,7 @@ class KubeletLogs:
         pods, containers, since = self._pods, self._containers, self._unknown_since
         unknown = [u for u in pod_uids if u not in pods] + [c for c in container_ids if c not in containers]
         self._unknown_since = {key: since.get(key, now) for key in unknown}
-        young = any(now - first < self.give_up_s for first in self._unknown_since.values())
-        if not young or (self._scanned_at is not None and now - self._scanned_at < self.rescan_s):
+        if not self.rescan_due(now):
             return
         self._scanned_at = now
         self._pods = dict(filter(None, map(parse_pod_dir, _names(self.log_root / "pods"))))
