@@ -394,10 +394,10 @@ class _FamilyLines:
             prefix = get(values)
             if prefix is None:
                 prefix = known[values] = self.prefix(values)
-            lines.append(prefix + _value(value))
+            lines.append(f"{prefix}{_value(value)}\n")
         if len(known) > 2 * len(samples) + 16:
             self.prefixes = {values: known[values] for values, _ in samples}
-        return "\n".join(lines) + "\n" if lines else ""
+        return "".join(lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,10 +407,12 @@ class _Body:
     sections: tuple[tuple[_Names, str], ...]
 
     def text(self) -> str:
-        return "".join(f"{names.text_header}{lines}" for names, lines in self.sections)
+        return "".join([part for names, lines in self.sections for part in (names.text_header, lines)])
 
     def openmetrics(self) -> str:
-        return "".join(f"{names.openmetrics_header}{lines}" for names, lines in self.sections) + _EOF
+        parts = [part for names, lines in self.sections for part in (names.openmetrics_header, lines)]
+        parts.append(_EOF)
+        return "".join(parts)  # one copy of the sample lines per format (they are megabytes on a big node)
 
 
 class Renderer:
@@ -482,7 +484,7 @@ class Renderer:
                 prefix = mine.get(zone)
                 if prefix is None:
                     prefix = mine[zone] = family_lines[name].prefix((node, *w.labels, zone, source))
-                lines.append(prefix + _value(microjoules / MICRO))
+                lines.append(f"{prefix}{_value(microjoules / MICRO)}\n")
             if w.kind == "pod" and tick_s > 0:
                 for zone, microjoules in w.last_uj:
                     if zone in gpu_zones:
@@ -490,11 +492,11 @@ class Renderer:
                     prefix = mine.get("watts:" + zone)
                     if prefix is None:
                         prefix = mine["watts:" + zone] = watts_family.prefix((node, *w.labels, zone, source))
-                    watts.append(prefix + _value(microjoules / MICRO / tick_s))
+                    watts.append(f"{prefix}{_value(microjoules / MICRO / tick_s)}\n")
         if len(prefixes) > 2 * len(snap.workloads) + 16:  # workloads went: drop their label text
             live = {(names[w.kind], w.labels) for w in snap.workloads}
             self._workload_prefixes = {key: value for key, value in prefixes.items() if key in live}
-        return {name: "\n".join(lines) + "\n" if lines else "" for name, lines in out.items()}
+        return {name: "".join(lines) for name, lines in out.items()}
 
 
 Variant = tuple[bool, bool]  # (openmetrics, gzipped)

@@ -70,6 +70,11 @@ class HeldFile:
     def held(self) -> bool:
         return self._held
 
+    @property
+    def fd(self) -> int:
+        """The held fd, for callers that pread it themselves; -1 when the file is read open-read-close."""
+        return self._fd if self._fd is not None else -1
+
     def read(self) -> bytes:
         if self._fd is None:
             raise OSError(f"{self.path} is closed")

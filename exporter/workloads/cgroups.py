@@ -420,13 +420,27 @@ class CgroupTree:
         taken: set[tuple[str, ...]] = set()
         stat_files = [h.stat_file for h in self.layout.hierarchies]
         nodes: Iterable[_Node] = self._workloads.values()
-        if len(self._roots) > 1:  # hybrid: a path in both hierarchies is read from the first
+        hybrid = len(self._roots) > 1
+        if hybrid:  # a path in both hierarchies is read from the first
             nodes = sorted(nodes, key=lambda n: n.hierarchy)
+        pread = os.pread
         for node in nodes:
-            if node.components in taken:
-                continue
-            taken.add(node.components)
-            usage = self._read(node, stat_files[node.hierarchy])
+            if hybrid:
+                if node.components in taken:
+                    continue
+                taken.add(node.components)
+            held = node.stat
+            usage: int | None = None
+            if held is not None and held.fd >= 0:  # the common case, inline: one pread of `usage_usec N\n...`
+                try:
+                    data = pread(held.fd, 4096, 0)
+                    end = data.find(b"\n")
+                    if end > 11 and data.startswith(b"usage_usec ") and len(data) < 4096:
+                        usage = int(data[11:end])
+                except (OSError, ValueError):
+                    usage = None
+            if usage is None or usage < 0:
+                usage = self._read(node, stat_files[node.hierarchy])
             if usage:  # a cgroup that never used CPU is no workload yet (empty scopes, a flood of them)
                 assert node.workload is not None
                 usages.append(
