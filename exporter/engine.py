@@ -381,10 +381,7 @@ class Engine:
             return EMPTY_TREE
         usages = self.cgroups.read(now)
         tree = self._trees.build(usages, self._usage.deltas(usages, self.cgroups.ended, now))
-        for top in tree.top:
-            self._workloads.seen(now, top.key, tree.workloads[top.key], "")
-            for child in top.children:
-                self._workloads.seen(now, child.key, tree.workloads[child.key], top.key)
+        self._workloads.seen_all(now, tree.members)
         return tree
 
     def _read_carbon(self) -> None:

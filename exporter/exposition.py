@@ -484,7 +484,10 @@ class Renderer:
                 prefix = mine.get(zone)
                 if prefix is None:
                     prefix = mine[zone] = family_lines[name].prefix((node, *w.labels, zone, source))
-                lines.append(f"{prefix}{_value(microjoules / MICRO)}\n")
+                joules = microjoules / MICRO
+                text = repr(joules)  # _value, inlined: this line runs for most series
+                dot = text.find(".")
+                lines.append(f"{prefix}{text if 0 <= dot <= 6 or joules <= 0 < dot else go_float(joules)}\n")
             if w.kind == "pod" and tick_s > 0:
                 for zone, microjoules in w.last_uj:
                     if zone in gpu_zones:

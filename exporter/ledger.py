@@ -6,7 +6,7 @@ a ledger entry only ever grows.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -68,6 +68,17 @@ class WorkloadLedger(Generic[W]):
         record = self._records[key]
         record.energy_uj[zone] = record.energy_uj.get(zone, 0) + microjoules
         record.last_uj[zone] = record.last_uj.get(zone, 0) + microjoules
+
+    def seen_all(self, now: float, members: Iterable[tuple[str, W, str]]) -> None:
+        """`seen` for every (key, workload, parent) of a tick."""
+        records = self._records
+        for key, workload, parent in members:
+            record = records.get(key)
+            if record is None:
+                record = records[key] = WorkloadRecord(workload, parent)
+                self._sorted = None
+            record.workload, record.parent, record.last_seen = workload, parent, now
+            record.last_uj.clear()
 
     def add_all(self, zone: str, shares: dict[str, int]) -> None:
         """`add` for every workload of one zone's split (one call per zone and tick, not per workload)."""

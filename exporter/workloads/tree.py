@@ -23,6 +23,7 @@ class WorkloadTree:
     workloads: dict[str, Classified]  # every workload present this tick, by key
     parents: dict[str, str]  # child key → its top-level workload's key
     paths: dict[str, str] = field(default_factory=dict)  # cgroup path → key, for top-level workloads and children
+    members: tuple[tuple[str, Classified, str], ...] = ()  # (key, workload, top-level key or "") of top and children
 
 
 @dataclass
@@ -77,6 +78,7 @@ class TreePlan:
     workloads: dict[str, Classified]
     parents: dict[str, str]
     paths: dict[str, str]
+    members: tuple[tuple[str, Classified, str], ...]  # (key, workload, top-level key or "")
 
 
 def plan_tree(usages: list[CgroupUsage]) -> TreePlan:
@@ -132,13 +134,13 @@ def plan_tree(usages: list[CgroupUsage]) -> TreePlan:
             if enclosing is not None:
                 minus[enclosing].append(path)
         pods.append((key, tuple(members)))
-    return TreePlan(
-        tuple(pods),
-        tuple((p, by_path[p].workload.key, tuple(children[p]), tuple(minus[p])) for p in sorted(tops)),
-        workloads,
-        parents,
-        paths,
-    )
+    planned = tuple((p, by_path[p].workload.key, tuple(children[p]), tuple(minus[p])) for p in sorted(tops))
+    present: list[tuple[str, Classified, str]] = [(key, workloads[key], "") for key, _ in pods]
+    present += [(child, workloads[child], key) for key, kids in pods for _, child in kids]
+    for _, key, kids, _ in planned:
+        present.append((key, workloads[key], ""))
+        present += [(child, workloads[child], key) for _, child in kids]
+    return TreePlan(tuple(pods), planned, workloads, parents, paths, tuple(present))
 
 
 def apply_plan(plan: TreePlan, deltas: dict[str, int]) -> WorkloadTree:
@@ -151,7 +153,7 @@ def apply_plan(plan: TreePlan, deltas: dict[str, int]) -> WorkloadTree:
     for path, key, children, minus in plan.tops:
         cpu = get(path, 0) - sum(get(p, 0) for p in minus) if minus else get(path, 0)
         top.append(Usage(key, max(0, cpu), tuple(Usage(child, get(p, 0)) for p, child in children)))
-    return WorkloadTree(tuple(top), plan.workloads, plan.parents, plan.paths)
+    return WorkloadTree(tuple(top), plan.workloads, plan.parents, plan.paths, plan.members)
 
 
 def build_tree(usages: list[CgroupUsage], deltas: dict[str, int]) -> WorkloadTree:
