@@ -159,7 +159,7 @@ def _workload_families(snap: Snapshot, out: list[Rows], samples: bool) -> None:
     pod_watts = Rows(m.POD_CPU_WATTS, m.POD_CPU_WATTS.labels, workloads=True)
     tick_s = snap.tick_seconds
     watts = pod_watts.samples.append
-    for w in snap.workloads:
+    for w in snap.workloads if samples or gpu_labels else ():
         add = joules[w.kind].samples.append
         for zone, microjoules in w.energy_uj:
             if zone in gpu_labels:
@@ -429,7 +429,9 @@ class Renderer:
         self.last_render_s = 0.0  # wall time spent rendering the previous tick's exposition
         self._current: Exposition | None = None
         self._workload_context: tuple[str, str] = ("", "")
-        self._workload_prefixes: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
+        # id(label values) → (label values, family, {zone (or "watts:" + zone): label text})
+        self._workload_prefixes: dict[int, tuple[tuple[str, ...], str, dict[str, str]]] = {}
+        self._workload_by_value: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}  # the same, by value
 
     def render(self, snap: Snapshot, scrapes: Mapping[tuple[str, str], int] | None = None) -> Exposition:
         """This tick's exposition; nothing is rendered until a variant is asked for."""
@@ -462,7 +464,7 @@ class Renderer:
         kept per workload (by its label values) and zone."""
         node, source, tick_s = snap.info.node, snap.meter, snap.tick_seconds
         if (node, source) != self._workload_context:  # never changes in a running daemon; tools may reuse us
-            self._workload_context, self._workload_prefixes = (node, source), {}
+            self._workload_context, self._workload_prefixes, self._workload_by_value = (node, source), {}, {}
         gpu_zones = {f"gpu:{g.gpu.uuid}" for g in snap.gpus}
         names = {kind: fam.full_name for kind, fam in m.WORKLOAD_FAMILIES.items()}
         family_lines = {
@@ -471,12 +473,18 @@ class Renderer:
         watts_family = self._families[(m.POD_CPU_WATTS.full_name, m.POD_CPU_WATTS.labels)]
         out: dict[str, list[str]] = {name: [] for name in (*names.values(), m.POD_CPU_WATTS.full_name)}
         watts = out[m.POD_CPU_WATTS.full_name]
-        prefixes = self._workload_prefixes
+        # By the identity of a workload's label values: the engine keeps that tuple while the names stay, so
+        # a lookup hashes an int. The entry holds the tuple, so its id cannot be reused while it is cached.
+        prefixes, by_value = self._workload_prefixes, self._workload_by_value
         for w in snap.workloads:
             name = names[w.kind]
-            mine = prefixes.get((name, w.labels))
-            if mine is None:
-                mine = prefixes[(name, w.labels)] = {}
+            entry = prefixes.get(id(w.labels))
+            if entry is None or entry[0] is not w.labels:  # a new workload, or new names: by value then
+                zones = by_value.get((name, w.labels))
+                if zones is None:
+                    zones = by_value[(name, w.labels)] = {}
+                entry = prefixes[id(w.labels)] = (w.labels, name, zones)
+            mine = entry[2]
             lines = out[name]
             for zone, microjoules in w.energy_uj:
                 if zone in gpu_zones:
@@ -496,9 +504,10 @@ class Renderer:
                     if prefix is None:
                         prefix = mine["watts:" + zone] = watts_family.prefix((node, *w.labels, zone, source))
                     watts.append(f"{prefix}{_value(microjoules / MICRO / tick_s)}\n")
-        if len(prefixes) > 2 * len(snap.workloads) + 16:  # workloads went: drop their label text
-            live = {(names[w.kind], w.labels) for w in snap.workloads}
+        if len(prefixes) > 2 * len(snap.workloads) + 16 or len(by_value) > 2 * len(snap.workloads) + 16:
+            live = {id(w.labels) for w in snap.workloads}  # workloads went: drop their label text
             self._workload_prefixes = {key: value for key, value in prefixes.items() if key in live}
+            self._workload_by_value = {(n, labels): zones for labels, n, zones in self._workload_prefixes.values()}
         return {name: "".join(lines) for name, lines in out.items()}
 
 

@@ -237,7 +237,7 @@ def test_label_text_is_escaped_once_per_series_and_dropped_when_the_series_goes(
     finally:
         ex.escape_label_value = real  # type: ignore[assignment]
     def cached_pods() -> int:  # label texts kept for pod joules series
-        return sum(1 for (name, _), zones in renderer._workload_prefixes.items()
+        return sum(1 for (name, _), zones in renderer._workload_by_value.items()
                    if name == "wattlens_pod_cpu_joules_total" for zone in zones if not zone.startswith("watts:"))
 
     assert cached_pods() == 4 * 2  # 4 pods x 2 CPU zones
@@ -245,6 +245,7 @@ def test_label_text_is_escaped_once_per_series_and_dropped_when_the_series_goes(
         assert renderer.render(rich_snapshot(pods=n)).text
         workloads = 2 * n + 3
         assert len(renderer._workload_prefixes) <= 2 * workloads + 16
+        assert len(renderer._workload_by_value) <= 2 * workloads + 16
     assert cached_pods() <= 2 * (2 * 5 + 16)
 
 
