@@ -20,6 +20,7 @@ import platform
 import resource
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -406,13 +407,23 @@ class _Body:
 
     sections: tuple[tuple[_Names, str], ...]
 
+    def parts(self, openmetrics: bool) -> list[str]:
+        if openmetrics:
+            return [*(p for names, lines in self.sections for p in (names.openmetrics_header, lines)), _EOF]
+        return [p for names, lines in self.sections for p in (names.text_header, lines)]
+
     def text(self) -> str:
-        return "".join([part for names, lines in self.sections for part in (names.text_header, lines)])
+        return "".join(self.parts(False))  # one copy of the sample lines (megabytes on a big node)
 
     def openmetrics(self) -> str:
-        parts = [part for names, lines in self.sections for part in (names.openmetrics_header, lines)]
-        parts.append(_EOF)
-        return "".join(parts)  # one copy of the sample lines per format (they are megabytes on a big node)
+        return "".join(self.parts(True))
+
+    def gzipped(self, openmetrics: bool) -> bytes:
+        """The variant compressed as it is made, without the uncompressed whole (what Prometheus asks for)."""
+        deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # wbits 31: a gzip stream, mtime 0
+        out = [deflate.compress(part.encode()) for part in self.parts(openmetrics)]
+        out.append(deflate.flush())
+        return b"".join(out)
 
 
 class Renderer:
@@ -553,21 +564,23 @@ class Exposition:
             done = self._variants.get(variant)
             if done is None:
                 started = time.perf_counter()
-                done = self._render(variant, renderer)
+                done = self._render(variant)
                 self.render_s += time.perf_counter() - started
         return done
 
-    def _render(self, variant: Variant, renderer: Renderer) -> bytes:
+    def _render(self, variant: Variant) -> bytes:
         openmetrics, gzipped = variant
-        if gzipped:
-            plain = self._variants.get((openmetrics, False)) or self._render((openmetrics, False), renderer)
+        plain = self._variants.get((openmetrics, False))
+        if gzipped and plain is not None:
             done = gzip.compress(plain, GZIP_LEVEL, mtime=0)
         else:
             if self._body is None:
                 assert self._make_body is not None
                 self._body = self._make_body()
-            text = self._body.openmetrics() if openmetrics else self._body.text()
-            done = text.encode()
+            if gzipped:
+                done = self._body.gzipped(openmetrics)
+            else:
+                done = (self._body.openmetrics() if openmetrics else self._body.text()).encode()
         self._variants[variant] = done
         return done
 

@@ -191,6 +191,8 @@ def test_an_unscraped_tick_renders_nothing_and_each_variant_renders_once(monkeyp
     assert renderer.last_render_s == third.render_s
     assert f"wattlens_render_duration_seconds{{node=\"x\"}} {ex.go_float(third.render_s)}" in (
         fourth.text.decode().replace(ex.escape_label_value(NASTY), "x"))
+    fresh = renderer.render(rich_snapshot(), SCRAPES)
+    assert gzip.decompress(fresh.openmetrics_gzip) == fresh.openmetrics  # compressed as it was made
 
 
 def test_concurrent_scrapes_on_the_loop_share_one_render_off_the_loop() -> None:
@@ -202,16 +204,16 @@ def test_concurrent_scrapes_on_the_loop_share_one_render_off_the_loop() -> None:
         exposition = ex.Renderer().render(rich_snapshot(pods=300), SCRAPES)
         real = exposition._render
 
-        def counted(variant: ex.Variant, renderer: ex.Renderer) -> bytes:
+        def counted(variant: ex.Variant) -> bytes:
             renders.append((variant, threading.get_ident()))
-            return real(variant, renderer)
+            return real(variant)
 
         exposition._render = counted  # type: ignore[method-assign]
         return list(await asyncio.gather(*(exposition.body_async(True, True) for _ in range(20))))
 
     bodies = asyncio.run(main())
     assert len(set(bodies)) == 1
-    assert [v for v, _ in renders] == [(True, True), (True, False)]  # gzip asks for the plain body once
+    assert [v for v, _ in renders] == [(True, True)]  # compressed as it is made, once
     assert all(thread != loop_thread[0] for _, thread in renders)
 
 
