@@ -795,7 +795,7 @@ def tick_breakdown(engine: Engine, node: Node, reps: int) -> list[tuple[str, flo
         ("/proc/stat read + parse", engine.proc_stat.read if engine.proc_stat is not None else lambda: None),
         ("meter.read (RAPL, 4 zones)", lambda: engine.meter.read(0.0, None) if engine.meter else None),
         (f"CgroupTree.read: walk + read {len(usages)} cpu.stat", cgroups.read),
-        ("  of which the walk (CgroupTree._walk)", cgroups._walk),
+        ("  a full rescan instead (CgroupTree._full_walk; inotify makes it rare)", lambda: cgroups._full_walk(now)),
         (f"    of which listing {entries:,} dir entries (bare os.scandir walk)", lambda: list_tree(node.cgroup)),
         ("UsageTracker.deltas + build_tree", lambda: build_tree(usages, tracker.deltas(usages))),
         ("  of which build_tree", lambda: build_tree(usages, deltas)),
