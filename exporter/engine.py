@@ -114,6 +114,7 @@ class _Labels:
     """A workload's label values: made again only when the names the node knows change."""
 
     workload: Classified
+    parent: str  # its top-level workload's key ("" if it is one): a label of some kinds
     names: tuple[object, ...]  # which name sources they were made from
     values: tuple[str, ...]
 
@@ -561,12 +562,18 @@ class Engine:
         for key, record in records:
             workload = record.workload
             known = memo.get(key)
-            if known is None or known.names is not names or known.workload is not workload:
+            if (
+                known is None
+                or known.names is not names
+                or known.workload is not workload
+                or known.parent != record.parent
+            ):
                 pod_uid = workload.uid if workload.kind == "pod" else ""
                 if record.parent.startswith("pod:"):
                     pod_uid = record.parent[4:]
                 pod, container = self._names(pod_uid, workload.container_id)
-                known = memo[key] = _Labels(workload, names, label_values(workload, pod, container))
+                values = label_values(workload, pod, container, record.parent)
+                known = memo[key] = _Labels(workload, record.parent, names, values)
             # Zones in the order the ledger first saw them: the same every tick, no sorting needed.
             energy, last = tuple(record.energy_uj.items()), tuple(record.last_uj.items())
             states.append(WorkloadState(workload.kind, known.values, energy, last))

@@ -117,8 +117,11 @@ POD_CPU_JOULES = Family(
 CONTAINER_CPU_JOULES = Family(
     "container_cpu_joules_total",
     "counter",
-    WORKLOAD_HELP.format(what="container"),
-    ("node", "namespace", "pod", "container", "container_id", "runtime", "zone", "source"),
+    WORKLOAD_HELP.format(what="container")
+    + " A container inside another workload (its pod, a user's session, a service, a system container) is part "
+    'of that one\'s energy too: parent_kind names its kind; parent_kind="" is a top-level container. uid is the '
+    "UID of its pod (empty outside pods), so containers of pods whose names are not known yet still join.",
+    ("node", "namespace", "pod", "uid", "container", "container_id", "runtime", "parent_kind", "zone", "source"),
 )
 SERVICE_CPU_JOULES = Family(
     "service_cpu_joules_total",
@@ -132,6 +135,12 @@ VM_CPU_JOULES = Family(
     WORKLOAD_HELP.format(what="virtual machine"),
     ("node", "vm", "vm_id", "hypervisor", "zone", "source"),
 )
+JOB_CPU_JOULES = Family(
+    "job_cpu_joules_total",
+    "counter",
+    WORKLOAD_HELP.format(what="batch job (Slurm; its steps and tasks)"),
+    ("node", "job_id", "user_id", "scheduler", "zone", "source"),
+)
 USER_CPU_JOULES = Family(
     "user_cpu_joules_total",
     "counter",
@@ -142,7 +151,8 @@ UNATTRIBUTED_CPU_JOULES = Family(
     "unattributed_cpu_joules_total",
     "counter",
     "Active CPU energy no workload accounts for: kernel threads, interrupts, processes outside workload cgroups. "
-    "Per zone: node = idle + unattributed + pods + standalone containers + services + VMs + users.",
+    'Per zone: node = idle + unattributed + pods + top-level containers (parent_kind="") + services + VMs + '
+    "users + jobs.",
     ("node", "zone", "source"),
 )
 POD_CPU_WATTS = Family(
@@ -224,8 +234,8 @@ WORKLOAD_GPU_FAMILIES: dict[str, Family] = {
     "container": Family(
         "container_gpu_joules_total",
         "counter",
-        GPU_WORKLOAD_HELP.format(what="container"),
-        ("node", "namespace", "pod", "container", "container_id", "runtime", "gpu", "gpu_uuid"),
+        GPU_WORKLOAD_HELP.format(what="container") + " uid and parent_kind as on wattlens_container_cpu_joules_total.",
+        ("node", "namespace", "pod", "uid", "container", "container_id", "runtime", "parent_kind", "gpu", "gpu_uuid"),
     ),
     "service": Family(
         "service_gpu_joules_total",
@@ -244,6 +254,12 @@ WORKLOAD_GPU_FAMILIES: dict[str, Family] = {
         "counter",
         GPU_WORKLOAD_HELP.format(what="user's sessions"),
         ("node", "uid", "gpu", "gpu_uuid"),
+    ),
+    "job": Family(
+        "job_gpu_joules_total",
+        "counter",
+        GPU_WORKLOAD_HELP.format(what="batch job"),
+        ("node", "job_id", "user_id", "scheduler", "gpu", "gpu_uuid"),
     ),
 }
 POD_LABELS = Family(
@@ -308,6 +324,7 @@ WORKLOAD_FAMILIES: dict[str, Family] = {
     "service": SERVICE_CPU_JOULES,
     "vm": VM_CPU_JOULES,
     "user": USER_CPU_JOULES,
+    "job": JOB_CPU_JOULES,
 }
 
 CATALOGUE: tuple[Family, ...] = (

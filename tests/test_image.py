@@ -1,11 +1,14 @@
-"""The container image: built from the Containerfile by a real Docker engine, run the way the DaemonSet
-runs it (read-only root, every capability dropped, no-new-privileges, UID 0, host trees mounted read-only
-under /host), it measures RAPL and names pods from the kubelet's log directories, and stops cleanly.
+"""The container image: `docker build .` of a checkout by a real Docker engine (and `podman build .` by
+Debian's Podman), run the way the DaemonSet runs it (read-only root, every capability dropped,
+no-new-privileges, UID 0, host trees mounted read-only under /host), it measures RAPL and names pods from the
+kubelet's log directories, answers `wattlens check` (the command the chart's NOTES give), and stops cleanly.
 
 No registry is reachable in CI, so the test starts its own dockerd (a temporary data root, exec root and
-socket; no iptables, no bridge) and imports the base image from the suite's debootstrap tree
-(tests/rootfs.py). Builds have no network either: wattlens and its dependencies are turned into wheels on
-the host, for the base image's Python, and the Containerfile installs them with --no-index.
+socket; no iptables, no bridge), gives Podman a temporary storage root, and imports the base image from the
+suite's debootstrap tree (tests/rootfs.py). Builds have no network either: the build context is the checkout's
+files (what `git ls-files` lists, as a clone has them) plus dist/wheels with the dependencies' and the build
+backend's wheels for the base image's Python, passed as WHEELS. wattlens' own wheel is built inside the image
+from the source tree; the Podman-built image is then loaded into the Docker engine and runs the same tests.
 """
 
 from __future__ import annotations
@@ -31,12 +34,15 @@ import pytest
 import yaml
 from helpers import REPO, python_with_pip, require
 
+import exporter
+
 pytestmark = pytest.mark.slow
 
 DOCKER = "/usr/bin/docker"  # Debian's client, the same version as the engine (docker.io)
 BASE_TAG = "localhost/wattlens-base:bookworm"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IMAGE_TAG = "localhost/wattlens:test"
+PODMAN_TAG = "localhost/wattlens:podman"
 FIXTURES = REPO / "fixtures"
 NODE = FIXTURES / "nodes" / "k8s-systemd-containerd"
 LEDGER = ("payments", "ledger-0", "e88b7591-31db-4e32-98dc-b35f94c662cd")  # the pod the test keeps busy
@@ -99,7 +105,7 @@ def engine() -> Iterator[Engine]:
     # Short: the engine's sockets live in here, and a unix socket path has at most 107 bytes.
     root = Path(tempfile.mkdtemp(prefix="wl-dk-", dir="/tmp"))
     (root / "client").mkdir()
-    tag = root.name.replace("-", "")
+    tag = re.sub(r"[^a-z0-9]", "", root.name)  # containerd namespaces: alphanumerics (mkdtemp may add "_")
     log = (root / "dockerd.log").open("wb")
     process = subprocess.Popen(
         ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
@@ -124,23 +130,37 @@ def engine() -> Iterator[Engine]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _wheels(context: Path, python_version: str) -> None:
-    """wattlens as a wheel, and every dependency (with the `kubernetes` extra the image installs) as a
-    binary wheel for the base image's CPython on this architecture."""
+def _context(context: Path, python_version: str) -> None:
+    """The checkout's files (tracked and untracked-but-not-ignored: what a clone plus local edits has) and
+    dist/wheels: every dependency (with the `kubernetes` extra the image installs) and the build backend, as
+    binary wheels for the base image's CPython on this architecture. No wattlens wheel: the image builds it."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True, timeout=60).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file() or source.is_symlink():
+            (context / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, context / name, follow_symlinks=False)
     wheels = context / "dist" / "wheels"
+    wheels.mkdir(parents=True)
     pip = [python_with_pip(context.parent), "-m", "pip", "--disable-pip-version-check", "-q"]
-    built = subprocess.run([*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(REPO)],
-                           capture_output=True, text=True, timeout=300)
-    assert built.returncode == 0, built.stderr
-    [wheel] = wheels.glob("wattlens-*.whl")
     arch = platform.machine()
     platforms = [f"--platform={p}_{arch}" for p in ("manylinux_2_28", "manylinux_2_17", "manylinux2014",
                                                     "manylinux_2_12", "manylinux2010", "manylinux_2_5",
                                                     "manylinux1")]
+    build_backend = next(r for r in _build_requires() if r.startswith("hatchling"))
     fetched = subprocess.run([*pip, "download", "--only-binary=:all:", f"--python-version={python_version}",
-                              "--implementation=cp", *platforms, "--dest", str(wheels), f"{wheel}[kubernetes]"],
-                             capture_output=True, text=True, timeout=300)
+                              "--implementation=cp", *platforms, "--dest", str(wheels), f"{context}[kubernetes]",
+                              build_backend], capture_output=True, text=True, timeout=300)
     assert fetched.returncode == 0, fetched.stderr
+    assert not list(wheels.glob("wattlens-*")), "the context must not carry a prebuilt wattlens"
+
+
+def _build_requires() -> list[str]:
+    text = (REPO / "pyproject.toml").read_text()
+    block = re.search(r"^\[build-system\]\s*\nrequires = \[([^\]]*)\]", text, re.MULTILINE)
+    assert block is not None
+    return re.findall(r'"([^"]+)"', block.group(1))
 
 
 @dataclass
@@ -151,46 +171,100 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def image(engine: Engine) -> Built:
+def base(engine: Engine) -> tuple[Path, str]:
+    """The base image imported into the engine, and the build context next to it."""
     require(shutil.which("debootstrap") is not None, "needs debootstrap (the base image's root filesystem)")
     from rootfs import debian_rootfs
 
-    seconds: dict[str, float] = {}
-    started = time.monotonic()
     rootfs = debian_rootfs()  # cached and shared: read here (tar), never changed
     python_version = os.readlink(rootfs / "usr" / "bin" / "python3").removeprefix("python")
     assert re.fullmatch(r"3\.\d+", python_version), python_version
+    _import_base(rootfs, [DOCKER, "-H", engine.host], engine.env())
+    context = engine.root / "context"
+    context.mkdir()
+    _context(context, python_version)
+    # What .dockerignore is for (a checkout's .venv, .git): 32 MiB the engine must never get.
+    with (context / "not-for-the-engine.bin").open("wb") as decoy:
+        decoy.truncate(32 * 2**20)
+    return rootfs, str(context)
+
+
+def _import_base(rootfs: Path, client: list[str], env: dict[str, str]) -> None:
     excludes = [f"--exclude={pattern}" for pattern in TRIM]
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", *excludes, "."], stdout=subprocess.PIPE)
     assert tar.stdout is not None
     try:
         # A PATH, as real base images have (an imported tree has no image config).
-        engine.run("import", "--change", f"ENV PATH={SYSTEM_PATH}", "-", BASE_TAG, stdin=tar.stdout.fileno(),
-                   timeout=300)
+        out = subprocess.run([*client, "import", "--change", f"ENV PATH={SYSTEM_PATH}", "-", BASE_TAG],
+                             stdin=tar.stdout.fileno(), capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode == 0, out.stderr
     finally:
         tar.stdout.close()
         assert tar.wait(timeout=60) == 0
-    seconds["base import"] = time.monotonic() - started
 
-    context = engine.root / "context"
-    (context / "dist" / "wheels").mkdir(parents=True)
-    _wheels(context, python_version)
-    seconds["wheels"] = time.monotonic() - started - sum(seconds.values())
-    for name in ("Containerfile", ".dockerignore"):
-        shutil.copy(REPO / name, context / name)
-    # What .dockerignore is for (a checkout's .venv, .git, fixtures): 32 MiB the engine must never get.
-    with (context / "not-for-the-engine.bin").open("wb") as decoy:
-        decoy.truncate(32 * 2**20)
-    built = engine.run("build", "--network", "none", "--build-arg", f"BASE={BASE_TAG}", "-t", IMAGE_TAG,
-                       "-f", str(context / "Containerfile"), str(context), timeout=400)
-    seconds["build"] = time.monotonic() - started - sum(seconds.values())
+
+BUILD_ARGS = ("--build-arg", f"BASE={BASE_TAG}", "--build-arg", "WHEELS=dist/wheels")
+
+
+def _check_build_log(log: str) -> None:
+    # The project's wheel was built in the build stage, from the source tree.
+    assert re.search(r"Created wheel for wattlens|Successfully built wattlens|Saved /tmp/dist/wattlens-", log), log
+
+
+@pytest.fixture(scope="module")
+def docker_image(engine: Engine, base: tuple[Path, str]) -> Built:
+    started = time.monotonic()
+    context = base[1]
+    # Exactly `docker build .` in the checkout, plus the two offline build arguments.
+    built = subprocess.run([DOCKER, "-H", engine.host, "build", "--network", "none", *BUILD_ARGS, "-t", IMAGE_TAG,
+                            "."], cwd=context, capture_output=True, text=True, timeout=400, env=engine.env())
+    assert built.returncode == 0, built.stdout + built.stderr
+    _check_build_log(built.stdout)
     sent = re.search(r"Sending build context to Docker daemon\s+([\d.]+)([kMG]?B)", built.stdout)
     assert sent is not None, built.stdout
-    wheels = sum(p.stat().st_size for p in (context / "dist" / "wheels").iterdir())
+    wheels = sum(p.stat().st_size for p in (Path(context) / "dist" / "wheels").iterdir())
     size = float(sent.group(1)) * {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}[sent.group(2)]
-    assert size < wheels + 1e6, f"the build context is {sent.group(0)}: .dockerignore lets more than the wheels in"
+    assert size < wheels + 2e6, f"the build context is {sent.group(0)}: .dockerignore lets more in than it should"
+    seconds = {"docker build": time.monotonic() - started}
     print(f"\nimage build: {', '.join(f'{k} {v:.1f} s' for k, v in seconds.items())}")
     return Built(engine, IMAGE_TAG, seconds)
+
+
+@pytest.fixture(scope="module")
+def podman_image(engine: Engine, base: tuple[Path, str]) -> Built:
+    """`podman build .` with Podman's own storage in a temporary directory; the image is then loaded into the
+    Docker engine (docker-archive), where the same tests run it."""
+    require(shutil.which("podman") is not None, "needs Debian's podman (apt-get install podman)")
+    started = time.monotonic()
+    rootfs, context = base
+    storage = engine.root / "podman"
+    podman = ["podman", "--root", str(storage / "root"), "--runroot", str(storage / "run"),
+              "--storage-driver", "overlay", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(storage),
+           "XDG_RUNTIME_DIR": str(storage / "xdg"), "CONTAINERS_CONF": str(storage / "containers.conf")}
+    (storage / "xdg").mkdir(parents=True)
+    (storage / "containers.conf").write_text("")
+    try:
+        _import_base(rootfs, podman, env)
+        built = subprocess.run([*podman, "build", "--network", "none", *BUILD_ARGS, "-t", PODMAN_TAG, "."],
+                               cwd=context, capture_output=True, text=True, timeout=400, env=env)
+        assert built.returncode == 0, built.stdout + built.stderr
+        _check_build_log(built.stdout + built.stderr)
+        archive = storage / "image.tar"
+        saved = subprocess.run([*podman, "save", "--format", "docker-archive", "-o", str(archive), PODMAN_TAG],
+                               capture_output=True, text=True, timeout=300, env=env)
+        assert saved.returncode == 0, saved.stderr
+        engine.run("load", "-i", str(archive), timeout=300)
+    finally:
+        subprocess.run([*podman, "system", "reset", "--force"], capture_output=True, timeout=120, env=env)
+    seconds = {"podman build + load": time.monotonic() - started}
+    print(f"\nimage build: {', '.join(f'{k} {v:.1f} s' for k, v in seconds.items())}")
+    return Built(engine, PODMAN_TAG, seconds)
+
+
+@pytest.fixture(scope="module", params=["docker", "podman"])
+def image(request: pytest.FixtureRequest) -> Built:
+    return request.getfixturevalue(f"{request.param}_image")
 
 
 def _free_port() -> int:
@@ -228,14 +302,12 @@ def _bump(path: Path, edit: re.Pattern[str], amount: int) -> None:
 
 
 class BusyNode:
-    """Fixture trees that move on: RAPL counters grow (root-only 0400 files, as the kernel makes them),
-    the node is busy, and the busy time is the ledger-0 pod's."""
+    """Fixture trees that move on: RAPL counters grow (root-only 0400 files, as the kernel makes them) and
+    the ledger-0 pod's cgroup burns CPU. Node CPU time is the machine's own /proc/stat, as in a pod."""
 
     ENERGY = re.compile(r"^()(\d+)")
     USAGE = re.compile(r"^(usage_usec )(\d+)", re.MULTILINE)
     USER = re.compile(r"^(user_usec )(\d+)", re.MULTILINE)
-    STAT_USER = re.compile(r"^(cpu  )(\d+)", re.MULTILINE)
-    STAT_IDLE = re.compile(r"^(cpu  \d+ \d+ \d+ )(\d+)", re.MULTILINE)
 
     def __init__(self, root: Path) -> None:
         self.sys = root / "sys"
@@ -257,9 +329,6 @@ class BusyNode:
         for path in self.cgroups:
             for pattern in (self.USAGE, self.USER):
                 _bump(path / "cpu.stat", pattern, 200_000)  # 0.2 s of CPU, all of it ledger-0's
-        stat = self.node / "proc" / "stat"
-        _bump(stat, self.STAT_USER, 200_000 // (1_000_000 // os.sysconf("SC_CLK_TCK")))
-        _bump(stat, self.STAT_IDLE, 20)
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
@@ -291,6 +360,10 @@ def test_image_is_slim_and_has_no_build_tools(image: Built) -> None:
     assert f"PATH=/opt/wattlens/bin:{SYSTEM_PATH}" in config["Env"]
     assert config["Entrypoint"] == ["/opt/wattlens/bin/wattlens"]
     assert "9875/tcp" in config["ExposedPorts"]
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.version"] == exporter.__version__
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+    assert labels["org.opencontainers.image.source"].startswith("https://github.com/")
     added = info["Size"] - base["Size"]
     # The venv: wattlens, its dependencies and the Kubernetes client (~90 MB); no wheels, no pip cache.
     assert added < 150e6, f"the image adds {added / 1e6:.0f} MB to its base"
@@ -298,12 +371,13 @@ def test_image_is_slim_and_has_no_build_tools(image: Built) -> None:
                        "--entrypoint", "/bin/sh", image.image, "-c",
                        f"PATH=/opt/wattlens/bin:{SYSTEM_PATH};"
                        " for t in gcc cc c++ clang make pip pip3; do command -v $t; done;"
-                       " ls /tmp/wheels 2>/dev/null; /opt/wattlens/bin/python -c 'import pip' 2>/dev/null"
-                       " && echo 'pip module'; true").stdout
+                       " ls /tmp/wheels /tmp/dist /src 2>/dev/null;"
+                       " /opt/wattlens/bin/python -c 'import pip' 2>/dev/null && echo 'pip module in the venv';"
+                       " python3 -c 'import pip' 2>/dev/null && echo 'pip module in the base'; true").stdout
     assert tools == "", f"build tools in the image:\n{tools}"
     version = engine.run("run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL", image.image,
                          "--version").stdout
-    assert version.startswith("wattlens "), version
+    assert version.split() == ["wattlens", exporter.__version__], version
 
 
 def test_image_serves_metrics_read_only_and_stops_cleanly(image: Built, tmp_path: Path) -> None:
@@ -316,7 +390,7 @@ def test_image_serves_metrics_read_only_and_stops_cleanly(image: Built, tmp_path
     port = _free_port()
     name = f"wattlens-test-{os.getpid()}"
     ro = [("sys", node.sys, "/host/sys"), ("cgroup", node.node / "cgroup", "/host/sys/fs/cgroup"),
-          ("proc", node.node / "proc", "/host/proc"), ("pods", node.node / "log" / "pods", "/host/var/log/pods"),
+          ("pods", node.node / "log" / "pods", "/host/var/log/pods"),
           ("containers", node.node / "log" / "containers", "/host/var/log/containers"),
           ("config", config, "/etc/wattlens")]
     mounts = [arg for _, source, target in ro for arg in ("--volume", f"{source}:{target}:ro")]
@@ -353,6 +427,11 @@ def test_image_serves_metrics_read_only_and_stops_cleanly(image: Built, tmp_path
                 time.sleep(0.5)
         assert _get(port, "/readyz")[0] == 200
         assert _get(port, "/healthz")[0] == 200
+        # The check the chart's NOTES and docs/kubernetes.md give (`kubectl exec daemonset/wattlens -- wattlens
+        # check`), in the running container: it finds RAPL through the host mount.
+        checked = engine.run("exec", name, "wattlens", "check", "--seconds", "0.5", check=False, timeout=60)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "rapl" in checked.stdout.lower(), checked.stdout
 
         # RAPL, read through the read-only host mount from root-only files, on both sockets.
         assert {_labels(k)["socket"] for k in package} == {"0", "1"}

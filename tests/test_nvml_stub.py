@@ -1,21 +1,16 @@
 """The stub libnvidia-ml.so.1 (tests/nvml_stub) seen through the real, unmodified pynvml (nvidia-ml-py).
 
-Every NVML call runs in a child Python process started with stub_env(), because LD_LIBRARY_PATH only takes
-effect at process start.  The child evaluates snippets sent over stdin and answers one JSON line each, so one
-child can also outlive several rewrites of the state file.
+Every NVML call runs in a child Python process (stub_common.child) started with stub_env(), because
+LD_LIBRARY_PATH only takes effect at process start.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from nvml_stub.stub import (
@@ -27,13 +22,14 @@ from nvml_stub.stub import (
     read_call_log,
     stub_env,
 )
+from stub_common.child import Child, Children
 
-CALL_TIMEOUT_S = 20.0
-
-# Runs in the child: a tiny eval/exec server around the real pynvml.
-_CHILD = r"""
-import json, sys, time
+# Runs in the child before it serves requests: the real pynvml and helpers that turn its structures into JSON.
+_PRELUDE = r"""
+import ctypes, time
 import pynvml
+
+LIB_ERROR = pynvml.NVMLError
 
 def procs(objs):
     return [[o.pid, o.usedGpuMemory, o.gpuInstanceId, o.computeInstanceId] for o in objs]
@@ -44,81 +40,49 @@ def samples(objs):
 def handle(i):
     return pynvml.nvmlDeviceGetHandleByIndex(i)
 
-ns = dict(globals())
-for line in sys.stdin:
-    req = json.loads(line)
-    try:
-        if req["mode"] == "eval":
-            value = eval(req["src"], ns)
-        else:
-            exec(req["src"], ns)
-            value = ns.get("result")
-        reply = {"ok": value}
-    except Exception as e:
-        reply = {
-            "exc": type(e).__name__,
-            "value": getattr(e, "value", None),
-            "msg": str(e),
-            "is_nvml_error": isinstance(e, pynvml.NVMLError),
-        }
-    sys.stdout.write(json.dumps(reply) + "\n")
-    sys.stdout.flush()
+def fields(objs):
+    return [
+        [f.fieldId, f.scopeId, f.nvmlReturn, f.valueType, f.value.ullVal if f.valueType == 3 else f.value.uiVal]
+        for f in objs
+    ]
+
+def text(b):
+    return None if b is None else b.decode()
+
+def addr(ptr):
+    return ctypes.cast(ptr, ctypes.c_void_p).value
+
+def metrics_get(s1, s2, ids, version=pynvml.NVML_GPM_METRICS_GET_VERSION):
+    mg = pynvml.c_nvmlGpmMetricsGet_t()
+    mg.version, mg.numMetrics, mg.sample1, mg.sample2 = version, len(ids), s1, s2
+    for i, metric in enumerate(ids):
+        mg.metrics[i].metricId = metric
+    pynvml.nvmlGpmMetricsGet(mg)
+    return [
+        [m.metricId, m.nvmlReturn, round(m.value, 9), text(m.metricInfo.shortName), text(m.metricInfo.unit)]
+        for m in mg.metrics[: len(ids)]
+    ]
+
+def gpu_instances(h):
+    found = []
+    for profile in range(pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT):
+        try:
+            info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(h, profile)
+        except pynvml.NVMLError_NotSupported:
+            continue
+        arr = (pynvml.c_nvmlGpuInstance_t * info.instanceCount)()
+        count = ctypes.c_uint(0)
+        pynvml.nvmlDeviceGetGpuInstances(h, info.id, arr, ctypes.byref(count))
+        for gi in arr[: count.value]:
+            gi_info = pynvml.nvmlGpuInstanceGetInfo(gi)
+            found.append([
+                info.name, profile, info.id, info.sliceCount, info.memorySizeMB,
+                gi_info.id, gi_info.profileId, gi_info.placement.start, gi_info.placement.size,
+                addr(gi_info.device) == addr(h),
+            ])
+    return found
+
 """
-
-
-class Child:
-    """A Python process with pynvml, loading whatever libnvidia-ml.so.1 its environment selects."""
-
-    def __init__(self, env: dict[str, str], stderr_path: Path) -> None:
-        self.stderr_path = stderr_path
-        with stderr_path.open("w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                env=env,
-            )
-
-    def _request(self, src: str, mode: str, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"src": src, "mode": mode}) + "\n")
-        self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            self.close()
-            pytest.fail(f"child did not answer {src!r} within {timeout} s; stderr: {self.stderr()}")
-        line = self.proc.stdout.readline()
-        if not line:
-            pytest.fail(f"child died on {src!r}; stderr: {self.stderr()}")
-        reply: dict[str, Any] = json.loads(line)
-        return reply
-
-    def ok(self, src: str, *, mode: str = "eval", timeout: float = CALL_TIMEOUT_S) -> Any:
-        reply = self._request(src, mode, timeout)
-        assert "exc" not in reply, f"{src!r} raised {reply}"
-        return reply["ok"]
-
-    def raises(self, src: str, *, mode: str = "eval", timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
-        reply = self._request(src, mode, timeout)
-        assert "exc" in reply, f"{src!r} returned {reply['ok']!r} instead of raising"
-        return reply
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 @pytest.fixture(scope="session")
@@ -140,16 +104,8 @@ def state_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Child]]:
-    children: list[Child] = []
-
-    def start(env: dict[str, str]) -> Child:
-        child = Child(env, tmp_path / f"child{len(children)}.stderr")
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        child.close()
+    with Children(tmp_path, _PRELUDE) as children:
+        yield children.start
 
 
 @pytest.fixture
@@ -361,7 +317,7 @@ def test_init_driver_not_loaded(stub_lib: Path, state_path: Path, spawn: Callabl
     StubState().init(9).device(0).write(state_path)
     child = spawn(stub_env(stub_lib, state_path))
     err = child.raises("pynvml.nvmlInit()")
-    assert (err["exc"], err["value"], err["is_nvml_error"]) == ("NVMLError_DriverNotLoaded", 9, True)
+    assert (err["exc"], err["value"], err["is_lib_error"]) == ("NVMLError_DriverNotLoaded", 9, True)
     # the library stays loaded after a failed init; the stub then answers UNINITIALIZED like NVML does
     assert child.raises("pynvml.nvmlDeviceGetCount()")["exc"] == "NVMLError_Uninitialized"
 
@@ -381,7 +337,7 @@ def test_no_state_file_means_no_gpus(stub_lib: Path, tmp_path: Path, spawn: Call
 def test_without_the_stub_pynvml_finds_no_library(spawn: Callable[[dict[str, str]], Child], tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
     child = spawn(env)
-    probe = child._request("pynvml.nvmlInit()", "eval", CALL_TIMEOUT_S)
+    probe = child.request("pynvml.nvmlInit()")
     if "exc" not in probe:
         pytest.skip("this machine has a real libnvidia-ml.so.1")
     assert probe["exc"] == "NVMLError_LibraryNotFound"
@@ -444,10 +400,10 @@ def test_missing_symbol_behaviour(
     # which is NOT an NVMLError subclass
     for kind in ("Compute", "Graphics", "MPSCompute"):
         err = child.raises(f"pynvml.nvmlDeviceGet{kind}RunningProcesses(handle(0))")
-        assert (err["exc"], err["is_nvml_error"]) == ("NVMLLibraryMismatchError", False)
+        assert (err["exc"], err["is_lib_error"]) == ("NVMLLibraryMismatchError", False)
         assert f"nvmlDeviceGet{kind}RunningProcesses_v2" in err["msg"]
         err = child.raises(f"pynvml.nvmlDeviceGet{kind}RunningProcesses_v3(handle(0))")
-        assert (err["exc"], err["value"], err["is_nvml_error"]) == ("NVMLError_FunctionNotFound", 13, True)
+        assert (err["exc"], err["value"], err["is_lib_error"]) == ("NVMLError_FunctionNotFound", 13, True)
     assert child.ok("procs(pynvml.nvmlDeviceGetComputeRunningProcesses_v2(handle(0)))") == [
         [9, 64, 2**32 - 1, 2**32 - 1]
     ]
@@ -505,3 +461,227 @@ for t in threads:
     child.ok("for t in threads: t.join()", mode="exec")
     assert child.ok("errors") == []
     assert set(child.ok("sorted(seen)")) <= {1, 2, 3}
+
+
+# ---- field values (power scopes), memory, MIG instances, GPM ----------------------------------------------
+
+FI_TOTAL_ENERGY, FI_POWER_AVERAGE, FI_POWER_INSTANT, FI_ENERGY = 83, 185, 186, 191
+VALUE_UINT, VALUE_ULL = 1, 3
+
+
+def test_field_values_follow_pynvml_ids_and_power_scopes(nvml: Callable[[StubState], Child]) -> None:
+    # as measured on an H100 (driver 580): board 93.9 W, memory scope 48.7 W, module scope NOT_SUPPORTED
+    state = (
+        StubState()
+        .device(0, energy_mj=40_412_000, power_mw=93_900, power_inst_mw=95_000, memory_power_mw=48_700)
+        .device(1, energy_mj=7, power_mw=1, module_power_mw=400_000, module_energy_mj=9_000_000)
+    )
+    child = nvml(state)
+    ids = "[pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, pynvml.NVML_FI_DEV_POWER_AVERAGE, pynvml.NVML_FI_DEV_ENERGY]"
+    assert child.ok(ids) == [FI_TOTAL_ENERGY, FI_POWER_AVERAGE, FI_ENERGY]  # the ids the stub serves
+    request = (
+        "[pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, (pynvml.NVML_FI_DEV_POWER_AVERAGE, 0),"
+        " (pynvml.NVML_FI_DEV_POWER_AVERAGE, 1), (pynvml.NVML_FI_DEV_POWER_AVERAGE, 2),"
+        " (pynvml.NVML_FI_DEV_POWER_INSTANT, 0), (pynvml.NVML_FI_DEV_ENERGY, 0), (pynvml.NVML_FI_DEV_ENERGY, 1),"
+        " (pynvml.NVML_FI_DEV_POWER_AVERAGE, 3), pynvml.NVML_FI_DEV_MEMORY_TEMP, pynvml.NVML_FI_MAX]"
+    )
+    before = time.time()
+    got = child.ok(f"fields(pynvml.nvmlDeviceGetFieldValues(handle(0), {request}))")
+    assert got == [
+        [FI_TOTAL_ENERGY, 0, 0, VALUE_ULL, 40_412_000],
+        [FI_POWER_AVERAGE, 0, 0, VALUE_UINT, 93_900],
+        [FI_POWER_AVERAGE, 1, 3, VALUE_UINT, 0],  # module scope: NOT_SUPPORTED in that slot only
+        [FI_POWER_AVERAGE, 2, 0, VALUE_UINT, 48_700],
+        [FI_POWER_INSTANT, 0, 0, VALUE_UINT, 95_000],
+        [FI_ENERGY, 0, 0, VALUE_ULL, 40_412_000],
+        [FI_ENERGY, 1, 3, VALUE_ULL, 0],
+        [FI_POWER_AVERAGE, 3, 3, VALUE_UINT, 0],
+        [child.ok("pynvml.NVML_FI_DEV_MEMORY_TEMP"), 0, 3, VALUE_UINT, 0],  # a field the stub does not model
+        [child.ok("pynvml.NVML_FI_MAX"), 0, 2, VALUE_UINT, 0],  # not a field id: INVALID_ARGUMENT
+    ]
+    stamp = child.ok(f"pynvml.nvmlDeviceGetFieldValues(handle(0), [{FI_TOTAL_ENERGY}])[0].timestamp")
+    assert before * 1e6 - 1e6 <= stamp <= time.time() * 1e6 + 1e6  # µs since 1970
+    got = child.ok(f"fields(pynvml.nvmlDeviceGetFieldValues(handle(1), [({FI_POWER_AVERAGE}, 1), ({FI_ENERGY}, 1)]))")
+    assert got == [[FI_POWER_AVERAGE, 1, 0, VALUE_UINT, 400_000], [FI_ENERGY, 1, 0, VALUE_ULL, 9_000_000]]
+
+
+def test_field_values_errors(state_path: Path, nvml: Callable[[StubState], Child]) -> None:
+    state = StubState().device(0, energy_mj=5, power_mw=6, energy_rc=3, memory_power_mw=1).device(1, fv_rc=4)
+    child = nvml(state)
+    got = child.ok(f"fields(pynvml.nvmlDeviceGetFieldValues(handle(0), [{FI_TOTAL_ENERGY}, ({FI_POWER_AVERAGE}, 2)]))")
+    assert got == [[FI_TOTAL_ENERGY, 0, 3, VALUE_ULL, 0], [FI_POWER_AVERAGE, 2, 0, VALUE_UINT, 1]]
+    err = child.raises(f"pynvml.nvmlDeviceGetFieldValues(handle(1), [{FI_TOTAL_ENERGY}])")
+    assert (err["exc"], err["value"]) == ("NVMLError_NoPermission", 4)
+    child.ok("h0 = handle(0)", mode="exec")
+    state.set_device(0, power_rc=15, energy_rc=0).write(state_path)
+    got = child.ok(f"fields(pynvml.nvmlDeviceGetFieldValues(h0, [{FI_TOTAL_ENERGY}, {FI_POWER_INSTANT}]))")
+    assert got == [[FI_TOTAL_ENERGY, 0, 0, VALUE_ULL, 5], [FI_POWER_INSTANT, 0, 15, VALUE_UINT, 0]]
+    state.set_device(0, lost=True).write(state_path)
+    assert child.raises(f"pynvml.nvmlDeviceGetFieldValues(h0, [{FI_TOTAL_ENERGY}])")["exc"] == "NVMLError_GpuIsLost"
+
+
+def test_memory_info(nvml: Callable[[StubState], Child]) -> None:
+    child = nvml(StubState().device(0, mem_total=80 * 2**30, mem_used=2**30))
+    assert child.ok("[(m := pynvml.nvmlDeviceGetMemoryInfo(handle(0))).total, m.used, m.free]") == [
+        80 * 2**30,
+        2**30,
+        79 * 2**30,
+    ]
+
+
+def mig_h100() -> StubState:
+    """An H100 in MIG mode: 1g.10gb as GI 7 (CI 0) and 3g.40gb as GI 2 (CI 0), plus a GPU without MIG."""
+    return (
+        StubState()
+        .device(0, "NVIDIA H100 80GB HBM3", mig=True, gpm=True, energy_mj=10, mem_total=80 * 2**30)
+        .gpu_instance(0, 7, "1g.10gb", start=6, mem_used=3 * 2**30)
+        .gpu_instance(0, 2, "3g.40gb", start=0, mem_used=2**30, uuid="MIG-2222")
+        .mig_profile(0, "7g.80gb")  # supported, no instance
+        .device(1)
+        .process(0, 100, "compute", 2**30, gi=7, ci=0)
+        .process(0, 200, "compute", 2**29, gi=2, ci=0)
+    )
+
+
+def test_mig_gpu_instances_through_the_gpu_instance_api(nvml: Callable[[StubState], Child]) -> None:
+    child = nvml(mig_h100())
+    assert child.ok("pynvml.nvmlDeviceGetMigMode(handle(0))") == [1, 1]
+    assert child.ok("gpu_instances(handle(0))") == [
+        # name, NVML_GPU_INSTANCE_PROFILE_*, profile id, slices, MB, GI id, profileId, start, size, device
+        ["1g.10gb", 0, 19, 1, 10240, 7, 19, 6, 1, True],
+        ["3g.40gb", 2, 9, 3, 40960, 2, 9, 0, 3, True],
+    ]
+    assert child.ok("pynvml.nvmlDeviceGetGpuInstanceProfileInfo(handle(0), 4).name") == "7g.80gb"  # str in 13.x
+    assert child.ok("pynvml.nvmlDeviceGetGpuInstanceProfileInfo(handle(0), 2, version=1).memorySizeMB") == 40960
+    gi = "pynvml.nvmlGpuInstanceGetInfo(pynvml.nvmlDeviceGetGpuInstanceById(handle(0), {}))"
+    assert child.ok(f"[(i := {gi.format(2)}).id, i.profileId]") == [2, 9]
+    assert child.raises(gi.format(3))["exc"] == "NVMLError_NotFound"
+    # a GPU without MIG mode
+    assert child.raises("pynvml.nvmlDeviceGetGpuInstanceProfileInfo(handle(1), 0)")["exc"] == "NVMLError_NotSupported"
+    assert child.ok("gpu_instances(handle(1))") == []
+
+
+def test_mig_devices_through_mig_device_handles(state_path: Path, nvml: Callable[[StubState], Child]) -> None:
+    state = mig_h100()
+    child = nvml(state)
+    assert child.ok("pynvml.nvmlDeviceGetMaxMigDeviceCount(handle(0))") == 7
+    setup = """
+migs = []
+for i in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle(0))):
+    try:
+        migs.append(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle(0), i))
+    except pynvml.NVMLError_NotFound:
+        pass
+result = len(migs)
+"""
+    assert child.ok(setup, mode="exec") == 2
+    describe = (
+        "[[pynvml.nvmlDeviceIsMigDeviceHandle(m).value, pynvml.nvmlDeviceGetGpuInstanceId(m),"
+        " pynvml.nvmlDeviceGetComputeInstanceId(m), pynvml.nvmlDeviceGetUUID(m), pynvml.nvmlDeviceGetName(m),"
+        " pynvml.nvmlDeviceGetMemoryInfo(m).total, pynvml.nvmlDeviceGetMemoryInfo(m).used,"
+        " addr(pynvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(m)) == addr(handle(0)),"
+        " procs(pynvml.nvmlDeviceGetComputeRunningProcesses(m))] for m in migs]"
+    )
+    assert child.ok(describe) == [
+        [1, 7, 0, "MIG-00000000-0000-4000-8000-000000000007", "NVIDIA H100 80GB HBM3 MIG 1g.10gb",
+         10240 * 2**20, 3 * 2**30, True, [[100, 2**30, 7, 0]]],
+        [1, 2, 0, "MIG-2222", "NVIDIA H100 80GB HBM3 MIG 3g.40gb",
+         40960 * 2**20, 2**30, True, [[200, 2**29, 2, 0]]],
+    ]  # fmt: skip
+    # the physical handle lists every instance's processes and is no MIG device
+    assert child.ok("procs(pynvml.nvmlDeviceGetComputeRunningProcesses(handle(0)))") == [
+        [100, 2**30, 7, 0],
+        [200, 2**29, 2, 0],
+    ]
+    assert child.ok("pynvml.nvmlDeviceIsMigDeviceHandle(handle(0)).value") == 0
+    assert child.raises("pynvml.nvmlDeviceGetGpuInstanceId(handle(0))")["exc"] == "NVMLError_NotSupported"
+    assert (
+        child.raises("pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle(0), 7)")["exc"] == "NVMLError_InvalidArgument"
+    )
+    assert child.raises("pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle(1), 0)")["exc"] == "NVMLError_NotSupported"
+    assert child.ok("pynvml.nvmlDeviceGetMaxMigDeviceCount(handle(1))") == 0
+    # not MIG-aware calls answer for the parent GPU (board-level energy)
+    assert child.ok("pynvml.nvmlDeviceGetTotalEnergyConsumption(migs[0])") == 10
+    # the GPU instance API needs the MIG monitor capability; MIG device handles keep working without it
+    child.ok("gis = [pynvml.nvmlDeviceGetGpuInstanceById(handle(0), 2)]", mode="exec")
+    state.set_device(0, gi_rc=4).write(state_path)
+    assert child.raises("gpu_instances(handle(0))")["exc"] == "NVMLError_NoPermission"
+    assert child.raises("pynvml.nvmlGpuInstanceGetInfo(gis[0])")["exc"] == "NVMLError_NoPermission"
+    assert child.ok("pynvml.nvmlDeviceGetGpuInstanceId(migs[1])") == 2
+    # an instance destroyed while its handles are held
+    state.set_device(0, gi_rc=0).remove_gpu_instance(0, 2).write(state_path)
+    assert child.raises("pynvml.nvmlDeviceGetUUID(migs[1])")["exc"] == "NVMLError_InvalidArgument"
+    assert child.raises("pynvml.nvmlGpuInstanceGetInfo(gis[0])")["exc"] == "NVMLError_InvalidArgument"
+    assert child.ok("pynvml.nvmlDeviceGetGpuInstanceId(migs[0])") == 7
+
+
+def test_gpm_metrics_per_gpu_instance_and_whole_gpu(state_path: Path, nvml: Callable[[StubState], Child]) -> None:
+    ms = 1_000_000
+    state = mig_h100().gpm(0, 1_000 * ms, gr=100 * ms, gi=7).gpm(0, 1_000 * ms, sm=0, gi=2).gpm(0, 1_000 * ms)
+    child = nvml(state)
+    assert child.ok("pynvml.nvmlGpmQueryDeviceSupport(handle(0)).isSupportedDevice") == 1
+    take = "s1 = [pynvml.nvmlGpmSampleAlloc() for _ in range(6)]; result = None"
+    child.ok(take, mode="exec")
+    child.ok(
+        "pynvml.nvmlGpmMigSampleGet(handle(0), 7, s1[0]); pynvml.nvmlGpmMigSampleGet(handle(0), 2, s1[1])", mode="exec"
+    )
+    child.ok("pynvml.nvmlGpmSampleGet(handle(0), s1[2])", mode="exec")
+    # 200 ms later: GI 7's graphics engine was busy 150 ms (75 %), GI 2's SMs 50 ms (25 %), the GPU's 60 ms
+    state.gpm(0, 1_200 * ms, gr=250 * ms, sm=40 * ms, gi=7).gpm(
+        0, 1_200 * ms, gr=20 * ms, sm=50 * ms, occ=10 * ms, gi=2
+    )
+    state.gpm(0, 1_200 * ms, gr=60 * ms, sm=60 * ms).write(state_path)
+    child.ok(
+        "pynvml.nvmlGpmMigSampleGet(handle(0), 7, s1[3]); pynvml.nvmlGpmMigSampleGet(handle(0), 2, s1[4])", mode="exec"
+    )
+    child.ok("pynvml.nvmlGpmSampleGet(handle(0), s1[5])", mode="exec")
+    ids = "[pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL, pynvml.NVML_GPM_METRIC_SM_UTIL, pynvml.NVML_GPM_METRIC_SM_OCCUPANCY,"
+    ids += " pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL]"
+    assert child.ok(f"metrics_get(s1[0], s1[3], {ids})") == [
+        [1, 0, 75.0, "gr_util", "%"],
+        [2, 0, 20.0, "sm_util", "%"],
+        [3, 0, 0.0, "sm_occupancy", "%"],
+        [10, 3, 0.0, None, None],  # a metric the stub does not model: NOT_SUPPORTED in its slot
+    ]
+    assert child.ok(f"metrics_get(s1[1], s1[4], {ids})")[:3] == [
+        [1, 0, 10.0, "gr_util", "%"],
+        [2, 0, 25.0, "sm_util", "%"],
+        [3, 0, 5.0, "sm_occupancy", "%"],
+    ]
+    assert child.ok(f"metrics_get(s1[2], s1[5], {ids})")[:2] == [
+        [1, 0, 30.0, "gr_util", "%"],
+        [2, 0, 30.0, "sm_util", "%"],
+    ]
+    # samples of different instances, samples not in time order, a wrong struct version, an unknown instance
+    assert child.raises(f"metrics_get(s1[0], s1[4], {ids})")["exc"] == "NVMLError_InvalidArgument"
+    assert child.raises(f"metrics_get(s1[3], s1[0], {ids})")["exc"] == "NVMLError_InvalidArgument"
+    assert child.raises(f"metrics_get(s1[0], s1[3], {ids}, version=2)")["exc"] == "NVMLError_ArgumentVersionMismatch"
+    assert child.raises("pynvml.nvmlGpmMigSampleGet(handle(0), 5, s1[0])")["exc"] == "NVMLError_InvalidArgument"
+    child.ok("[pynvml.nvmlGpmSampleFree(s) for s in s1]")
+
+
+def test_gpm_unsupported(state_path: Path, nvml: Callable[[StubState], Child]) -> None:
+    state = mig_h100().set_device(0, gpm=False)
+    child = nvml(state)
+    assert child.ok("pynvml.nvmlGpmQueryDeviceSupport(handle(0)).isSupportedDevice") == 0
+    child.ok("s = pynvml.nvmlGpmSampleAlloc()", mode="exec")
+    assert child.raises("pynvml.nvmlGpmSampleGet(handle(0), s)")["exc"] == "NVMLError_NotSupported"
+    assert child.raises("pynvml.nvmlGpmMigSampleGet(handle(1), 0, s)")["exc"] == "NVMLError_NotSupported"
+    state.set_device(0, gpm=True, gpm_rc=3).write(state_path)
+    assert child.raises("pynvml.nvmlGpmQueryDeviceSupport(handle(0))")["exc"] == "NVMLError_NotSupported"
+    child.ok("pynvml.nvmlGpmSampleFree(s)")
+    assert child.raises("pynvml.nvmlGpmSampleFree(s)")["exc"] == "NVMLError_InvalidArgument"
+
+
+def test_mig_state_validation(state_path: Path, nvml: Callable[[StubState], Child]) -> None:
+    with pytest.raises(KeyError, match=r"9g\.90gb"):
+        StubState().device(0).gpu_instance(0, 1, "9g.90gb")
+    with pytest.raises(ValueError, match="undeclared device"):
+        StubState().device(0).gpu_instance(1, 1, "1g.10gb").render()
+    child = nvml(StubState().device(0, mig=True))
+    state_path.write_text("device index=0 mig=1\ngpm device=0 gi=3 ts=1\n")
+    assert child.raises("pynvml.nvmlDeviceGetCount()")["exc"] == "NVMLError_Unknown"
+    assert "gpm refers to a gi that is not declared" in child.stderr()
+    state_path.write_text("device index=0 mig=1\ngi device=0 id=1 profile_id=19\n")
+    assert child.raises("pynvml.nvmlDeviceGetCount()")["exc"] == "NVMLError_Unknown"
+    assert "gi refers to a profile id that is not declared" in child.stderr()

@@ -1,12 +1,23 @@
-"""wattlens through a real Prometheus (Debian's 2.42) with the shipped rules and dashboard.
+"""wattlens through a real Prometheus (Debian's 2.42) with the shipped rules and dashboard, scraped the way the
+Prometheus Operator scrapes the Helm chart's ServiceMonitor.
 
 One bounded run, everything on 127.0.0.1: the real daemon reads a near-wrap RAPL fixture that a driver thread
-advances across max_energy_range_uj, and real cgroups (laid out as a node's: two systemd services and a
-Kubernetes pod) holding real CPU-burning processes; one service ends mid-run. The pod's process is also the
+advances across max_energy_range_uj, and real cgroups (laid out as a node's: two systemd services, a Kubernetes
+pod the API names, a pod nobody names, a standalone Docker container and a rootless Podman container of a user)
+holding real CPU-burning processes; one service ends mid-run. The pod's process is also the
 only user of a GPU of the stub libnvidia-ml (tests/nvml_stub), its name and owner come from a fake API server
 (kubernetes_api), a tiny exporter serves its vLLM token counters (namespace/pod are scrape-target labels, as a
-PodMonitor sets them), and the grid carbon intensity is configured. Prometheus scrapes every second, evaluates
-deploy/prometheus/*.yaml every second, and the test checks through the HTTP API:
+PodMonitor sets them), a fake kube-state-metrics serves kube_pod_info/kube_pod_container_info for the pod, and
+the grid carbon intensity is configured. wattlens' scrape job is the one the Operator generates for the chart's
+ServiceMonitor (tests/operator_scrape.py), its target carrying the meta labels Kubernetes discovery gives an
+exporter pod. Prometheus scrapes every second, evaluates deploy/prometheus/*.yaml every second, and the test
+checks through the HTTP API:
+
+- no wattlens series carries a label of the exporter pod: each one's labels are exactly what wattlens exported
+  plus job="wattlens" and instance=<node>;
+- kube-state-metrics joins work on uid, on (namespace, pod) and on (uid, container);
+- through the recording rules, idle + unattributed + workloads = node power within 0.1 % (and the old
+  pod="" selector would not have passed);
 
 - increase() of the node's package joules = idle + unattributed + Σ top-level workloads, over one range;
 - resets() is 0 for every joule counter across the counter wrap (which is checked to have happened);
@@ -47,6 +58,7 @@ import yaml
 from fake_apiserver import FakeApiServer, pod
 from helpers import REPO, Daemon, RaplTree, cgroup2_mount, require, tool
 from nvml_stub.stub import StubState, build_stub, stub_env
+from operator_scrape import scrape_config, target_group
 
 DASHBOARD = REPO / "deploy" / "grafana" / "wattlens-dashboard.json"
 DOCS = [REPO / "docs" / "promql.md", REPO / "docs" / "llm-energy.md"]
@@ -58,8 +70,20 @@ NAMESPACE, POD = "llm", "vllm-0"
 POD_UID = "0000000a-0000-4000-8000-00000000000a"
 CONTAINER_ID = "ab" * 32
 POD_CGROUP = f"kubepods.slice/kubepods-pod{POD_UID.replace('-', '_')}.slice/cri-containerd-{CONTAINER_ID}.scope"
-SERVICES = {"busy.service": 0.4, "ended.service": 0.3}  # duty cycles of their burners
+SERVICES = {"busy.service": 0.3, "ended.service": 0.2}  # duty cycles of their burners
 POD_DUTY = 0.2
+# Containers of every kind, 0.1 of a CPU each: one of a pod whose name nobody gives wattlens (no log directory,
+# not in the API), a standalone Docker container, and a rootless Podman container inside a user's slice.
+UNNAMED_UID = "0000000b-0000-4000-8000-00000000000b"
+CONTAINERS = {
+    "unnamed-pod": f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UNNAMED_UID.replace('-', '_')}"
+                   f".slice/cri-containerd-{'cd' * 32}.scope",
+    "standalone": f"system.slice/docker-{'ef' * 32}.scope",
+    "rootless": f"user.slice/user-1000.slice/user@1000.service/app.slice/libpod-{'12' * 32}.scope",
+}
+# The exporter pod, as Kubernetes discovery would describe it: none of these may end up on a wattlens series.
+EXPORTER_NAMESPACE, EXPORTER_POD = "energy-e2e", "wattlens-x7k2p"
+CHART = REPO / "deploy" / "helm" / "wattlens"
 GPU_WATTS, GPU_IDLE_WATTS = 300.0, 100.0  # the pod, the GPU's only user, gets the 200 W above idle
 GENERATION_TOKENS_PER_S, PROMPT_TOKENS_PER_S = 50.0, 200.0  # → 200 / 50 = 4 J per generated token
 CARBON = 420.0
@@ -159,20 +183,18 @@ def _free_port() -> int:
 class Prometheus:
     """/usr/bin/prometheus on loopback with a temporary TSDB; its HTTP API."""
 
-    def __init__(self, workdir: Path, targets: dict[str, str], vllm_labels: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, scrape_configs: list[dict[str, Any]]) -> None:
         binary = shutil.which("prometheus")
         assert binary is not None
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(path) for path in RULE_FILES],
-            "scrape_configs": [
-                # honor_labels: wattlens' namespace/pod labels name the measured pod (ServiceMonitor honorLabels).
-                {"job_name": "wattlens", "honor_labels": True,
-                 "static_configs": [{"targets": [targets["wattlens"]]}]},
-                {"job_name": "vllm", "static_configs": [{"targets": [targets["vllm"]], "labels": vllm_labels}]},
-            ],
+            "scrape_configs": scrape_configs,
         }
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        checked = subprocess.run([tool("promtool", "apt-get install prometheus"), "check", "config",
+                                  str(workdir / "prometheus.yml")], capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
         log = workdir / "prometheus.log"
         for _attempt in range(3):  # the free port can be taken between probing and binding
             self.port = _free_port()
@@ -277,33 +299,22 @@ class Hardware(threading.Thread):
             self.state.sample(0, self.gpu_pid, ts=time.time_ns() // 1000, sm=80).write(self.state_path)
 
 
-class VllmExporter:
-    """vLLM's token counters at constant rates since start (what one vLLM pod's /metrics says)."""
+class TextExporter:
+    """A /metrics endpoint serving what `body()` returns (a fake kube-state-metrics, vLLM)."""
 
-    def __init__(self) -> None:
-        start = time.monotonic()
-
+    def __init__(self, body: Any) -> None:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *_: object) -> None:
                 pass
 
             def do_GET(self) -> None:
-                elapsed = time.monotonic() - start
-                labels = 'engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"'
-                body = (
-                    "# HELP vllm:generation_tokens_total Number of generation tokens processed.\n"
-                    "# TYPE vllm:generation_tokens_total counter\n"
-                    f"vllm:generation_tokens_total{{{labels}}} {int(GENERATION_TOKENS_PER_S * elapsed)}\n"
-                    "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n"
-                    "# TYPE vllm:prompt_tokens_total counter\n"
-                    f"vllm:prompt_tokens_total{{{labels}}} {int(PROMPT_TOKENS_PER_S * elapsed)}\n"
-                ).encode()
+                data = body().encode()
                 try:
                     self.send_response(200)
                     self.send_header("Content-Type", "text/plain; version=0.0.4")
-                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(body)
+                    self.wfile.write(data)
                 except OSError:  # Prometheus gave up on this scrape (its timeout) or is stopping
                     pass
 
@@ -315,6 +326,53 @@ class VllmExporter:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def kube_state_metrics() -> TextExporter:
+    """What kube-state-metrics says about the pod: kube_pod_info and kube_pod_container_info (label names as in
+    its docs/metrics/workload/pod-metrics.md), joined with wattlens' series by the dashboards of users."""
+    text = (
+        "# HELP kube_pod_info Information about pod.\n# TYPE kube_pod_info gauge\n"
+        f'kube_pod_info{{namespace="{NAMESPACE}",pod="{POD}",uid="{POD_UID}",host_ip="10.0.0.9",pod_ip="10.1.0.5",'
+        f'node="{NODE}",created_by_kind="StatefulSet",created_by_name="vllm",priority_class="",'
+        'host_network="false"} 1\n'
+        "# HELP kube_pod_container_info Information about a container in a pod.\n"
+        "# TYPE kube_pod_container_info gauge\n"
+        f'kube_pod_container_info{{namespace="{NAMESPACE}",pod="{POD}",uid="{POD_UID}",container="vllm",'
+        f'image="vllm/vllm-openai:v0.9.0",image_id="",container_id="containerd://{CONTAINER_ID}"}} 1\n'
+    )
+    return TextExporter(lambda: text)
+
+
+def vllm_exporter() -> TextExporter:
+    """vLLM's token counters at constant rates since start (what one vLLM pod's /metrics says)."""
+    start = time.monotonic()
+
+    def body() -> str:
+        elapsed = time.monotonic() - start
+        labels = 'engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"'
+        return (
+            "# HELP vllm:generation_tokens_total Number of generation tokens processed.\n"
+            "# TYPE vllm:generation_tokens_total counter\n"
+            f"vllm:generation_tokens_total{{{labels}}} {int(GENERATION_TOKENS_PER_S * elapsed)}\n"
+            "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n"
+            "# TYPE vllm:prompt_tokens_total counter\n"
+            f"vllm:prompt_tokens_total{{{labels}}} {int(PROMPT_TOKENS_PER_S * elapsed)}\n"
+        )
+
+    return TextExporter(body)
+
+
+def chart_objects() -> dict[str, dict[str, Any]]:
+    """The Helm chart's ServiceMonitor, Service and DaemonSet as a kube-prometheus-stack user installs them
+    (release label set), scraped every second for the test."""
+    helm = tool("helm", "bash .ci/tools.sh (helm from npm)")
+    out = subprocess.run([helm, "template", "wattlens", str(CHART), "--namespace", EXPORTER_NAMESPACE,
+                          "--set", "kubePrometheusStack.release=kube-prometheus-stack",
+                          "--set", "serviceMonitor.interval=1s,serviceMonitor.scrapeTimeout=1s"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return {d["kind"]: d for d in yaml.safe_load_all(out.stdout) if d}
 
 
 @dataclass
@@ -351,6 +409,7 @@ def node() -> Iterator[Node]:
     root = cgroup2_mount() / f"wattlens-e2e-{os.getpid()}"
     cgroups = {unit: root / "system.slice" / unit for unit in SERVICES}
     cgroups["pod"] = root / POD_CGROUP
+    cgroups.update({name: root / path for name, path in CONTAINERS.items()})
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for path in cgroups.values():
@@ -358,6 +417,8 @@ def node() -> Iterator[Node]:
         for unit, duty in SERVICES.items():
             processes[unit] = _start_in(cgroups[unit], duty)
         processes["pod"] = _start_in(cgroups["pod"], POD_DUTY)
+        for name in CONTAINERS:
+            processes[name] = _start_in(cgroups[name], 0.1)
         yield Node(root, processes)
     finally:
         for process in processes.values():
@@ -404,7 +465,8 @@ def test_prometheus_end_to_end(node: Node, tmp_path: Path, tmp_path_factory: pyt
     api = FakeApiServer(token="e2e-token", lifetime_s=150)
     api.put(pod(POD, NODE, POD_UID, namespace=NAMESPACE, labels={"app": "vllm"}, owner=("StatefulSet", "vllm"),
                 containers={"vllm": CONTAINER_ID}))
-    vllm = VllmExporter()
+    vllm, ksm = vllm_exporter(), kube_state_metrics()
+    objects = chart_objects()
     prom: Prometheus | None = None
     hardware.start()
     try:
@@ -417,19 +479,46 @@ def test_prometheus_end_to_end(node: Node, tmp_path: Path, tmp_path_factory: pyt
                          "WATTLENS_KUBERNETES_TOKEN_FILE": str(token), "WATTLENS_POD_LABELS": "app",
                          **{k: nvml_env[k] for k in ("LD_LIBRARY_PATH", "STUB_NVML_STATE")}}) as daemon:
             daemon.wait_ready()
-            prom = Prometheus(tmp_path, {"wattlens": f"127.0.0.1:{daemon.port}", "vllm": vllm.address},
-                              {"namespace": NAMESPACE, "pod": POD})
+            # Prometheus starts once wattlens exports every workload under its final labels (a pod is first
+            # seen unnamed if its tick comes before the pod watch's list), so every wattlens series exists
+            # from the first scrape on and rate() extrapolates them all alike: the rules' sums can be exact.
+            expected = [
+                ("wattlens_pod_cpu_joules_total", {"pod": POD, "uid": POD_UID}),
+                ("wattlens_pod_gpu_joules_total", {"pod": POD, "uid": POD_UID}),
+                ("wattlens_pod_labels", {"owner_name": "vllm"}),
+                ("wattlens_pod_cpu_joules_total", {"pod": "", "uid": UNNAMED_UID}),
+                ("wattlens_container_cpu_joules_total", {"pod": "", "uid": UNNAMED_UID, "parent_kind": "pod"}),
+                ("wattlens_container_cpu_joules_total", {"runtime": "docker", "parent_kind": ""}),
+                ("wattlens_container_cpu_joules_total", {"runtime": "podman", "parent_kind": "user"}),
+                ("wattlens_service_cpu_joules_total", {"unit": "ended.service"}),
+            ]
 
-            # Start the measured range once Prometheus has every workload under its final labels (a pod is
-            # first seen unnamed if its tick comes before the pod watch's list) and the GPU and vLLM series.
-            expected = [f'wattlens_pod_cpu_joules_total{{pod="{POD}",zone="package"}}',
-                        f'wattlens_pod_gpu_joules_total{{pod="{POD}"}}',
-                        'wattlens_service_cpu_joules_total{unit="busy.service",zone="package"}',
-                        'wattlens_service_cpu_joules_total{unit="ended.service",zone="package"}',
-                        'wattlens_pod_labels{owner_name="vllm"}', "wattlens_grid_carbon_intensity_grams_per_kwh",
-                        f'vllm:generation_tokens_total{{pod="{POD}"}}']
-            _wait_for(lambda: all(prom.query(e) for e in expected), "the workload, GPU and vLLM series")
-            _wait_for(lambda: not prom.query('wattlens_pod_cpu_joules_total{pod=""}'), "the pod to be named")
+            def missing() -> list[tuple[str, dict[str, str]]]:
+                exported = [(name, dict(labels)) for name, labels in _label_sets(daemon.metrics(), keep_empty=True)]
+                return [(name, want) for name, want in expected
+                        if not any(n == name and want.items() <= have.items() for n, have in exported)]
+            try:
+                _wait_for(lambda: not missing(), "wattlens to export every workload, named")
+            except AssertionError:
+                raise AssertionError(f"wattlens does not export {missing()}") from None
+            # A few more seconds of energy on every counter before the first scrape: rate() extrapolates a
+            # counter whose first sample is under 1.1 scrape intervals of its rate from zero differently
+            # (Prometheus' extrapolatedRate), which would break the rules' sums by a fraction of a per cent.
+            daemon.wait_ticks(3)
+            wattlens_job = scrape_config(objects["ServiceMonitor"])
+            wattlens_job["static_configs"] = [target_group(f"127.0.0.1:{daemon.port}", objects["Service"],
+                                                           objects["DaemonSet"], EXPORTER_POD, NODE)]
+            prom = Prometheus(tmp_path, [
+                wattlens_job,
+                # kube-prometheus-stack scrapes kube-state-metrics with honorLabels too.
+                {"job_name": "kube-state-metrics", "honor_labels": True,
+                 "static_configs": [{"targets": [ksm.address]}]},
+                {"job_name": "vllm", "static_configs": [{"targets": [vllm.address],
+                                                         "labels": {"namespace": NAMESPACE, "pod": POD}}]},
+            ])
+            _wait_for(lambda: prom.query('wattlens_ticks_total{job="wattlens"}') and prom.query("kube_pod_info")
+                      and prom.query(f'vllm:generation_tokens_total{{pod="{POD}"}}'), "the first scrapes")
+            metrics_at_start = daemon.metrics()
             time.sleep(1.5)
             t_first = prom.scrape_time()
             hardware.wrap_in(6.0)
@@ -446,6 +535,8 @@ def test_prometheus_end_to_end(node: Node, tmp_path: Path, tmp_path_factory: pyt
             metrics_at_end = daemon.metrics()
             time.sleep(2)  # let the rules evaluate on the last samples
             check_run(prom, t_first, t_ended, t_last, metrics_at_end)
+            check_labels_and_joins(prom, {**metrics_at_start, **metrics_at_end})
+            check_rules_conserve(prom)
             code, log = daemon.stop()
             assert code == 0
             assert not re.search(r" (WARNING|ERROR) ", log), log
@@ -455,6 +546,7 @@ def test_prometheus_end_to_end(node: Node, tmp_path: Path, tmp_path_factory: pyt
         if prom is not None:
             prom.stop()
         vllm.close()
+        ksm.close()
         api.close()
     print(f"\nprometheus e2e: {time.monotonic() - started:.1f} s in all, measured range {t_last - t_first:.3f} s")
 
@@ -477,11 +569,12 @@ def check_run(prom: Prometheus, t_first: float, t_ended: float, t_last: float, m
     idle = _total(prom, f'increase(wattlens_node_cpu_idle_joules_total{{zone="package"}}{window})', t_last)
     unattributed = _total(prom, f'increase(wattlens_unattributed_cpu_joules_total{{zone="package"}}{window})', t_last)
     parts = {kind: _total(prom, f'increase(wattlens_{kind}_cpu_joules_total{{zone="package"{extra}}}{window})', t_last)
-             for kind, extra in (("pod", ""), ("container", ',pod=""'), ("service", ""), ("vm", ""), ("user", ""))}
+             for kind, extra in (("pod", ""), ("container", ',parent_kind=""'), ("service", ""), ("vm", ""),
+                                 ("user", ""))}
     difference = node_j - (idle + unattributed + sum(parts.values()))
     print(f"\npackage over {t_last - t_first:.3f} s: node {node_j:.6f} J = idle {idle:.6f} + unattributed "
           f"{unattributed:.6f} + workloads {parts}; difference {difference:.3g} J")
-    assert parts["pod"] > 0 and parts["service"] > 0
+    assert parts["pod"] > 0 and parts["service"] > 0 and parts["container"] > 0 and parts["user"] > 0
     assert abs(difference) <= TOLERANCE_J
 
     # The package counter wrapped inside the range, and no joule counter ever went back.
@@ -540,3 +633,69 @@ def check_run(prom: Prometheus, t_first: float, t_ended: float, t_last: float, m
     for node_value, namespace_value in ((NODE, NAMESPACE), (".*", ".*")):
         for title, expr in dashboard_queries(node_value, namespace_value):
             assert prom.query(expr), f"panel {title!r} returned no data: {expr}"
+
+
+def _label_sets(samples: dict[str, float], keep_empty: bool = False) -> set[tuple[str, frozenset[tuple[str, str]]]]:
+    """(name, labels) of the exposition's series, without empty values unless asked: what Prometheus stores."""
+    out = set()
+    for key in samples:
+        name, _, rest = key.partition("{")
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest))
+        out.add((name, frozenset((k, v) for k, v in labels.items() if v or keep_empty)))
+    return out
+
+
+def check_labels_and_joins(prom: Prometheus, exposition: dict[str, float]) -> None:
+    """`exposition`: wattlens' own /metrics, at the start and the end of the run (an idle baseline's method
+    label changes from ratio to learned in between)."""
+    # Every wattlens series in Prometheus has exactly the labels wattlens exported, plus job and instance from
+    # the ServiceMonitor (instance = the node): none of the exporter pod's namespace, pod, container, service
+    # or endpoint, not even where wattlens' own label is empty (node series, the unnamed pod).
+    exported = _label_sets(exposition)
+    stored = prom.api("series", **{"match[]": '{job="wattlens"}', "start": f"{time.time() - 120:.0f}"})
+    leaked = []
+    for series in stored:
+        name = series.pop("__name__")
+        if name == "up" or name.startswith("scrape_"):
+            continue  # Prometheus' own series about the target
+        assert (series.pop("job"), series.pop("instance")) == ("wattlens", NODE), series
+        if (name, frozenset(series.items())) not in exported:
+            leaked.append((name, series))
+    assert not leaked, f"series whose labels are not wattlens' own: {leaked[:5]}"
+    assert len(stored) > 50
+    exporter_values = {EXPORTER_NAMESPACE, EXPORTER_POD}
+    assert not [s for s in stored if exporter_values & set(s.values())]
+    unnamed = prom.query(f'wattlens_pod_cpu_joules_total{{uid="{UNNAMED_UID}",zone="package"}}')
+    assert unnamed and "pod" not in unnamed[0]["metric"] and "namespace" not in unnamed[0]["metric"], unnamed
+
+    # kube-state-metrics joins: on uid, on (namespace, pod), and a container on (uid, container).
+    by_uid = prom.values("namespace_pod:wattlens_pod_joules:rate5m"
+                         " * on (uid) group_left (created_by_kind, created_by_name) kube_pod_info")
+    assert list(by_uid) == [f"created_by_kind=StatefulSet,created_by_name=vllm,namespace={NAMESPACE},node={NODE},"
+                            f"pod={POD},uid={POD_UID}"], by_uid
+    by_name = prom.values('sum by (namespace, pod) (rate(wattlens_pod_cpu_joules_total{zone="package"}[1m]))'
+                          " * on (namespace, pod) group_left (created_by_name) kube_pod_info")
+    assert list(by_name) == [f"created_by_name=vllm,namespace={NAMESPACE},pod={POD}"], by_name
+    by_container = prom.values(
+        'sum by (uid, container) (rate(wattlens_container_cpu_joules_total{zone="package"}[1m]))'
+        " * on (uid, container) group_left (image) kube_pod_container_info")
+    assert list(by_container) == [f"container=vllm,image=vllm/vllm-openai:v0.9.0,uid={POD_UID}"], by_container
+
+
+def check_rules_conserve(prom: Prometheus) -> None:
+    """idle + unattributed + workloads = node through the recording rules, with a named pod, an unnamed pod, a
+    standalone container and a user's rootless container all exporting series."""
+    at = time.time() - 1  # an evaluation the rules have all written
+    rules = {part: prom.value(f'sum(node_zone_source:wattlens_{part}:rate5m{{zone="package"}})', at)
+             for part in ("node_cpu_joules", "node_cpu_idle_joules", "unattributed_cpu_joules",
+                          "workload_cpu_joules")}
+    node_w = rules["node_cpu_joules"]
+    parts_w = rules["node_cpu_idle_joules"] + rules["unattributed_cpu_joules"] + rules["workload_cpu_joules"]
+    # The containers pod="" selected besides the standalone one: the unnamed pod's and the rootless one's.
+    doubled = prom.value('sum(rate(wattlens_container_cpu_joules_total{zone="package",pod="",parent_kind!=""}[5m]))',
+                         at)
+    print(f"rules, package: node {node_w:.4f} W, idle + unattributed + workloads {parts_w:.4f} W "
+          f"({(parts_w - node_w) / node_w:+.5%}); the pod=\"\" selector would add {doubled:.4f} W "
+          f"({doubled / node_w:+.3%})")
+    assert abs(parts_w - node_w) <= 0.001 * node_w
+    assert doubled > 0.001 * node_w  # the case the old rule got wrong is really present

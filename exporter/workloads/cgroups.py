@@ -12,7 +12,7 @@ every `rescan_s` as a safety net, after an event-queue overflow, and every tick 
 Hostile trees stay bounded: the workload hierarchies (kubepods, machine, system) are listed first and have their
 own directory limit, so a flood elsewhere cannot push pods past it; a delegated subtree (a directory owned by
 another user, such as `user@UID.service`) may add at most `MAX_DELEGATED_DIRS` directories and
-`MAX_DELEGATED_WORKLOADS` workloads; and a cgroup is only reported once it has used CPU.
+`MAX_DELEGATED_WORKLOADS` workloads, and its cgroups are only reported once they have used CPU.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from exporter.sysfs import UNLIMITED, FdBudget, HeldFile
 from exporter.workloads import inotify
-from exporter.workloads.classify import Classified, classify, is_helper
+from exporter.workloads.classify import Classified, classify, is_helper, may_hold_workloads
 
 log = logging.getLogger(__name__)
 
@@ -108,19 +108,8 @@ class CgroupUsage:
     components: tuple[str, ...]
     workload: Classified
     usage_us: int
-    identity: tuple[int, int] = (0, 0)  # (hierarchy, inode): stays through renames, new when recreated
+    identity: tuple[int, int] | None = None  # (hierarchy, inode): kept through renames, new when recreated
     born: bool = True  # appeared since a complete view of its parent: all of its CPU time is new
-
-
-def _may_hold_workloads(workload: Classified | None) -> bool:
-    """Whether to walk below a cgroup. Most cgroups are container scopes, each with dozens of interface files
-    to list, and a pod's containers (or a VM's vCPU threads) never hold workloads. Docker and Podman
-    containers are walked: a kind node is a Docker container with pods inside."""
-    if workload is None:
-        return True
-    if workload.kind == "vm":
-        return False
-    return workload.kind != "container" or workload.runtime in ("docker", "podman")
 
 
 def _label_safe(name: str) -> str:
@@ -297,7 +286,7 @@ class CgroupTree:
             return None
         components = (*parent.components, name)
         workload = classify(components)
-        walk = _may_hold_workloads(workload) and len(components) < MAX_DEPTH
+        walk = may_hold_workloads(components, workload) and len(components) < MAX_DEPTH
         if workload is None and not walk:
             return None
         path = os.path.join(parent.path, raw)
@@ -412,7 +401,8 @@ class CgroupTree:
     # --- reading ------------------------------------------------------------------------------------------
 
     def read(self, now: float | None = None) -> list[CgroupUsage]:
-        """Bring the tree up to date, then the cumulative CPU time of every workload cgroup that has used CPU.
+        """Bring the tree up to date, then the cumulative CPU time of every workload cgroup (in a delegated
+        subtree, of those that have used CPU).
         `ended` lists the cgroups known to be gone since the previous read."""
         self.ended = []
         self.update(time.monotonic() if now is None else now)
@@ -441,7 +431,12 @@ class CgroupTree:
                     usage = None
             if usage is None or usage < 0:
                 usage = self._read(node, stat_files[node.hierarchy])
-            if usage:  # a cgroup that never used CPU is no workload yet (empty scopes, a flood of them)
+            if usage is None:
+                continue
+            if usage == 0 and node.delegation is not None:
+                # Another user's cgroup that never used CPU is no workload yet (empty scopes, a flood of them).
+                node.born = True  # seen at zero: whatever it uses from now on is new
+            else:
                 assert node.workload is not None
                 usages.append(
                     CgroupUsage(
@@ -454,8 +449,6 @@ class CgroupTree:
                     )
                 )
                 node.born = False
-            elif usage == 0:
-                node.born = True  # seen at zero: whatever it uses from now on is new
         return usages
 
     def _read(self, node: _Node, stat_file: str) -> int | None:

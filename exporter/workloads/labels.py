@@ -5,25 +5,40 @@ from __future__ import annotations
 from exporter.workloads.classify import Classified
 from exporter.workloads.kubernetes import ContainerName, PodName
 
+# A container's `uid` is its pod's UID (kube-state-metrics' kube_pod_container_info has the same label), and
+# `parent_kind` the kind of the top-level workload whose series already contain it ("" for a standalone
+# container, one that is top-level itself). Both say whether a container is inside a pod even when the pod's
+# name is not known yet, so "standalone containers" is `parent_kind=""`, never `pod=""`.
 LABELS: dict[str, tuple[str, ...]] = {
     "pod": ("namespace", "pod", "uid"),
-    "container": ("namespace", "pod", "container", "container_id", "runtime"),
+    "container": ("namespace", "pod", "uid", "container", "container_id", "runtime", "parent_kind"),
     "service": ("unit",),
     "vm": ("vm", "vm_id", "hypervisor"),
     "user": ("uid",),
+    "job": ("job_id", "user_id", "scheduler"),
 }
 
 
-def label_values(workload: Classified, pod: PodName | None, container: ContainerName | None) -> tuple[str, ...]:
-    """Values in LABELS[kind] order. Names the node does not know are empty, never guessed."""
+def label_values(
+    workload: Classified, pod: PodName | None, container: ContainerName | None, parent: str = ""
+) -> tuple[str, ...]:
+    """Values in LABELS[kind] order. Names the node does not know are empty, never guessed. `parent` is the key
+    of the top-level workload a child belongs to; a container's `parent_kind` is that workload's kind, empty for
+    a top-level container (so PromQL can add up top-level workloads without counting a child twice), and its
+    `uid` the UID of the pod it belongs to (empty outside pods)."""
     if workload.kind == "pod":
         return (pod.namespace if pod else "", pod.pod if pod else "", workload.uid)
     if workload.kind == "container":
         namespace = container.namespace if container else (pod.namespace if pod else "")
         pod_name = container.pod if container else (pod.pod if pod else "")
-        return (namespace, pod_name, container.container if container else "", workload.container_id, workload.runtime)
+        name = container.container if container else workload.container
+        parent_kind, _, parent_id = parent.partition(":")
+        pod_uid = parent_id if parent_kind == "pod" else ""
+        return (namespace, pod_name, pod_uid, name, workload.container_id, workload.runtime, parent_kind)
     if workload.kind == "service":
         return (workload.unit,)
     if workload.kind == "vm":
         return (workload.vm, workload.vm_id, workload.hypervisor)
+    if workload.kind == "job":
+        return (workload.job_id, workload.uid, workload.scheduler)
     return (workload.uid,)

@@ -1,10 +1,11 @@
 """From cumulative cgroup CPU time to this tick's workload tree (pure: no I/O).
 
-Top-level workloads are the outermost workload cgroups, except that pods are always top-level: a pod inside
-something else (the Docker container of a kind node, containerd.service on some v1 hosts) is taken out of
-it, and its CPU is subtracted from the enclosing workload so no CPU is counted twice. The children of a
-top-level workload are the workload cgroups nearest below it (containers of a pod, rootless containers of a
-user); anything deeper is already inside a child's hierarchical CPU time.
+Top-level workloads are the outermost workload cgroups, except that pods, VMs and jobs are top-level wherever
+they are: one inside something else (the pods of a kind node's Docker container, a k3s pod inside an LXC
+container, a VM below libvirtd.service on old libvirt) is taken out of it, and its CPU is subtracted from
+every exported workload around it, so no CPU is counted twice. The children of a top-level workload are the
+workload cgroups nearest below it (containers of a pod, rootless containers of a user, a Quadlet unit's
+container, Docker inside an LXC container); anything deeper is already inside a child's hierarchical CPU time.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ class UsageTracker:
     newborn whose whole lifetime of CPU fell into one tick."""
 
     retain_s: float = 900.0
-    _previous: dict[tuple[int, int], int] = field(default_factory=dict)
-    _seen: dict[tuple[int, int], float] = field(default_factory=dict)
+    _previous: dict[tuple[int, int] | str, int] = field(default_factory=dict)  # by identity (by path without)
+    _seen: dict[tuple[int, int] | str, float] = field(default_factory=dict)
     _walked: bool = False
 
     def deltas(
@@ -48,37 +49,44 @@ class UsageTracker:
         out: dict[str, int] = {}
         previous, seen = self._previous, self._seen
         for usage in usages:
-            before = previous.get(usage.identity)
+            identity = usage.identity or usage.path
+            before = previous.get(identity)
             if before is None:
                 out[usage.path] = usage.usage_us if self._walked and usage.born else 0
             else:
                 out[usage.path] = usage.usage_us - before if usage.usage_us >= before else usage.usage_us
-            previous[usage.identity] = usage.usage_us
+            previous[identity] = usage.usage_us
             if now is not None:
-                seen[usage.identity] = now
-        for identity in ended:
-            previous.pop(identity, None)
-            seen.pop(identity, None)
+                seen[identity] = now
+        for gone in ended:
+            previous.pop(gone, None)
+            seen.pop(gone, None)
         if now is not None and len(seen) > len(usages):  # some missing: forget those missing for too long
-            for identity in [i for i, t in seen.items() if now - t > self.retain_s]:
-                del previous[identity], seen[identity]
+            for old in [i for i, t in seen.items() if now - t > self.retain_s]:
+                del previous[old], seen[old]
         if now is None:  # callers without a clock keep only this read (tests, tools)
-            self._previous = {u.identity: u.usage_us for u in usages}
+            self._previous = {u.identity or u.path: u.usage_us for u in usages}
         self._walked = True
         return out
 
 
+# Kinds that are top-level wherever they are found; their CPU is taken out of the workloads around them.
+ALWAYS_TOP: frozenset[str] = frozenset({"pod", "vm", "job"})
+
+
 @dataclass(frozen=True, slots=True)
 class TreePlan:
-    """The shape of a tree: top-level workloads (with their children and the nested cgroups whose CPU is not
-    theirs) and synthetic pods. It depends only on which cgroups there are, so it is kept while they stay."""
+    """The shape of a tree: which cgroups are top-level, children or orphans, whose CPU is subtracted from whose,
+    and which pods have no cgroup. It depends only on which cgroups there are, so it is kept while they stay."""
 
-    synthetic: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # (pod key, its containers' (path, key))
-    tops: tuple[tuple[str, str, tuple[tuple[str, str], ...], tuple[str, ...]], ...]  # path, key, children, minus
+    own: tuple[tuple[str, tuple[str, ...]], ...]  # exported path, the hoisted paths whose CPU is not its own
+    steps: tuple[tuple[str, str, str | None, str, bool], ...]  # child or orphan: path, key, parent, pod uid, orphan
+    synthetic: tuple[str, ...]  # uids of pods that have no cgroup, in the order their containers come
+    tops: tuple[tuple[str, str], ...]  # (path, key), sorted by path
     workloads: dict[str, Classified]
     parents: dict[str, str]
     paths: dict[str, str]
-    members: tuple[tuple[str, Classified, str], ...]  # (key, workload, top-level key or "")
+    members: tuple[tuple[str, Classified, str], ...]
 
 
 def plan_tree(usages: list[CgroupUsage]) -> TreePlan:
@@ -88,71 +96,66 @@ def plan_tree(usages: list[CgroupUsage]) -> TreePlan:
         if usage.workload.key not in workloads:  # the same workload twice: keep the outermost path
             by_path[usage.path] = usage
             workloads[usage.workload.key] = usage.workload
+    path_of = {usage.workload.key: path for path, usage in by_path.items()}
+    enclosing = {path: _nearest(u.components, by_path) for path, u in by_path.items()}
+    # Containers outside the pod their path names (containerd on v1: `<pod slice>:cri-containerd:<id>` below
+    # containerd.service or at the hierarchy root) join that pod, or form it when it has no cgroup.
+    orphans = {
+        path
+        for path, u in by_path.items()
+        if u.workload.pod_uid and f"pod:{u.workload.pod_uid}" not in _around(path, enclosing, by_path)
+    }
+    hoisted = {p for p, u in by_path.items() if u.workload.kind in ALWAYS_TOP} | orphans
+    tops = {p for p in by_path if p not in orphans and (enclosing[p] is None or p in hoisted)}
+    children = {p for p in by_path if p not in hoisted and enclosing[p] in tops}
+    own = _own_terms(tops | children | orphans, hoisted, enclosing)
 
-    def nearest(components: tuple[str, ...], among: dict[str, CgroupUsage] | set[str]) -> str | None:
-        for depth in range(len(components) - 1, 0, -1):
-            path = "/".join(components[:depth])
-            if path in among:
-                return path
-        return None
-
-    parent_path = {path: nearest(u.components, by_path) for path, u in by_path.items()}
-    tops = {p for p, u in by_path.items() if parent_path[p] is None or u.workload.kind == "pod"}
-    minus: dict[str, list[str]] = {path: [] for path in tops}  # cgroups whose CPU is inside, but not its
-    children: dict[str, list[tuple[str, str]]] = {path: [] for path in tops}
     parents: dict[str, str] = {}
-    paths = {path: by_path[path].workload.key for path in tops}
-    synthetic: dict[str, list[tuple[str, str]]] = {}  # pod uid → containers naming it
-
-    for path, usage in by_path.items():
-        if path in tops:
-            enclosing = nearest(usage.components, tops)
-            if enclosing is not None:  # a pod inside another workload: its CPU is not that one's
-                minus[enclosing].append(path)
+    paths = {path: by_path[path].workload.key for path in tops | children | orphans}
+    steps = []
+    synthetic: dict[str, list[str]] = {}  # pod uid → keys of the containers naming a pod with no cgroup
+    members: dict[str, list[str]] = {path: [] for path in tops}
+    for path, usage in by_path.items():  # in path order, outermost first
+        if path not in children and path not in orphans:
             continue
         workload = usage.workload
-        parent = parent_path[path]
-        assert parent is not None  # every non-top workload has a workload above it
-        pod_key = f"pod:{workload.pod_uid}" if workload.pod_uid else ""
-        if pod_key and by_path[parent].workload.key != pod_key and pod_key not in workloads:
-            # The path names a pod that has no cgroup of its own (containerd on v1): gather its containers.
-            synthetic.setdefault(workload.pod_uid, []).append((path, workload.key))
+        parent = enclosing[path] if path in children else path_of.get(f"pod:{workload.pod_uid}")
+        steps.append((path, workload.key, parent, workload.pod_uid, path in orphans))
+        if parent is None:
+            synthetic.setdefault(workload.pod_uid, []).append(workload.key)
+            parents[workload.key] = f"pod:{workload.pod_uid}"
             continue
-        if parent in tops:
-            children[parent].append((path, workload.key))
-            parents[workload.key] = by_path[parent].workload.key
-            paths[path] = workload.key
-
-    pods = []
-    for uid, members in synthetic.items():
-        key = f"pod:{uid}"
-        workloads[key] = Classified("pod", key, uid=uid)
-        for path, member in members:
-            parents[member] = key
-            paths[path] = member
-            enclosing = nearest(by_path[path].components, tops)
-            if enclosing is not None:
-                minus[enclosing].append(path)
-        pods.append((key, tuple(members)))
-    planned = tuple((p, by_path[p].workload.key, tuple(children[p]), tuple(minus[p])) for p in sorted(tops))
-    present: list[tuple[str, Classified, str]] = [(key, workloads[key], "") for key, _ in pods]
-    present += [(child, workloads[child], key) for key, kids in pods for _, child in kids]
-    for _, key, kids, _ in planned:
+        members[parent].append(workload.key)
+        parents[workload.key] = by_path[parent].workload.key
+    for uid in synthetic:
+        workloads[f"pod:{uid}"] = Classified("pod", f"pod:{uid}", uid=uid)
+    ordered = tuple((path, by_path[path].workload.key) for path in sorted(tops))
+    present = [(f"pod:{uid}", workloads[f"pod:{uid}"], "") for uid in synthetic]
+    present += [(key, workloads[key], f"pod:{uid}") for uid, keys in synthetic.items() for key in keys]
+    for path, key in ordered:
         present.append((key, workloads[key], ""))
-        present += [(child, workloads[child], key) for _, child in kids]
-    return TreePlan(tuple(pods), planned, workloads, parents, paths, tuple(present))
+        present += [(child, workloads[child], key) for child in members[path]]
+    return TreePlan(
+        tuple(own.items()), tuple(steps), tuple(synthetic), ordered, workloads, parents, paths, tuple(present)
+    )
 
 
 def apply_plan(plan: TreePlan, deltas: dict[str, int]) -> WorkloadTree:
     """This tick's tree: the plan with each cgroup's CPU delta."""
     get = deltas.get
-    top: list[Usage[str]] = []
-    for key, members in plan.synthetic:
-        kids = tuple(Usage(member, get(path, 0)) for path, member in members)
-        top.append(Usage(key, sum(kid.cpu_us for kid in kids), kids))
-    for path, key, children, minus in plan.tops:
-        cpu = get(path, 0) - sum(get(p, 0) for p in minus) if minus else get(path, 0)
-        top.append(Usage(key, max(0, cpu), tuple(Usage(child, get(p, 0)) for p, child in children)))
+    own = {path: get(path, 0) - sum(get(h, 0) for h in minus) if minus else get(path, 0) for path, minus in plan.own}
+    members: dict[str, list[Usage[str]]] = {path: [] for path, _ in plan.tops}
+    synthetic: dict[str, list[Usage[str]]] = {uid: [] for uid in plan.synthetic}
+    for path, key, parent, uid, orphan in plan.steps:
+        member = Usage(key, max(0, own[path]))
+        if parent is None:
+            synthetic[uid].append(member)
+            continue
+        members[parent].append(member)
+        if orphan:  # the pod's cgroup is elsewhere: its member's CPU is added to it
+            own[parent] += member.cpu_us
+    top = [Usage(f"pod:{uid}", sum(m.cpu_us for m in pod), tuple(pod)) for uid, pod in synthetic.items()]
+    top += [Usage(key, max(0, own[path]), tuple(members[path])) for path, key in plan.tops]
     return WorkloadTree(tuple(top), plan.workloads, plan.parents, plan.paths, plan.members)
 
 
@@ -172,6 +175,40 @@ class TreeBuilder:
         if self._plan is None or paths != self._paths:
             self._plan, self._paths = plan_tree(usages), paths
         return apply_plan(self._plan, deltas)
+
+
+def _own_terms(exported: set[str], hoisted: set[str], enclosing: dict[str, str | None]) -> dict[str, tuple[str, ...]]:
+    """For each exported workload, the top-level workloads nested in it whose CPU is not its own, as they have
+    their own series (down to the next hoisted one: its CPU already excludes what is nested in it)."""
+    minus: dict[str, list[str]] = {path: [] for path in exported}
+    for path in sorted(hoisted):
+        around = enclosing[path]
+        while around is not None:
+            if around in minus:
+                minus[around].append(path)
+            if around in hoisted:
+                break
+            around = enclosing[around]
+    return {path: tuple(terms) for path, terms in minus.items()}
+
+
+def _around(path: str, enclosing: dict[str, str | None], by_path: dict[str, CgroupUsage]) -> set[str]:
+    """The keys of the workloads whose cgroups contain `path`'s."""
+    keys = set()
+    around = enclosing[path]
+    while around is not None:
+        keys.add(by_path[around].workload.key)
+        around = enclosing[around]
+    return keys
+
+
+def _nearest(components: tuple[str, ...], among: dict[str, CgroupUsage]) -> str | None:
+    """The path of the nearest workload cgroup strictly above `components`."""
+    for depth in range(len(components) - 1, 0, -1):
+        path = "/".join(components[:depth])
+        if path in among:
+            return path
+    return None
 
 
 def owner_of(components: tuple[str, ...], tree: WorkloadTree) -> tuple[str, str | None] | None:

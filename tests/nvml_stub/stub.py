@@ -14,21 +14,30 @@ The state file format is documented in README.md next to this module.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import NamedTuple
+
+from stub_common.build import (
+    check_uint,
+    compile_library,
+    make_env,
+    percent_encode,
+    read_call_log,
+    render_line,
+    write_atomic,
+)
 
 __all__ = [
     "CALL_LOG_ENV",
+    "H100_80GB_PROFILES",
     "LIB_NAME",
     "NVML_VALUE_NOT_AVAILABLE",
     "SOURCE",
     "STATE_ENV",
+    "MigProfile",
     "StubState",
     "build_stub",
     "default_name",
@@ -45,18 +54,48 @@ CALL_LOG_ENV = "STUB_NVML_CALL_LOG"
 NVML_VALUE_NOT_AVAILABLE = 2**64 - 1
 MAX_DEVICES = 64
 
-CFLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", f"-Wl,-soname,{LIB_NAME}")
-_STAMP = ".stub_nvml_build"
-
 _LISTS = ("compute", "graphics", "mps")
-_INT_FIELDS = ("energy_rc", "power_rc", "procs_rc", "util_rc", "mig_rc")  # NVML return codes, any int
-_UINT_FIELDS = {"energy_mj": 2**64 - 1, "power_mw": 2**32 - 1, "delay_ms": 2**32 - 1}
-_BOOL_FIELDS = ("lost", "mig")
+# NVML return codes, any int
+_INT_FIELDS = ("energy_rc", "power_rc", "procs_rc", "util_rc", "mig_rc", "fv_rc", "gpm_rc", "gi_rc")
+_U32, _U64 = 2**32 - 1, 2**64 - 1
+_UINT_FIELDS = {
+    "energy_mj": _U64,
+    "power_mw": _U32,
+    "delay_ms": _U32,
+    "power_avg_mw": _U32,
+    "power_inst_mw": _U32,
+    "module_power_mw": _U32,
+    "memory_power_mw": _U32,
+    "module_energy_mj": _U64,
+    "mem_total": _U64,
+    "mem_used": _U64,
+    "mig_max": _U32,
+}
+_BOOL_FIELDS = ("lost", "mig", "gpm")
 _STR_FIELDS = ("name", "uuid")
 DEVICE_FIELDS = frozenset((*_INT_FIELDS, *_UINT_FIELDS, *_BOOL_FIELDS, *_STR_FIELDS))
 
-_tmp_counter = itertools.count()
 
+class MigProfile(NamedTuple):
+    """A GPU instance profile: NVML_GPU_INSTANCE_PROFILE_* value, the profile id NVML reports for it
+    (nvidia-smi mig -lgip "ID"), its compute slices and how many instances of it fit on the GPU."""
+
+    profile: int
+    id: int
+    slices: int
+    instances: int
+
+
+# H100 80GB profiles (NVIDIA MIG User Guide, "Supported MIG Profiles"; ids as nvidia-smi mig -lgip lists them).
+H100_80GB_PROFILES: dict[str, MigProfile] = {
+    "1g.10gb": MigProfile(0x0, 19, 1, 7),
+    "1g.10gb+me": MigProfile(0x7, 20, 1, 1),
+    "1g.20gb": MigProfile(0x9, 15, 1, 4),
+    "2g.20gb": MigProfile(0x1, 14, 2, 3),
+    "3g.40gb": MigProfile(0x2, 9, 3, 2),
+    "4g.40gb": MigProfile(0x3, 5, 4, 1),
+    "7g.80gb": MigProfile(0x4, 0, 7, 1),
+}
 
 # ---- building ----------------------------------------------------------------------------------------------
 
@@ -76,40 +115,11 @@ def build_stub(dest_dir: Path, *, omit: Collection[str] = ()) -> Path:
     local), to imitate an older driver, e.g. ``omit={"nvmlDeviceGetComputeRunningProcesses_v3"}``.
     Use a different dest_dir per distinct omit set.
     """
-    omit = sorted(set(omit))
     unknown = set(omit) - exported_symbols()
     if unknown:
         raise ValueError(f"not exported by the stub, cannot omit: {sorted(unknown)}")
-    gcc = shutil.which("gcc") or "/usr/bin/gcc"
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    lib = dest_dir / LIB_NAME
-    stamp = dest_dir / _STAMP
-    key = hashlib.sha256(
-        b"\0".join([SOURCE.read_bytes(), gcc.encode(), *(f.encode() for f in CFLAGS), *(s.encode() for s in omit)])
-    ).hexdigest()
-    if lib.is_file() and stamp.is_file() and stamp.read_text() == key:
-        return dest_dir
-
-    unique = f"{os.getpid()}.{next(_tmp_counter)}"
-    tmp_lib = dest_dir / f".{LIB_NAME}.{unique}.tmp"
-    cmd = [gcc, *CFLAGS, "-o", str(tmp_lib), str(SOURCE)]
-    version_script = None
-    if omit:
-        version_script = dest_dir / f".omit.{unique}.map"
-        version_script.write_text("{ global: *; local: " + " ".join(f"{s};" for s in omit) + " };\n")
-        cmd.insert(-1, f"-Wl,--version-script={version_script}")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"building the NVML stub failed ({' '.join(cmd)}):\n{proc.stderr}")
-        os.replace(tmp_lib, lib)
-        stamp.write_text(key)
-    finally:
-        tmp_lib.unlink(missing_ok=True)
-        if version_script is not None:
-            version_script.unlink(missing_ok=True)
-    return dest_dir
+    compile_library(SOURCE, Path(dest_dir) / LIB_NAME, soname=LIB_NAME, omit=omit, what="NVML stub")
+    return Path(dest_dir)
 
 
 def stub_env(
@@ -121,28 +131,15 @@ def stub_env(
 ) -> dict[str, str]:
     """Environment for a subprocess that should load the stub: base (default os.environ) plus
     LD_LIBRARY_PATH (stub directory first) and STUB_NVML_STATE, and STUB_NVML_CALL_LOG when call_log is given."""
-    env = dict(os.environ if base is None else base)
-    old = env.get("LD_LIBRARY_PATH")
-    env["LD_LIBRARY_PATH"] = str(Path(lib_dir).resolve()) + (f":{old}" if old else "")
-    env[STATE_ENV] = str(Path(state_path).resolve())
-    if call_log is not None:
-        env[CALL_LOG_ENV] = str(Path(call_log).resolve())
-    else:
-        env.pop(CALL_LOG_ENV, None)
-    return env
-
-
-def read_call_log(path: Path) -> list[tuple[str, int | None]]:
-    """(symbol, device index or None) per NVML call the stub logged, in call order; [] when no log yet."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        return []
-    calls: list[tuple[str, int | None]] = []
-    for line in text.splitlines():
-        sym, _, dev = line.partition(" ")
-        calls.append((sym, int(dev) if dev else None))
-    return calls
+    old = (os.environ if base is None else base).get("LD_LIBRARY_PATH")
+    return make_env(
+        base,
+        {
+            "LD_LIBRARY_PATH": str(Path(lib_dir).resolve()) + (f":{old}" if old else ""),
+            STATE_ENV: str(Path(state_path).resolve()),
+            CALL_LOG_ENV: None if call_log is None else str(Path(call_log).resolve()),
+        },
+    )
 
 
 # ---- state -------------------------------------------------------------------------------------------------
@@ -156,9 +153,7 @@ def default_uuid(index: int) -> str:
     return f"GPU-00000000-0000-4000-8000-{index:012d}"
 
 
-def _encode(value: str) -> str:
-    """Percent-encode everything that is not printable ASCII, plus '%', '#' and '='."""
-    return "".join(chr(b) if 0x21 <= b <= 0x7E and b not in b"%#=" else f"%{b:02X}" for b in value.encode())
+_encode = percent_encode
 
 
 def _check_device_field(key: str, value: object) -> None:
@@ -178,9 +173,7 @@ def _check_device_field(key: str, value: object) -> None:
             raise ValueError(f"{key} out of range: {value}")
 
 
-def _check_uint(name: str, value: int, bits: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**bits:
-        raise ValueError(f"{name} must be an unsigned {bits}-bit int, got {value!r}")
+_check_uint = check_uint
 
 
 class StubState:
@@ -193,6 +186,9 @@ class StubState:
         self.devices: dict[int, dict[str, int | bool | str]] = {}
         self.processes: list[dict[str, int | str | None]] = []
         self.samples: list[dict[str, int]] = []
+        self.profiles: dict[tuple[int, int], dict[str, int | str]] = {}  # (device, profile id)
+        self.instances: dict[tuple[int, int], dict[str, int | str]] = {}  # (device, gi id)
+        self.gpm_counters: dict[tuple[int, int | None], dict[str, int]] = {}  # (device, gi or None)
 
     def driver(self, version: str, *, nvml: str | None = None) -> StubState:
         """nvmlSystemGetDriverVersion; nvmlSystemGetNVMLVersion defaults to "12.<version>"."""
@@ -215,8 +211,15 @@ class StubState:
         power_mw: int = 0,
         **fields: int | bool,
     ) -> StubState:
-        """Add (or replace) GPU `index`.  fields: energy_rc, power_rc, procs_rc, util_rc, mig_rc (NVML return
-        codes for those calls, 0 = success), lost, mig (bools), delay_ms (sleep in every call on this GPU)."""
+        """Add (or replace) GPU `index`.  fields (README.md has the details):
+
+        - return codes (0 = success): energy_rc, power_rc, procs_rc, util_rc, mig_rc, fv_rc (the whole
+          nvmlDeviceGetFieldValues call), gpm_rc (GPM calls), gi_rc (GPU instance calls only)
+        - lost, mig, gpm (bools); delay_ms (sleep in every call on this GPU)
+        - field values: power_avg_mw, power_inst_mw (power scope 0, default power_mw), module_power_mw
+          (scope 1), memory_power_mw (scope 2), module_energy_mj (NVML_FI_DEV_ENERGY scope 1); a scope
+          without a value answers NOT_SUPPORTED
+        - mem_total, mem_used (bytes, nvmlDeviceGetMemoryInfo); mig_max (default 7 with mig, else 0)"""
         if not isinstance(index, int) or not 0 <= index < MAX_DEVICES:
             raise ValueError(f"device index must be 0..{MAX_DEVICES - 1}, got {index!r}")
         dev: dict[str, int | bool | str] = {
@@ -245,6 +248,9 @@ class StubState:
         del self.devices[index]
         self.processes = [p for p in self.processes if p["device"] != index]
         self.samples = [s for s in self.samples if s["device"] != index]
+        self.profiles = {k: v for k, v in self.profiles.items() if k[0] != index}
+        self.instances = {k: v for k, v in self.instances.items() if k[0] != index}
+        self.gpm_counters = {k: v for k, v in self.gpm_counters.items() if k[0] != index}
         return self
 
     def process(
@@ -305,8 +311,85 @@ class StubState:
         self.samples = [s for s in self.samples if device is not None and s["device"] != device]
         return self
 
+    def mig_profile(
+        self,
+        device: int,
+        name: str,
+        *,
+        profile: MigProfile | None = None,
+        mem_mb: int | None = None,
+        sms: int = 0,
+    ) -> StubState:
+        """Declare a GPU instance profile on `device` (nvmlDeviceGetGpuInstanceProfileInfo*): by default the
+        H100 80GB one of that name; memory defaults to the size in the name ("1g.10gb" -> 10240 MB)."""
+        if profile is None:
+            if name not in H100_80GB_PROFILES:
+                raise KeyError(f"no H100 80GB profile {name!r}: pass profile=MigProfile(...)")
+            profile = H100_80GB_PROFILES[name]
+        if mem_mb is None:
+            match = re.search(r"\.(\d+)gb", name)
+            mem_mb = int(match.group(1)) * 1024 if match else 0
+        for key, val in (("profile", profile.profile), ("id", profile.id), ("mem_mb", mem_mb), ("sms", sms)):
+            _check_uint(key, val, 64 if key == "mem_mb" else 32)
+        self.profiles[(device, profile.id)] = {
+            "device": device,
+            "profile": profile.profile,
+            "id": profile.id,
+            "name": name,
+            "slices": profile.slices,
+            "instances": profile.instances,
+            "sms": sms,
+            "mem_mb": mem_mb,
+        }
+        return self
+
+    def gpu_instance(
+        self,
+        device: int,
+        gi: int,
+        profile: str,
+        *,
+        start: int = 0,
+        ci: int = 0,
+        mem_used: int = 0,
+        uuid: str | None = None,
+    ) -> StubState:
+        """Add (or replace) GPU instance `gi` (0..31) of the named profile, with one compute instance `ci`:
+        together one MIG device.  The profile is declared with mig_profile() defaults if it is not yet.
+        mem_used: bytes in use (nvmlDeviceGetMemoryInfo on the MIG device handle)."""
+        _check_uint("gi", gi, 5)
+        if not any(p["name"] == profile for (dev, _), p in self.profiles.items() if dev == device):
+            self.mig_profile(device, profile)
+        profile_id = next(p["id"] for (dev, _), p in self.profiles.items() if dev == device and p["name"] == profile)
+        item: dict[str, int | str] = {"device": device, "id": gi, "profile_id": profile_id, "start": start, "ci": ci}
+        item["mem_used"] = mem_used
+        if uuid is not None:
+            item["uuid"] = uuid
+        for key in ("start", "ci", "mem_used"):
+            _check_uint(key, item[key], 64 if key == "mem_used" else 32)
+        self.instances[(device, gi)] = item
+        return self
+
+    def remove_gpu_instance(self, device: int, gi: int) -> StubState:
+        """Destroy GPU instance `gi` (its handles then answer INVALID_ARGUMENT), with its GPM counters."""
+        del self.instances[(device, gi)]
+        self.gpm_counters.pop((device, gi), None)
+        return self
+
+    def gpm(self, device: int, ts: int, *, gr: int = 0, sm: int = 0, occ: int = 0, gi: int | None = None) -> StubState:
+        """Set the cumulative GPM activity of the whole GPU (gi=None) or of GPU instance `gi` at time `ts`:
+        all in ns, so a GPM metric over two samples is 100 * d(counter) / d(ts) percent (gr: graphics
+        engine busy time -> GRAPHICS_UTIL; sm: SM busy time averaged over the SMs -> SM_UTIL; occ ->
+        SM_OCCUPANCY)."""
+        for key, val in (("ts", ts), ("gr", gr), ("sm", sm), ("occ", occ)):
+            _check_uint(key, val, 64)
+        self.gpm_counters[(device, gi)] = {"ts": ts, "gr": gr, "sm": sm, "occ": occ}
+        return self
+
     def render(self) -> str:
         used = [(p["device"], p) for p in self.processes] + [(s["device"], s) for s in self.samples]
+        used += [(device, item) for (device, _), item in [*self.profiles.items(), *self.instances.items()]]
+        used += [(device, {"gpm": gi}) for device, gi in self.gpm_counters]
         for device, item in used:
             if device not in self.devices:
                 raise ValueError(f"{item} refers to undeclared device {device}")
@@ -326,15 +409,13 @@ class StubState:
             line += "".join(f" {k}={p[k]}" for k in ("gi", "ci") if p[k] is not None)
             lines.append(line)
         lines.extend(" ".join(["sample", *(f"{k}={v}" for k, v in s.items())]) for s in self.samples)
+        lines.extend(render_line("profile", list(p.items())) for p in self.profiles.values())
+        lines.extend(render_line("gi", list(g.items())) for g in self.instances.values())
+        for (device, gi), counters in self.gpm_counters.items():
+            where = [("device", device)] + ([] if gi is None else [("gi", gi)])
+            lines.append(render_line("gpm", where + list(counters.items())))
         return "\n".join(lines) + "\n"
 
     def write(self, path: Path) -> Path:
         """Atomically replace `path` (temporary file in the same directory, then os.replace)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
-        try:
-            tmp.write_text(self.render())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_atomic(path, self.render())

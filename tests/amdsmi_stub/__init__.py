@@ -1,0 +1,1 @@
+"""Stub libamd_smi.so (AMD SMI) for tests (see README.md)."""

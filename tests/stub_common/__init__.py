@@ -1,0 +1,1 @@
+"""Shared helpers of the C stub libraries used by the tests."""
