@@ -175,7 +175,7 @@ def test_a_cgroup_missed_by_one_read_is_not_a_newborn(shm: Path, monkeypatch: py
     pod_a = next(n for n in engine.cgroups._workloads.values() if n.path.endswith(a.rsplit("/", 1)[-1]))
     assert pod_a.stat is not None
     pod_a.stat.close()
-    pod_a.stat = None
+    pod_a.stat, pod_a.fd = None, -1
     real = sysfs.HeldFile
 
     def emfile(path: Path | str, *args: object) -> sysfs.HeldFile:

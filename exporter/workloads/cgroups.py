@@ -164,6 +164,8 @@ class _Node:
     children: dict[str, _Node] = field(default_factory=dict)
     stat: HeldFile | None = None
     relative: str = ""  # its path below the hierarchy root, '/'-joined: the same string object every tick
+    identity: tuple[int, int] = (0, 0)  # (hierarchy, inode)
+    fd: int = -1  # the held fd of its CPU file, for the inline read (-1: none, or read open-read-close)
 
 
 class CgroupTree:
@@ -303,7 +305,7 @@ class CgroupTree:
         if not self._room(parent, group, delegation, workload is not None):
             return None
         node = _Node(path, components, parent.hierarchy, info.st_ino, workload, walk, delegation, group, born=born)
-        node.relative = "/".join(components)
+        node.relative, node.identity = "/".join(components), (parent.hierarchy, info.st_ino)
         parent.children[name] = node
         if workload is not None:
             self._workloads[path] = node
@@ -381,6 +383,7 @@ class CgroupTree:
                 self.ended.append((gone.hierarchy, gone.inode))
             if gone.stat is not None:
                 gone.stat.close()
+                gone.stat, gone.fd = None, -1
             if gone.wd >= 0:
                 self._by_wd.pop(gone.wd, None)
                 if self._inotify is not None:
@@ -419,11 +422,10 @@ class CgroupTree:
                 if node.components in taken:
                     continue
                 taken.add(node.components)
-            held = node.stat
             usage: int | None = None
-            if held is not None and held.fd >= 0:  # the common case, inline: one pread of `usage_usec N\n...`
+            if node.fd >= 0:  # the common case, inline: one pread of `usage_usec N\n...`
                 try:
-                    data = pread(held.fd, 4096, 0)
+                    data = pread(node.fd, 4096, 0)
                     end = data.find(b"\n")
                     if end > 11 and data.startswith(b"usage_usec ") and len(data) < 4096:
                         usage = int(data[11:end])
@@ -444,7 +446,7 @@ class CgroupTree:
                         node.components,
                         node.workload,
                         usage,
-                        (node.hierarchy, node.inode),
+                        node.identity,
                         node.born,
                     )
                 )
@@ -456,11 +458,12 @@ class CgroupTree:
         try:
             if held is None:
                 held = node.stat = HeldFile(os.path.join(node.path, stat_file), self.budget, "cgroups")
+                node.fd = held.fd
             return parse_usage_us(held.read(), stat_file)
         except OSError:
             # Removed between its event and the read: it simply is not there this tick.
             if held is not None:
-                node.stat = None
+                node.stat, node.fd = None, -1
                 held.close()
             return None
         except ValueError:
@@ -471,7 +474,7 @@ class CgroupTree:
         for node in self._workloads.values():
             if node.stat is not None:
                 node.stat.close()
-                node.stat = None
+                node.stat, node.fd = None, -1
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
