@@ -68,6 +68,7 @@ class Daemon:
             headers = tuple(web.http_server_config.headers.items())
         self.server = MetricsServer(lambda: self.exposition, self.healthy, auth=auth, extra_headers=headers)
         self._last_tick_end = time.monotonic()
+        self._settled = False  # the heap is settled after the first tick that finishes
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wattlens-tick")
 
     def healthy(self) -> bool:
@@ -90,8 +91,9 @@ class Daemon:
                 scrapes = dict(self.server.scrapes)  # counted up to this tick, copied on the loop that counts
                 self.exposition = await loop.run_in_executor(self._executor, self._tick, scrapes)
                 self._last_tick_end = time.monotonic()
-                if slot == 0:
+                if not self._settled:
                     settle_heap()
+                    self._settled = True
                 if self.tls is not None:
                     self.tls.reload_if_changed()  # certificate rotation: new handshakes get the new pair
                 failing = False

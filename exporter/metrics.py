@@ -101,7 +101,10 @@ SCRAPES = Family(
     ("node", "format", "encoding"),
 )
 RENDER_DURATION = Family(
-    "render_duration_seconds", "gauge", "Wall time of rendering the previous exposition.", ("node",)
+    "render_duration_seconds",
+    "gauge",
+    "Wall time spent rendering the previous tick's exposition, every variant scraped (0 if nobody scraped it).",
+    ("node",),
 )
 
 WORKLOAD_HELP = (
