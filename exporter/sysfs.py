@@ -102,12 +102,16 @@ class HeldFile:
         return b"".join(chunks)
 
     def close(self) -> None:
-        if self._fd is not None:
-            if self._fd >= 0:
-                os.close(self._fd)
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            if fd >= 0:
+                os.close(fd)
             if self._budget is not None:
                 self._budget.give_back()
-            self._fd = None
+
+    def __del__(self) -> None:
+        # A reader dropped without close() (a tool, a test, an engine nobody closed) must not keep its fd.
+        self.close()
 
 
 def read_small(path: Path, limit: int = 4096) -> str:

@@ -23,6 +23,23 @@ USER = "user.slice/user-1000.slice/user@1000.service"
 RUNTIME = LABELS["container"].index("runtime")
 
 
+@pytest.fixture(autouse=True)
+def _close_engines(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every engine a test starts is closed after it, fds and all."""
+    started: list[Engine] = []
+    real = Engine.start.__func__  # type: ignore[attr-defined]
+
+    def start(cls: type[Engine], config: object) -> Engine:
+        engine = real(cls, config)
+        started.append(engine)
+        return engine
+
+    monkeypatch.setattr(Engine, "start", classmethod(start))
+    yield
+    for engine in started:
+        engine.close()
+
+
 @pytest.fixture
 def shm(tmp_path: Path) -> Iterator[Path]:
     """A directory on tmpfs (/dev/shm) where there is one, else the test's temporary directory."""
