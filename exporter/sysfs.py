@@ -6,6 +6,7 @@ task is gone instead of silently reading a reused PID.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 from pathlib import Path
@@ -111,7 +112,8 @@ class HeldFile:
 
     def __del__(self) -> None:
         # A reader dropped without close() (a tool, a test, an engine nobody closed) must not keep its fd.
-        self.close()
+        with contextlib.suppress(Exception):  # at interpreter exit, modules may already be gone
+            self.close()
 
 
 def read_small(path: Path, limit: int = 4096) -> str:

@@ -11,6 +11,7 @@ renames (v1 only); their mtimes do not change when children come and go, so even
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -97,4 +98,5 @@ class Inotify:
     def __del__(self) -> None:
         # Instances are few (fs.inotify.max_user_instances, 128 by default, for every process of the user):
         # one forgotten without close() must not keep its slot.
-        self.close()
+        with contextlib.suppress(Exception):  # at interpreter exit, modules may already be gone
+            self.close()
