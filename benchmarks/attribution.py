@@ -49,7 +49,7 @@ from common import (  # benchmarks/common.py; it also puts the repository root o
 from exporter.attribution import Usage, attribute
 from exporter.config import Config, load_config
 from exporter.engine import Engine, Snapshot, _DomainTick
-from exporter.exposition import Exposition, Renderer, families
+from exporter.exposition import EndpointStats, Exposition, Renderer, families
 from exporter.workloads.kubernetes import KubeletLogs
 from exporter.workloads.processes import ProcessTable, parse_pid_cgroup, parse_pid_stat
 from exporter.workloads.tree import UsageTracker, build_tree
@@ -835,7 +835,7 @@ def render_breakdown(snap: Snapshot, reps: int) -> list[tuple[str, float]]:
     renderer = Renderer()
     assert renderer.render(snap).text
     pieces: list[tuple[str, Callable[[], object]]] = [
-        ("families() (Snapshot -> rows)", lambda: families(snap, {}, 0.0)),
+        ("families() (Snapshot -> rows)", lambda: families(snap, EndpointStats(), 0.0)),
         ("text 0.0.4 (incl. families; label text cached)", lambda: renderer.render(snap).text),
         ("OpenMetrics (incl. families; label text cached)", lambda: renderer.render(snap).openmetrics),
         ("OpenMetrics + gzip (what Prometheus asks for)", lambda: renderer.render(snap).openmetrics_gzip),

@@ -27,14 +27,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import http.client
 import itertools
 import multiprocessing
 import os
 import random
 import re
+import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -44,10 +47,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from common import REPO, Deadline, hard_deadline, heading, machine, pct, run_bench
 
 sys.path.insert(0, str(REPO / "tests"))  # the fixture trees tests drive: RaplTree, CgroupFixture, ProcTree
+import attacks
+import bcrypt
+import uvloop
+from aiohttp import web
 from helpers import CgroupFixture, ProcTree, RaplTree
 
 RAPL_ZONES = {"intel-rapl:0": 50.0, "intel-rapl:0:0": 6.0, "intel-rapl:1": 50.0, "intel-rapl:1:0": 6.0}
@@ -74,7 +82,7 @@ class DaemonProc:
         self.pid = self.process.pid
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            match = re.search(r"serving http://127\.0\.0\.1:(\d+)/metrics", self.log_path.read_text())
+            match = re.search(r"serving https?://127\.0\.0\.1:(\d+)/metrics", self.log_path.read_text())
             if match:
                 self.port = int(match.group(1))
                 return
@@ -208,20 +216,33 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
 
+    def _scrape(self, conn: http.client.HTTPConnection | None) -> tuple[http.client.HTTPConnection, int, bytes]:
+        """One GET /metrics. Like Prometheus's HTTP client (RFC 9112 §9.3.1), a request that fails on a kept-alive
+        connection (the server closed or reset it while idle) is retried once on a new one."""
+        for reused in (conn is not None, False):
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                conn.request("GET", "/metrics")
+                response = conn.getresponse()
+                return conn, response.status, response.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = None
+                if not reused:
+                    raise
+        raise AssertionError("unreachable")
+
     def _run(self) -> None:
         conn: http.client.HTTPConnection | None = None
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("GET", "/metrics")
-                response = conn.getresponse()
-                body = response.read()
+                conn, status, body = self._scrape(conn)
                 done = time.monotonic()
                 values = {m.group(1).decode(): float(m.group(2)) for m in _SAMPLE.finditer(body)}
                 self.samples.append(Sample(
-                    done, response.status, done - started, values.get("ticks_total", float("nan")),
+                    done, status, done - started, values.get("ticks_total", float("nan")),
                     values.get("last_tick_timestamp_seconds", float("nan")),
                     values.get("ticks_skipped_total", float("nan")),
                     values.get("tick_duration_seconds", float("nan")),
@@ -470,6 +491,235 @@ def print_report(r: LoadResult) -> None:
     print(f"daemon exit code after SIGTERM: {r.exit_code}")
 
 
+# --- attack modes (issue 17): one attack at a time, against wattlens and its peers --------------------------
+
+TARGETS = ("wattlens", "node_exporter", "aiohttp")
+ATTACKS = ("idle", "slow", "tls", "auth")
+AUTH_USER, AUTH_PASSWORD = "prometheus", "scrape-secret"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _aiohttp_server(port: int, body_bytes: int, cert: str, key: str) -> None:
+    """The same endpoints on aiohttp (web.run_app, default settings), for the server choice."""
+    body = b"wattlens_test_joules_total 1\n" * max(1, body_bytes // 29)
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="text/plain")
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app = web.Application()
+    app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz)])
+    context = None
+    if cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+    uvloop.install()
+    web.run_app(app, host="127.0.0.1", port=port, ssl_context=context, print=None, handle_signals=True)
+
+
+@dataclass
+class Target:
+    name: str
+    pid: int
+    port: int
+    health_path: str
+    stop: Any
+
+
+def _pki(work: Path) -> tuple[str, str, str]:
+    """A CA and an RSA server certificate for 127.0.0.1 (RSA: what most operators have; the costlier handshake)."""
+    run_ = functools.partial(subprocess.run, cwd=work, check=True, capture_output=True, timeout=60)
+    run_(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+          "-days", "2", "-subj", "/CN=bench-ca"])
+    run_(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+          "-subj", "/CN=127.0.0.1"])
+    (work / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run_(["openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+          "-out", "server.crt", "-days", "2", "-extfile", "san.ext"])
+    return str(work / "ca.crt"), str(work / "server.crt"), str(work / "server.key")
+
+
+def _start_target(name: str, attack: str, work: Path, node: Node) -> Target:
+    _ca, cert, key = _pki(work) if attack == "tls" else ("", "", "")
+    web = work / f"web-{name}.yml"
+    lines = []
+    if attack == "tls":
+        lines += ["tls_server_config:", f"  cert_file: {cert}", f"  key_file: {key}"]
+    if attack == "auth":
+        hashed = bcrypt.hashpw(AUTH_PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
+        lines += ["basic_auth_users:", f"  {AUTH_USER}: '{hashed}'"]
+    web.write_text("\n".join(lines) + "\n")
+    if name == "wattlens":
+        env = {"WATTLENS_KUBELET_LOG_PATH": str(work / "log")}
+        if lines:
+            env["WATTLENS_WEB_CONFIG_FILE"] = str(web)
+        daemon = DaemonProc(node.daemon_args(1.0), env, work)
+        return Target(name, daemon.pid, daemon.port, "/healthz", daemon.stop)
+    port = _free_port()
+    if name == "node_exporter":
+        binary = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
+        if binary is None:
+            raise RuntimeError("node_exporter is not installed (apt-get install prometheus-node-exporter)")
+        args = [binary, f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults",
+                "--collector.cpu", "--collector.meminfo", "--collector.loadavg"]
+        if lines:
+            args.append(f"--web.config.file={web}")
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pid, stop = process.pid, lambda: (process.terminate(), process.wait(10))
+        health = "/"  # node_exporter has no health endpoint; its probes use the landing page
+    else:
+        if attack == "auth":
+            raise RuntimeError("aiohttp has no basic auth of its own: not compared for the auth flood")
+        proc = multiprocessing.get_context("spawn").Process(target=_aiohttp_server, args=(port, 60_000, cert, key))
+        proc.start()
+        pid, stop = proc.pid, lambda: (proc.terminate(), proc.join(10))
+        health = "/healthz"
+    deadline = time.monotonic() + 20
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start")
+        time.sleep(0.1)
+    return Target(name, pid, port, health, stop)
+
+
+def _attack_main(kind: str, port: int, seconds: float, out: multiprocessing.Queue) -> None:
+    attacks.raise_nofile()
+    stats = attacks.AttackStats()
+
+    async def go() -> None:
+        until = time.monotonic() + seconds
+        if kind == "idle":
+            await attacks.idle_sockets(port, 300, until, stats)
+        elif kind == "slow":
+            await asyncio.gather(attacks.slow_readers(port, 260, until, stats),
+                                 _after(seconds * 0.4, attacks.slow_readers(port, 260, until, stats)))
+        elif kind == "tls":
+            await attacks.tls_half_open(port, int(500 * seconds), seconds, stats, hold_s=2.0)
+        else:
+            await attacks.wrong_passwords(port, 200, until, stats, AUTH_USER)
+
+    asyncio.run(go())
+    out.put({"connections": stats.connections, "cut_off": stats.cut_off, "connect_errors": stats.connect_errors,
+             "responses": dict(stats.responses)})
+
+
+async def _after(delay: float, coroutine: Any) -> None:
+    await asyncio.sleep(delay)
+    await coroutine
+
+
+@dataclass
+class AttackResult:
+    target: str
+    attack: str
+    probes_ok: int
+    probes_sent: int
+    probe_p99_ms: float
+    scrapes_ok: int
+    scrapes_sent: int
+    peak_sockets: int
+    peak_fds: int
+    fds_before: int
+    fds_after: int
+    rss_mb: tuple[float, float, float]  # before, peak, 3 s after
+    tcp_mem_peak_mb: float
+    attackers: dict[str, Any]
+
+
+def run_attack(target_name: str, kind: str, seconds: float) -> AttackResult:
+    with tempfile.TemporaryDirectory(prefix="wattlens-attack-") as tmp:
+        work = Path(tmp)
+        node = Node(work)
+        node.step(1.0)
+        node.start()
+        target = _start_target(target_name, kind, work, node)
+        try:
+            context = None
+            if kind == "tls":
+                context = ssl.create_default_context(cafile=str(work / "ca.crt"))
+            headers = {"Authorization": attacks.basic(AUTH_USER, AUTH_PASSWORD)} if kind == "auth" else None
+            for _ in range(40):  # warm up (and, with auth, log in once, as Prometheus would have)
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    if attacks.probe_once(target.port, "/metrics", 5.0, context, headers)[0] == 200:
+                        break
+                time.sleep(0.25)
+            time.sleep(1.0)
+            fds_before, rss_before, tcp_before = attacks.process_fds(target.pid), attacks.process_rss_kib(target.pid), \
+                attacks.tcp_memory_pages()
+            sockets = attacks.Sampler(lambda: attacks.process_sockets(target.pid)
+                                + attacks.held_server_sockets(target.port, orphans_only=True)).start()
+            fds = attacks.Sampler(lambda: attacks.process_fds(target.pid)).start()
+            rss = attacks.Sampler(lambda: attacks.process_rss_kib(target.pid)).start()
+            tcp = attacks.Sampler(attacks.tcp_memory_pages).start()
+            out: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
+            attacker = multiprocessing.get_context("spawn").Process(
+                target=_attack_main, args=(kind, target.port, seconds, out))
+            attacker.start()
+            time.sleep(min(1.5, seconds / 5))
+            prober = attacks.Prober(target.port, target.health_path, period=0.1, timeout=2.0, context=context,
+                              headers=headers, source="127.0.0.2").start()
+            scraper = attacks.Scraper(target.port, period=0.5, timeout=2.0, context=context, headers=headers,
+                                      source="127.0.0.3").start()
+            attackers = out.get(timeout=seconds + 120)
+            attacker.join(30)
+            probes, scrapes = prober.stop(), scraper.stop()
+            time.sleep(3)
+            peaks = sockets.stop(), fds.stop(), rss.stop(), tcp.stop()
+            p99 = pct(probes.latencies_s, 99) * 1e3 if probes.latencies_s else float("nan")
+            rss_after = attacks.process_rss_kib(target.pid)
+            return AttackResult(
+                target_name, kind, probes.ok, probes.sent, p99, sum(1 for s in scrapes if s == 200), len(scrapes),
+                peaks[0], peaks[1], fds_before, attacks.process_fds(target.pid),
+                (rss_before / 1024, peaks[2] / 1024, rss_after / 1024), (peaks[3] - tcp_before) * 4096 / 2**20,
+                attackers)
+        finally:
+            target.stop()
+            node.stop()
+
+
+ATTACK_NAMES = {
+    "idle": "300 idle sockets that reconnect when dropped",
+    "slow": "2 waves of 260 clients that never read a response",
+    "tls": "500 half-open TLS handshakes/s (RSA 2048)",
+    "auth": "200 keep-alive connections, a new wrong password each request",
+}
+
+
+def print_attacks(results: list[AttackResult]) -> None:
+    for kind in dict.fromkeys(r.attack for r in results):
+        heading(f"attack: {ATTACK_NAMES[kind]}; kubelet-like probe every 0.1 s, keep-alive scrape every 0.5 s")
+        print(f"{'target':<15}{'probes ok':>12}{'probe p99':>11}{'scrapes ok':>12}{'sockets':>9}{'fds':>14}"
+              f"{'RSS MB before/peak/after':>27}{'TCP mem':>9}")
+        for r in (r for r in results if r.attack == kind):
+            print(f"{r.target:<15}{f'{r.probes_ok}/{r.probes_sent}':>12}{r.probe_p99_ms:>9.1f}ms"
+                  f"{f'{r.scrapes_ok}/{r.scrapes_sent}':>12}{r.peak_sockets:>9}"
+                  f"{f'{r.fds_before}>{r.peak_fds}>{r.fds_after}':>14}"
+                  f"{'/'.join(f'{v:.0f}' for v in r.rss_mb):>27}{r.tcp_mem_peak_mb:>7.0f}MB")
+            print(f"{'':<15}attackers: {r.attackers}")
+
+
+def attack_bench(args: argparse.Namespace) -> int:
+    print(machine())
+    results = []
+    for kind in args.attack:
+        for name in args.targets:
+            if name == "aiohttp" and kind == "auth":
+                continue
+            with hard_deadline(int(args.seconds) + 240):
+                results.append(run_attack(name, kind, args.seconds))
+    print_attacks(results)
+    return 0
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=30, help="length of the load (default 30)")
@@ -477,6 +727,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--scrapers", type=int, default=200, help="keep-alive scrapers (default 200)")
     parser.add_argument("--slowloris", type=int, default=40, help="slow clients (default 40)")
     parser.add_argument("--disconnecters", type=int, default=10, help="clients that drop mid-response (default 10)")
+    parser.add_argument("--attack", nargs="+", choices=ATTACKS,
+                        help="instead: run these attacks (idle, slow, tls, auth) against --targets, one at a time")
+    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS),
+                        help="servers to attack (default: wattlens node_exporter aiohttp)")
     return parser.parse_args(argv)
 
 
@@ -489,7 +743,8 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_bench(bench, parse_args(argv), (Deadline, RuntimeError, OSError))
+    args = parse_args(argv)
+    return run_bench(attack_bench if args.attack else bench, args, (Deadline, RuntimeError, OSError))
 
 
 if __name__ == "__main__":

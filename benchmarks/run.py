@@ -55,7 +55,7 @@ from common import (  # benchmarks/common.py; it also puts the repository root o
 
 from exporter.config import Config, load_config
 from exporter.engine import Engine, Snapshot
-from exporter.exposition import GZIP_LEVEL, Exposition, Renderer, families, standard_families
+from exporter.exposition import GZIP_LEVEL, EndpointStats, Exposition, Renderer, families, standard_families
 from exporter.idle import IdleBaseline
 
 TICK_STEP_S = 5.0  # synthetic monotonic clock advance per tick
@@ -142,7 +142,7 @@ def bench_ticks(name: str, config: Config, ticks: int, warmup: int, fixture: Rap
         for _ in range(warmup):  # first tick (baseline), first render, warm caches; not measured or counted
             if fixture is not None:
                 fixture.advance(TICK_STEP_S, count=False)
-            renderer.render(engine.tick(now), scrapes).body(True, True)
+            renderer.render(engine.tick(now), EndpointStats(scrapes=dict(scrapes))).body(True, True)
             now += TICK_STEP_S
         # Energy written from here on must show up exactly in the zone counters (checked below).
         base = engine.snapshot()
@@ -158,7 +158,7 @@ def bench_ticks(name: str, config: Config, ticks: int, warmup: int, fixture: Rap
             c0, w0 = thread_time(), perf()
             snap = engine.tick(now)
             c1, w1 = thread_time(), perf()
-            exposition = renderer.render(snap, scrapes)
+            exposition = renderer.render(snap, EndpointStats(scrapes=dict(scrapes)))
             exposition.body(True, True)  # one scrape, as Prometheus asks: OpenMetrics, gzip
             c2, w2 = thread_time(), perf()
             run.tick_cpu.append(c1 - c0)
@@ -219,7 +219,7 @@ def render_breakdown(renderer: Renderer, snap: Snapshot, reps: int) -> list[tupl
     text = renderer.render(snap).text
     om = renderer.render(snap).openmetrics
     pieces: list[tuple[str, Callable[[], object]]] = [
-        ("families() (snapshot -> rows)", lambda: families(snap, {}, 0.0)),
+        ("families() (snapshot -> rows)", lambda: families(snap, EndpointStats(), 0.0)),
         ("text 0.0.4 (incl. families)", lambda: renderer.render(snap).text),
         ("OpenMetrics (incl. families)", lambda: renderer.render(snap).openmetrics),
         (f"gzip text (level {GZIP_LEVEL})", lambda: gzip.compress(text, GZIP_LEVEL, mtime=0)),

@@ -1,106 +1,180 @@
 """Command line: `wattlens [serve]`, `wattlens once`, `wattlens check`.
 
-Configuration errors print one line and exit 2, with no traceback.
+Every setting of the configuration model has a flag, generated from the model (`exporter.config.settings`),
+grouped as the model groups them. Configuration errors, flag errors included, print one line and exit 2,
+with no traceback. A reader that goes away (`wattlens check | head`) ends the command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
-import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from exporter import __version__
-from exporter.config import DEFAULT_PORT, Config, ConfigError, load_config
+from exporter.config import Config, ConfigError, Setting, load_config, settings
 from exporter.daemon import StartupError, run
 from exporter.engine import Engine, Snapshot
 from exporter.exposition import Renderer
+from exporter.logs import setup_logging
 from exporter.meters.base import MeterUnavailable
 from exporter.meters.nvml_loader import open_nvml
 from exporter.meters.select import select_meter
 from exporter.nodeinfo import read_node_info
+from exporter.snapshot_json import snapshot_document
 
 EXIT_CONFIG = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a filter whose reader went away
 COMMANDS = ("serve", "once", "check")
+ALIASES = {"sys_path": ("--sys",), "proc_path": ("--proc",)}  # short forms kept from the first releases
+METAVARS = {
+    "duration": "DURATION",
+    "path": "PATH",
+    "map": "ZONE=WATTS,...",
+    "number": "NUMBER",
+    "text": "TEXT",
+    "bool": "BOOL",
+    "list": "A,B,...",
+}
+METAVAR_OF_KEY = {"listen": "[HOST:]PORT", "pod_labels": "KEY,...", "node_name": "NAME", "kubernetes_api_server": "URL"}
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--config", type=Path, help="YAML configuration file (also WATTLENS_CONFIG)")
-    add("--interval", help="seconds between ticks (default 5)")
-    add("--listen", help=f"HOST:PORT to serve on (default :{DEFAULT_PORT})")
-    add("--sys-path", "--sys", dest="sys_path", help="host sysfs root (default /sys)")
-    add("--proc-path", "--proc", dest="proc_path", help="host procfs root (default /proc)")
-    add("--cgroup-root", help="host cgroup mount (default /sys/fs/cgroup)")
-    add("--meters", help="meters to try in order (default rapl,model)")
-    add("--idle-policy", help="baseline or ratio (default baseline)")
-    add("--idle-watts", help="configured idle power per zone, e.g. package=40,dram=6")
-    add("--node-name", help="value of the node label (default $NODE_NAME or the hostname)")
-    add("--log-level", help="debug, info, warning or error (default info)")
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line with a fix (and exit 2), like every other configuration error."""
+
+    command = "serve"  # the subcommand being parsed, for the suggestions
+
+    def error(self, message: str) -> NoReturn:
+        fix = f"see 'wattlens {self.command} --help'"
+        if message.startswith("unrecognized arguments:"):
+            unknown = message.split(":", 1)[1].split(maxsplit=1)[0].split("=", 1)[0]
+            close = difflib.get_close_matches(unknown, self._flags_of(self.command), n=1)
+            if close:
+                fix = f"did you mean {close[0]}? Otherwise {fix}"
+            elif not unknown.startswith("-"):
+                fix = f"the commands are {', '.join(COMMANDS)}; {fix}"
+        self.exit(EXIT_CONFIG, f"wattlens: {message}. Fix: {fix}\n")
+
+    def _flags_of(self, command: str) -> list[str]:
+        flags = [s for a in self._actions for s in a.option_strings]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+                flags += [s for a in action.choices[command]._actions for s in a.option_strings]
+        return flags
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="wattlens", description="Node power exporter for Prometheus (default command: serve)."
-    )
+def _metavar(setting: Setting) -> str:
+    if setting.choices:
+        joined = ",".join(setting.choices)
+        return f"{{{joined}}}" if setting.kind == "choice" else f"{{{joined}}},..."
+    return METAVAR_OF_KEY.get(setting.key) or METAVARS.get(setting.kind, "VALUE")
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE", help="YAML configuration file [WATTLENS_CONFIG]")
+    groups: dict[str, Any] = {}
+    for setting in settings():
+        if setting.group not in groups:
+            groups[setting.group] = parser.add_argument_group(setting.group)
+        group = groups[setting.group]
+        names = (setting.flag, *ALIASES.get(setting.key, ()))
+        text = f"{setting.help} [{setting.env}]"
+        if setting.kind == "bool":
+            # --gpus, --gpus=false or --no-gpus; the model parses the value, so yes/no/1/0 work too.
+            group.add_argument(*names, dest=setting.key, nargs="?", const="true", metavar="BOOL", help=text)
+            group.add_argument(
+                f"--no-{setting.flag[2:]}",
+                dest=setting.key,
+                action="store_const",
+                const="false",
+                help=argparse.SUPPRESS,
+            )
+        else:
+            group.add_argument(*names, dest=setting.key, metavar=_metavar(setting), help=text)
+
+
+DESCRIPTION = "Node power exporter for Prometheus."
+EPILOG = (
+    "Every setting can also be set in the YAML file (--config) and as an environment variable (in brackets). "
+    "Precedence: flags > environment > file > defaults. Durations take units: 500ms, 5s, 2m, 1h. "
+    "Switches take an optional value: --gpus, --gpus=false, --no-gpus."
+)
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(prog="wattlens", description=DESCRIPTION + " Commands: serve (default), once, check.")
     parser.add_argument("--version", action="version", version=f"wattlens {__version__}")
-    commands = parser.add_subparsers(dest="command")
-    _common(commands.add_parser("serve", help="run the exporter (default)"))
-    once = commands.add_parser("once", help="measure over a short interval and print the metrics")
-    _common(once)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, summary: str, description: str) -> _Parser:
+        sub = commands.add_parser(name, help=summary, description=description, epilog=EPILOG, allow_abbrev=False)
+        sub.command = name
+        return sub
+
+    serve = command(
+        "serve",
+        "run the exporter (default)",
+        DESCRIPTION + " serve (the default command) runs the exporter; 'wattlens once --help' and "
+        "'wattlens check --help' describe the others.",
+    )
+    once = command(
+        "once",
+        "measure over a short interval and print the metrics",
+        "Read twice, --wait seconds apart, and print the exposition (or JSON) of the second tick.",
+    )
     once.add_argument("--wait", type=float, default=1.0, help="seconds between the two readings (default 1)")
     once.add_argument("--json", action="store_true", help="print JSON instead of the Prometheus text format")
-    check = commands.add_parser("check", help="explain which energy sources work here, and how to fix the rest")
-    _common(check)
+    check = command(
+        "check",
+        "explain which energy sources work here, and how to fix the rest",
+        "Which meters and GPUs work here, why the others do not and the fix, then a short measurement.",
+    )
     check.add_argument("--seconds", type=float, default=2.0, help="how long to measure (default 2)")
+    for sub in (serve, once, check):
+        _add_settings(sub)
     return parser
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    keys = (
-        "interval",
-        "listen",
-        "sys_path",
-        "proc_path",
-        "cgroup_root",
-        "meters",
-        "idle_policy",
-        "idle_watts",
-        "node_name",
-        "log_level",
-    )
-    return {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    return {s.key: getattr(args, s.key) for s in settings() if getattr(args, s.key, None) is not None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
-        argv.insert(0, "serve")
-    args = build_parser().parse_args(argv)
+    try:
+        status = _main(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # inside the try: a reader that left shows up here at the latest
+    except BrokenPipeError:
+        # `wattlens check | head`: the reader has what it wanted. Point stdout at /dev/null so the
+        # interpreter's final flush does not complain, and exit as a filter killed by SIGPIPE would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return status
+
+
+def _main(argv: list[str]) -> int:
+    if not argv or (argv[0] not in COMMANDS and argv[0] != "--version"):
+        argv.insert(0, "serve")  # `wattlens --help` is serve's help, which lists every flag
+    parser = build_parser()
+    parser.command = argv[0] if argv[0] in COMMANDS else "serve"
+    args = parser.parse_args(argv)
     try:
         config = load_config(_flags(args), args.config)
     except ConfigError as exc:
         print(f"wattlens: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "once":
-        _setup_logging(config.log_level if config.log_level != "info" else "warning")
+        setup_logging(config.log_level if config.log_level != "info" else "warning", config.log_format)
         return once(config, args.wait, args.json)
     if args.command == "check":
-        _setup_logging("error")
+        setup_logging("error", config.log_format)
         return check(config, args.seconds)
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     try:
         return run(config)
     except StartupError as exc:
@@ -119,44 +193,10 @@ def once(config: Config, wait: float, as_json: bool) -> int:
     engine, snapshot = measure(config, wait)
     engine.close()
     if as_json:
-        print(json.dumps(snapshot_json(snapshot), indent=2))
+        print(json.dumps(snapshot_document(snapshot), indent=2))
     else:
         sys.stdout.buffer.write(Renderer().render(snapshot).text)
     return 0
-
-
-def snapshot_json(snap: Snapshot) -> dict[str, Any]:
-    return {
-        "node": snap.info.node,
-        "meter": snap.meter,
-        "zones": [
-            {
-                "zone": z.zone.zone,
-                "socket": z.zone.socket,
-                "die": z.zone.die,
-                "source": z.zone.source,
-                "device": z.zone.device,
-                "joules": z.joules_uj / 1e6,
-                "watts": z.watts,
-                "up": z.up,
-                "wraps": z.wraps,
-                "resets": z.resets,
-            }
-            for z in snap.zones
-        ],
-        "domains": [
-            {
-                "zone": d.zone,
-                "source": d.source,
-                "idle_joules": d.idle_uj / 1e6,
-                "active_joules": d.active_uj / 1e6,
-                "idle_watts": d.idle_watts,
-                "idle_method": d.idle_method,
-            }
-            for d in snap.domains
-        ],
-        "sources": [{"source": s, "device": dev, "up": up} for s, dev, up in snap.sources],
-    }
 
 
 def _check_gpus(config: Config) -> None:

@@ -1,36 +1,108 @@
 """The one configuration model and how it is assembled.
 
 Precedence, lowest first: defaults < YAML file (--config / WATTLENS_CONFIG) < environment (WATTLENS_*)
-< command-line flags. Unknown keys and bad values are errors reported as one line that names the setting,
-the value, where it came from and how to fix it (`ConfigError`); the CLI turns that into exit status 2.
+< command-line flags. Unknown keys and bad values are errors reported as one line that names the setting
+(its full dotted key), the value, where it came from and how to fix it (`ConfigError`); the CLI turns that
+into exit status 2. Every field carries its help text and its group in `json_schema_extra`: the CLI
+generates one flag per setting from them, so a new setting gets its flag, variable and help by itself.
+
+Why not pydantic-settings: its sources hand pydantic a merged dict, so a validation error cannot say whether
+the value came from the file, a variable or a flag; it ignores unknown prefixed variables (a misspelt
+WATTLENS_INTERVALL would silently do nothing); and it reads list and dict variables as JSON. The layering
+below is short and keeps the origin of every key.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import os
+import re
 import reprlib
 import socket
+import types
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
+
+from exporter.files import CONFIG_FILE_LIMIT, read_operator_text
 
 ENV_PREFIX = "WATTLENS_"
 ENV_CONFIG_FILE = "WATTLENS_CONFIG"
 DEFAULT_PORT = 9875
 MeterName = Literal["rapl", "model"]
 ZONE_NAMES = ("package", "core", "uncore", "dram", "psys")
+OTHER_GROUP = "Other"
 
 
 class ConfigError(Exception):
     """A configuration problem, already phrased as the one line the user sees."""
 
 
-def _hint(text: str) -> dict[str, Any]:
-    return {"fix": text}
+def _hint(group: str, text: str) -> dict[str, Any]:
+    """A setting's help group and its text (the --help line, and what the error's "Fix: set X to ..." says)."""
+    return {"group": group, "fix": text}
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> object:
+    """`5`, `0.5`, `500ms`, `5s`, `2m`, `1h30m`, `1d` → seconds. Anything else is left for pydantic to reject."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(
+            f"'{value}' is not a duration: give seconds (5, 0.5) or a number with a unit: 500ms, 5s, 2m, 1h"
+        )
+    seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+    if not math.isfinite(seconds):
+        raise ValueError(f"'{value}' is not a finite duration")
+    return seconds
+
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def parse_listen(value: str) -> tuple[str | None, int]:
+    """`PORT`, `:PORT`, `HOST:PORT` or `[V6]:PORT` → (host or None for every interface, port)."""
+    host, _, port_text = value.rpartition(":")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError("must be PORT, :PORT, HOST:PORT or [IPV6]:PORT with a port from 0 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 address needs brackets, e.g. [::]:9875 or [::1]:9875")
+    return (host or None), int(port_text)
+
+
+def _listen_text(value: object) -> object:
+    """YAML reads `listen: 9875` as a number; a bare port means every interface, as `:9875` does."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return ":" + value.strip()
+    return value
 
 
 class ModelConfig(BaseModel):
@@ -39,13 +111,22 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     idle_watts_per_cpu: float = Field(
-        0.74, ge=0, le=50, json_schema_extra=_hint("watts one idle logical CPU draws, 0 to 50 (default 0.74)")
+        0.74,
+        ge=0,
+        le=50,
+        json_schema_extra=_hint("Power model", "watts one idle logical CPU draws, 0 to 50 (default 0.74)"),
     )
     max_watts_per_cpu: float = Field(
-        3.5, gt=0, le=100, json_schema_extra=_hint("watts one fully busy logical CPU draws (default 3.5)")
+        3.5,
+        gt=0,
+        le=100,
+        json_schema_extra=_hint("Power model", "watts one fully busy logical CPU draws (default 3.5)"),
     )
     cpus: int | None = Field(
-        None, ge=1, le=65536, json_schema_extra=_hint("logical CPUs to model, or leave unset to count them")
+        None,
+        ge=1,
+        le=65536,
+        json_schema_extra=_hint("Power model", "logical CPUs to model, or leave unset to count them"),
     )
 
     @field_validator("max_watts_per_cpu")
@@ -62,115 +143,185 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    interval: float = Field(5.0, ge=0.5, le=60, json_schema_extra=_hint("seconds between ticks, 0.5 to 60 (default 5)"))
-    listen: str = Field(
-        f":{DEFAULT_PORT}",
-        json_schema_extra=_hint(f"HOST:PORT or :PORT, e.g. :{DEFAULT_PORT} or 127.0.0.1:{DEFAULT_PORT}"),
+    interval: Seconds = Field(
+        5.0,
+        ge=0.5,
+        le=60,
+        json_schema_extra=_hint("HTTP and ticks", "seconds between ticks (5, 2.5, 500ms), 0.5 to 60 (default 5)"),
     )
-    sys_path: Path = Field(Path("/sys"), json_schema_extra=_hint("the host's sysfs mount, e.g. /sys or /host/sys"))
-    proc_path: Path = Field(Path("/proc"), json_schema_extra=_hint("the host's procfs mount, e.g. /proc or /host/proc"))
+    listen: Annotated[str, BeforeValidator(_listen_text)] = Field(
+        f":{DEFAULT_PORT}",
+        json_schema_extra=_hint(
+            "HTTP and ticks",
+            f"PORT, :PORT (every interface), HOST:PORT or [IPV6]:PORT, e.g. {DEFAULT_PORT}, 127.0.0.1:{DEFAULT_PORT} "
+            f"or [::1]:{DEFAULT_PORT}",
+        ),
+    )
+    health_listen: Annotated[str | None, BeforeValidator(_listen_text)] = Field(
+        None,
+        json_schema_extra=_hint(
+            "HTTP and ticks",
+            "PORT, :PORT or HOST:PORT of a plain-HTTP listener for /healthz and /readyz only (probes that cannot do "
+            "TLS or basic auth), e.g. :9876, or unset",
+        ),
+    )
+    max_connections_per_peer: int = Field(
+        0,
+        ge=0,
+        le=65536,
+        json_schema_extra=_hint(
+            "HTTP and ticks", "the most connections one client address may hold, or 0 for no per-client cap"
+        ),
+    )
+    sys_path: Path = Field(
+        Path("/sys"), json_schema_extra=_hint("Host paths", "the host's sysfs mount, e.g. /sys or /host/sys")
+    )
+    proc_path: Path = Field(
+        Path("/proc"), json_schema_extra=_hint("Host paths", "the host's procfs mount, e.g. /proc or /host/proc")
+    )
     cgroup_root: Path = Field(
-        Path("/sys/fs/cgroup"), json_schema_extra=_hint("the host's cgroup mount, e.g. /sys/fs/cgroup")
+        Path("/sys/fs/cgroup"), json_schema_extra=_hint("Host paths", "the host's cgroup mount, e.g. /sys/fs/cgroup")
     )
     meters: tuple[MeterName, ...] = Field(
         ("rapl", "model"),
         min_length=1,
-        json_schema_extra=_hint("a comma-separated list of meters to try in order, from: rapl, model"),
+        json_schema_extra=_hint("Node energy", "a comma-separated list of meters to try in order, from: rapl, model"),
     )
     idle_policy: Literal["baseline", "ratio"] = Field(
-        "baseline", json_schema_extra=_hint("'baseline' (learned or configured idle watts) or 'ratio'")
+        "baseline", json_schema_extra=_hint("Node energy", "'baseline' (learned or configured idle watts) or 'ratio'")
     )
     idle_watts: dict[str, float] = Field(
         default_factory=dict,
-        json_schema_extra=_hint("ZONE=WATTS pairs, e.g. package=40,dram=6 (zones: " + ", ".join(ZONE_NAMES) + ")"),
+        json_schema_extra=_hint(
+            "Node energy", "ZONE=WATTS pairs, e.g. package=40,dram=6 (zones: " + ", ".join(ZONE_NAMES) + ")"
+        ),
     )
-    idle_window: float = Field(
-        3600.0, ge=60, le=7 * 86400, json_schema_extra=_hint("seconds of history for the learned idle baseline")
+    idle_window: Seconds = Field(
+        3600.0,
+        ge=60,
+        le=7 * 86400,
+        json_schema_extra=_hint(
+            "Node energy", "history for the learned idle baseline (3600, 1h), 60 s to 7 d (default 1h)"
+        ),
     )
     idle_quantile: float = Field(
-        0.05, ge=0, le=0.5, json_schema_extra=_hint("quantile of interval power taken as idle, 0 to 0.5")
+        0.05, ge=0, le=0.5, json_schema_extra=_hint("Node energy", "quantile of interval power taken as idle, 0 to 0.5")
     )
     max_zone_watts: float = Field(
         2500.0,
         gt=0,
         le=100000,
-        json_schema_extra=_hint("the most watts one zone can draw; larger steps are counter resets"),
+        json_schema_extra=_hint("Node energy", "the most watts one zone can draw; larger steps are counter resets"),
     )
     idle_attribution: Literal["none", "cpu"] = Field(
-        "none", json_schema_extra=_hint("'none' (idle energy stays at node level) or 'cpu' (spread like active)")
+        "none",
+        json_schema_extra=_hint(
+            "Node energy", "'none' (idle energy stays at node level) or 'cpu' (spread like active)"
+        ),
     )
-    workloads: bool = Field(True, json_schema_extra=_hint("true to attribute energy to workloads, false not to"))
-    workload_ttl: float = Field(
+    workloads: bool = Field(
+        True, json_schema_extra=_hint("Workloads", "true to attribute energy to workloads, false not to")
+    )
+    workload_ttl: Seconds = Field(
         600.0,
         ge=0,
         le=86400,
-        json_schema_extra=_hint("seconds an ended workload's series stay exported, 0 to 86400 (default 600)"),
+        json_schema_extra=_hint(
+            "Workloads", "how long an ended workload's series stay exported (600, 10m), 0 to 1d (default 10m)"
+        ),
     )
-    gpus: bool = Field(True, json_schema_extra=_hint("true to read NVIDIA GPUs through NVML when present, or false"))
+    gpus: bool = Field(
+        True, json_schema_extra=_hint("GPUs", "true to read NVIDIA GPUs through NVML when present, or false")
+    )
     gpu_idle_watts: float | None = Field(
         None,
         ge=0,
         le=5000,
-        json_schema_extra=_hint("idle watts of each GPU, or leave unset to learn it from unused intervals"),
+        json_schema_extra=_hint("GPUs", "idle watts of each GPU, or leave unset to learn it from unused intervals"),
     )
-    nvml_timeout: float = Field(
-        2.0, ge=0.1, le=30, json_schema_extra=_hint("seconds a tick waits for NVML, 0.1 to 30 (default 2)")
+    nvml_timeout: Seconds = Field(
+        2.0,
+        ge=0.1,
+        le=30,
+        json_schema_extra=_hint("GPUs", "how long a tick waits for NVML (2, 500ms), 0.1 to 30 s (default 2)"),
     )
     process_metrics: bool = Field(
-        False, json_schema_extra=_hint("true to export per-process energy (top process_top_n + 'other')")
+        False, json_schema_extra=_hint("Workloads", "true to export per-process energy (top process_top_n + 'other')")
     )
     process_top_n: int = Field(
-        20, ge=1, le=1000, json_schema_extra=_hint("how many processes get a series of their own, 1 to 1000")
+        20,
+        ge=1,
+        le=1000,
+        json_schema_extra=_hint("Workloads", "how many processes get a series of their own, 1 to 1000"),
     )
     kubelet_log_path: Path = Field(
         Path("/var/log"),
-        json_schema_extra=_hint("the directory holding the kubelet's pods/ and containers/ log directories"),
+        json_schema_extra=_hint(
+            "Host paths", "the directory holding the kubelet's pods/ and containers/ log directories"
+        ),
     )
     kubernetes_api: bool = Field(
-        False, json_schema_extra=_hint("true to watch this node's pods in the API server (labels, owners)")
+        False,
+        json_schema_extra=_hint("Kubernetes API", "true to watch this node's pods in the API server (labels, owners)"),
     )
     kubernetes_api_server: str = Field(
-        "", json_schema_extra=_hint("the API server URL, or empty for the in-cluster service")
+        "", json_schema_extra=_hint("Kubernetes API", "the API server URL, or empty for the in-cluster service")
     )
     kubernetes_token_file: Path = Field(
         Path("/var/run/secrets/kubernetes.io/serviceaccount/token"),
-        json_schema_extra=_hint("the service-account token file (re-read on every request)"),
+        json_schema_extra=_hint("Kubernetes API", "the service-account token file (re-read on every request)"),
     )
     kubernetes_ca_file: Path = Field(
         Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"),
-        json_schema_extra=_hint("the API server's CA bundle"),
+        json_schema_extra=_hint("Kubernetes API", "the API server's CA bundle"),
     )
     pod_labels: tuple[str, ...] = Field(
-        (), json_schema_extra=_hint("comma-separated pod label keys exported in wattlens_pod_labels (allow-list)")
+        (),
+        json_schema_extra=_hint(
+            "Kubernetes API", "comma-separated pod label keys exported in wattlens_pod_labels (allow-list)"
+        ),
     )
     carbon_intensity: float | None = Field(
         None,
         ge=0,
         le=5000,
-        json_schema_extra=_hint("grid carbon intensity in gCO2e/kWh, 0 to 5000, or unset"),
+        json_schema_extra=_hint("Carbon", "grid carbon intensity in gCO2e/kWh, 0 to 5000, or unset"),
     )
     carbon_intensity_file: Path | None = Field(
-        None, json_schema_extra=_hint("a file holding the current gCO2e/kWh, re-read every tick, or unset")
+        None, json_schema_extra=_hint("Carbon", "a file holding the current gCO2e/kWh, re-read every tick, or unset")
     )
     web_config_file: Path | None = Field(
         None,
-        json_schema_extra=_hint("a Prometheus exporter-toolkit web-config.yml (TLS, basic auth), or unset"),
+        json_schema_extra=_hint(
+            "HTTP and ticks", "a Prometheus exporter-toolkit web-config.yml (TLS, basic auth), or unset"
+        ),
     )
     node_name: str = Field(
         default_factory=socket.gethostname,
         min_length=1,
         max_length=253,
-        json_schema_extra=_hint("a non-empty node name (default: $NODE_NAME, else the hostname)"),
+        json_schema_extra=_hint("HTTP and ticks", "a non-empty node name (default: $NODE_NAME, else the hostname)"),
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", json_schema_extra=_hint("one of debug, info, warning, error")
+        "info", json_schema_extra=_hint("Logging", "one of debug, info, warning, error (default info)")
     )
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    log_format: Literal["text", "json", "logfmt"] = Field(
+        "text",
+        json_schema_extra=_hint(
+            "Logging",
+            "text (for a terminal or the journal), json or logfmt (one record per line for Loki, Elasticsearch)",
+        ),
+    )
+    model: ModelConfig = Field(
+        default_factory=ModelConfig,
+        json_schema_extra=_hint("Power model", "a mapping of idle_watts_per_cpu, max_watts_per_cpu and cpus"),
+    )
 
-    @field_validator("listen")
+    @field_validator("listen", "health_listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
-        parse_listen(value)
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value:  # health_listen: empty means unset
+            parse_listen(value)
         return value
 
     @field_validator("meters", "pod_labels", mode="before")
@@ -213,15 +364,75 @@ class Config(BaseModel):
     def listen_address(self) -> tuple[str | None, int]:
         return parse_listen(self.listen)
 
+    def health_listen_address(self) -> tuple[str | None, int] | None:
+        return parse_listen(self.health_listen) if self.health_listen else None
 
-def parse_listen(value: str) -> tuple[str | None, int]:
-    """`HOST:PORT`, `:PORT` or `[V6]:PORT` → (host or None for every interface, port)."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError("must be HOST:PORT or :PORT with a port from 0 to 65535")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return (host or None), int(port_text)
+
+# --- the settings as a list: flags, variables and help are generated from it -------------------------
+
+
+SettingKind = Literal["bool", "duration", "path", "choice", "list", "map", "number", "text"]
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    key: str  # dotted: interval, model.cpus
+    group: str
+    help: str
+    kind: SettingKind
+    choices: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return flag_name(self.key)
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.key.upper().replace(".", "__")
+
+
+_ORIGIN_KINDS: dict[type, SettingKind] = {tuple: "list", dict: "map"}
+_TYPE_KINDS: dict[type, SettingKind] = {bool: "bool", Path: "path", int: "number", float: "number"}
+
+
+def _kind(field: FieldInfo) -> tuple[SettingKind, tuple[str, ...]]:
+    """How a setting is written on the command line (its metavar), and its choices if it has a fixed set."""
+    if any(getattr(m, "func", None) is parse_duration for m in field.metadata):
+        return "duration", ()
+    annotation = field.annotation
+    if get_origin(annotation) in (Union, types.UnionType):  # X | None: the X
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return "choice", tuple(str(a) for a in get_args(annotation))
+    if origin is tuple and get_origin(get_args(annotation)[0]) is Literal:
+        return "list", tuple(str(a) for a in get_args(get_args(annotation)[0]))
+    kind = _ORIGIN_KINDS.get(origin) if isinstance(origin, type) else None
+    if kind is None:
+        kind = _TYPE_KINDS.get(annotation, "text") if isinstance(annotation, type) else "text"
+    return kind, ()
+
+
+def settings(model: type[BaseModel] | None = None, prefix: str = "") -> list[Setting]:
+    """Every setting, nested ones (model.*) by their dotted key, in the model's order."""
+    found: list[Setting] = []
+    for name, field in (model or Config).model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found.extend(settings(annotation, f"{prefix}{name}."))
+            continue
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        kind, choices = _kind(field)
+        found.append(
+            Setting(
+                key=prefix + name,
+                group=str(extra.get("group", OTHER_GROUP)),
+                help=str(extra.get("fix", "")),
+                kind=kind,
+                choices=choices,
+            )
+        )
+    return found
 
 
 # --- assembling the layers -------------------------------------------------------------------------
@@ -244,7 +455,7 @@ def _merge(
 
 def read_config_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_operator_text(path, CONFIG_FILE_LIMIT)
     except OSError as exc:
         raise ConfigError(
             f"config file {path}: cannot be read ({exc.strerror or exc}). "
@@ -254,9 +465,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None)
         raise ConfigError(
-            f"config file {path}: not valid YAML{where}. Fix: correct the YAML syntax (a mapping of settings)"
+            f"config file {path}: not valid YAML{where}{f' ({problem})' if problem else ''}. Fix: correct the YAML "
+            'syntax (a mapping of settings); quote a value that starts with [, {, *, & or !, e.g. listen: "[::]:9875"'
         ) from None
     if data is None:
         return {}
@@ -268,12 +481,54 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+# What the kubelet injects into every container of a namespace that has a Service named `wattlens` (or
+# `wattlens-<anything>`), unless the pod sets enableServiceLinks: false: FOO_SERVICE_HOST=10.0.0.1,
+# FOO_SERVICE_PORT[_NAME]=9875, FOO_PORT=tcp://10.0.0.1:9875, FOO_PORT_9875_TCP[_PROTO|_PORT|_ADDR]=...
+_IP = r"[0-9a-fA-F.:]+"
+_SERVICE_LINKS = tuple(
+    (re.compile(r"(?:[A-Z0-9_]+_)?" + name), re.compile(value))
+    for name, value in (
+        ("SERVICE_HOST", _IP),
+        (r"SERVICE_PORT(?:_[A-Z0-9_]+)?", r"\d+"),
+        (r"PORT(?:_\d+_(?:TCP|UDP|SCTP))?", r"(?:tcp|udp|sctp)://\S+"),
+        (r"PORT_\d+_(?:TCP|UDP|SCTP)_PROTO", r"(?:tcp|udp|sctp)"),
+        (r"PORT_\d+_(?:TCP|UDP|SCTP)_PORT", r"\d+"),
+        (r"PORT_\d+_(?:TCP|UDP|SCTP)_ADDR", _IP),
+    )
+)
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """A Kubernetes service-link variable (ignored), not a setting: its name and value have that shape and
+    the name is not one of wattlens' own settings."""
+    rest = name[len(ENV_PREFIX) :]
+    path = tuple(part.lower() for part in rest.split("__"))
+    if _is_setting(path):
+        return False
+    return any(name_re.fullmatch(rest) and value_re.fullmatch(value) for name_re, value_re in _SERVICE_LINKS)
+
+
+def _is_setting(path: tuple[str, ...]) -> bool:
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return True
+
+
 def env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
-    """WATTLENS_INTERVAL=5, WATTLENS_MODEL__MAX_WATTS_PER_CPU=4 → nested dict; returns names used."""
+    """WATTLENS_INTERVAL=5, WATTLENS_MODEL__MAX_WATTS_PER_CPU=4 → nested dict; returns names used.
+
+    Every other WATTLENS_* variable is an unknown setting, an error like an unknown key in the file (a typo
+    must not be silently ignored), except the Kubernetes service-link variables, which are skipped."""
     layer: dict[str, Any] = {}
     names: dict[tuple[str, ...], str] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE or is_service_link(name, value):
             continue
         path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
         target = layer
@@ -305,25 +560,37 @@ def load_config(
         # Kubernetes' downward API is commonly wired to NODE_NAME; WATTLENS_NODE_NAME still wins.
         _merge(merged, {"node_name": environ["NODE_NAME"]}, origin, "environment NODE_NAME")
     flag_values = {k: v for k, v in (flags or {}).items() if v is not None}
-    _merge(merged, flag_values, origin, "command line")
-    for key in flag_values:
-        origin[(key,)] = f"flag --{key.replace('_', '-')}"
+    for key, value in flag_values.items():  # dotted keys are nested settings: model.cpus
+        path = tuple(key.split("."))
+        nested: dict[str, Any] = {path[-1]: value}
+        for part in reversed(path[:-1]):
+            nested = {part: nested}
+        _merge(merged, nested, origin, "command line")
+        origin[path] = f"flag {flag_name(key)}"
     try:
         return Config.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, merged, origin)) from None
 
 
+def flag_name(key: str) -> str:
+    """The command-line flag of a setting: interval → --interval, model.max_watts_per_cpu →
+    --model.max-watts-per-cpu (dots for nesting, as Prometheus' own flags do)."""
+    return "--" + key.replace("_", "-")
+
+
 def _field_hint(path: tuple[str, ...]) -> str | None:
     model: type[BaseModel] = Config
-    for part in path:
+    for depth, part in enumerate(path, start=1):
         field = model.model_fields.get(part)
         if field is None:
             return None
         annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if depth < len(path) and isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
             continue
+        if depth < len(path):
+            return None
         extra = field.json_schema_extra
         return str(extra.get("fix")) if isinstance(extra, dict) and "fix" in extra else None
     return None
@@ -344,7 +611,9 @@ def _describe(exc: ValidationError, merged: Mapping[str, Any], origin: Origin) -
     loc = tuple(str(p) for p in error["loc"])
     # Errors inside a list or dict carry an index after the setting's name; the name itself may be anything.
     path = loc[:1] + tuple(p for p in loc[1:] if not p.isdigit())
-    while path and path not in origin and _field_hint(path) is None and len(path) > 1:
+    # An unknown key is named in full (model.cpu); a bad value by the setting it belongs to (idle_watts, not
+    # idle_watts.package).
+    while error["type"] != "extra_forbidden" and path not in origin and _field_hint(path) is None and len(path) > 1:
         path = path[:-1]
     key = ".".join(path) or "config"
     where = next((origin[path[:i]] for i in range(len(path), 0, -1) if path[:i] in origin), "defaults")
@@ -352,7 +621,7 @@ def _describe(exc: ValidationError, merged: Mapping[str, Any], origin: Origin) -
         parent = path[:-1]
         known = _known_keys(parent)
         close = difflib.get_close_matches(path[-1], known, n=1)
-        suggestion = f"did you mean '{'.'.join((*parent, close[0]))}'? " if close else ""
+        suggestion = f"did you mean '{'.'.join((*parent, close[0]))}'? Otherwise " if close else ""
         return f"unknown setting '{key}' (from {where}). Fix: {suggestion}remove it or use one of: " + ", ".join(known)
     value: Any = merged
     for part in path:

@@ -20,8 +20,8 @@ import uvloop
 
 from exporter.config import Config
 from exporter.engine import Engine
-from exporter.exposition import Exposition, Renderer
-from exporter.server import MetricsServer
+from exporter.exposition import EndpointStats, Exposition, Renderer
+from exporter.server import Limits, MetricsServer, release_free_memory
 from exporter.webconfig import BasicAuth, TlsContext, WebConfigError, load_web_config
 from exporter.workloads import pod_watch
 
@@ -66,7 +66,9 @@ class Daemon:
                 raise StartupError(str(exc)) from None
             auth = BasicAuth(web.basic_auth_users) if web.basic_auth_users else None
             headers = tuple(web.http_server_config.headers.items())
-        self.server = MetricsServer(lambda: self.exposition, self.healthy, auth=auth, extra_headers=headers)
+        limits = Limits(max_connections_per_peer=config.max_connections_per_peer)
+        self.server = MetricsServer(lambda: self.exposition, self.healthy, limits, auth=auth, extra_headers=headers)
+        self._trimmed_at = 0  # connections accepted when freed heap was last given back
         self._last_tick_end = time.monotonic()
         self._settled = False  # the heap is settled after the first tick that finishes
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wattlens-tick")
@@ -75,10 +77,23 @@ class Daemon:
         """Live while ticks keep finishing; a wedged tick makes /healthz fail so the agent is restarted."""
         return time.monotonic() - self._last_tick_end < 3 * self.config.interval + 10
 
-    def _tick(self, scrapes: dict[tuple[str, str], int]) -> Exposition:
+    def _tick(self, endpoint: EndpointStats) -> Exposition:
         """Read and account; the exposition it returns renders nothing until a scrape asks for it."""
         snapshot = self.engine.tick(time.monotonic())
-        return self.renderer.render(snapshot, scrapes)
+        exposition = self.renderer.render(snapshot, endpoint)
+        if self.server.accepted != self._trimmed_at:
+            # New connections since the last tick (TLS handshakes above all) leave freed heap behind.
+            self._trimmed_at = self.server.accepted
+            release_free_memory()
+        return exposition
+
+    def _endpoint(self) -> EndpointStats:
+        """The server's counters, copied here on the event loop that updates them."""
+        return EndpointStats(
+            scrapes=dict(self.server.scrapes),
+            rejections=dict(self.server.dropped),
+            tls_not_after=self.tls.not_after if self.tls is not None else None,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -88,8 +103,7 @@ class Daemon:
         failing = False
         while not stop.is_set():
             try:
-                scrapes = dict(self.server.scrapes)  # counted up to this tick, copied on the loop that counts
-                self.exposition = await loop.run_in_executor(self._executor, self._tick, scrapes)
+                self.exposition = await loop.run_in_executor(self._executor, self._tick, self._endpoint())
                 self._last_tick_end = time.monotonic()
                 if not self._settled:
                     settle_heap()
@@ -111,7 +125,7 @@ class Daemon:
                 log.warning("tick took longer than the %.1fs interval; skipping %d slot(s)", interval, skipped)
             slot = due
             delay = start + slot * interval - time.monotonic()
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, delay))
 
     async def serve(self) -> int:
@@ -127,9 +141,22 @@ class Daemon:
                 f"cannot listen on {self.config.listen}: {exc.strerror or exc}. "
                 "Fix: set listen (--listen / WATTLENS_LISTEN) to a free port and an address of this host"
             ) from None
+        health = self.config.health_listen_address()
+        if health is not None:
+            try:
+                health_bound = await self.server.start_health(*health)
+            except OSError as exc:
+                await self.server.close()
+                raise StartupError(
+                    f"cannot listen on health_listen {self.config.health_listen}: {exc.strerror or exc}. "
+                    "Fix: set health_listen to a free port and an address of this host, or unset it"
+                ) from None
         scheme = "https" if self.tls else "http"
-        urls = " and ".join(f"{scheme}://{f'[{h}]' if ':' in h else h}:{p}/metrics" for h, p in bound)
+        urls = " and ".join(f"{scheme}://{_host(h)}:{p}/metrics" for h, p in bound)
         log.info("serving %s (node %s, every %.1fs)", urls, self.config.node_name, self.config.interval)
+        if health is not None:
+            urls = " and ".join(f"http://{_host(h)}:{p}/healthz" for h, p in health_bound)
+            log.info("serving health probes on %s (and /readyz)", urls)
         ticking = asyncio.create_task(self.run(stop))
         watching = asyncio.create_task(self.engine.pod_watch.run(stop)) if self.engine.pod_watch else None
         stopped = asyncio.create_task(stop.wait())
@@ -138,13 +165,18 @@ class Daemon:
         await ticking  # let a tick in flight finish so nothing is left half-read
         if watching is not None:
             watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
+            (outcome,) = await asyncio.gather(watching, return_exceptions=True)
+            if isinstance(outcome, Exception):  # a bug: PodWatch.run handles its own failures
+                log.error("pod watch ended with %s: %s", type(outcome).__name__, outcome)
         await self.server.close()
         self._executor.shutdown(wait=True)
         self._render_pool.shutdown(wait=True)
         log.info("stopped")
         return 0
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def run(config: Config) -> int:

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 from exporter.attribution import IdleSplit, Usage, attribute, split_by_baseline, split_by_ratio
 from exporter.config import Config
 from exporter.counters import MICRO, CounterTrack, StepKind
+from exporter.files import SMALL_VALUE_LIMIT, read_operator_text
 from exporter.idle import IdleBaseline
 from exporter.ledger import Ledger, TopProcesses, WorkloadLedger
 from exporter.meters.base import CounterSample, Meter, MeterUnavailable, ZoneId
 from exporter.meters.nvml_loader import open_nvml
 from exporter.meters.select import MeterReport, select_meter
 from exporter.nodeinfo import NodeInfo, read_node_info
-from exporter.sysfs import FdBudget, read_small
+from exporter.sysfs import FdBudget
 from exporter.workloads.cgroups import CgroupTree
 from exporter.workloads.classify import Classified
 from exporter.workloads.kubernetes import ContainerName, KubeletLogs, PodName
@@ -393,7 +394,7 @@ class Engine:
             self._carbon = self.config.carbon_intensity
             return
         try:
-            value = float(read_small(path, 64).split()[0])
+            value = float(read_operator_text(path, SMALL_VALUE_LIMIT).split()[0])
             if not 0 <= value <= 5000:
                 raise ValueError(f"{value} is outside 0..5000 gCO2e/kWh")
         except (OSError, ValueError, IndexError) as exc:

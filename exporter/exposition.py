@@ -62,9 +62,16 @@ def _rows(fam: m.Family) -> Rows:
     return Rows(fam, fam.labels)
 
 
-def families(
-    snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: float, workload_samples: bool = True
-) -> list[Rows]:
+@dataclass(frozen=True, slots=True)
+class EndpointStats:
+    """What the HTTP endpoint reports about itself, copied on the event loop before each tick."""
+
+    scrapes: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    rejections: Mapping[str, int] = field(default_factory=dict)
+    tls_not_after: float | None = None
+
+
+def families(snap: Snapshot, endpoint: EndpointStats, render_s: float, workload_samples: bool = True) -> list[Rows]:
     """Every family of the exposition with its samples, in the order they are rendered."""
     node = snap.info.node
     out: list[Rows] = []
@@ -104,7 +111,7 @@ def families(
         out.append(carbon)
 
     build, info = _rows(m.BUILD_INFO), _rows(m.NODE_INFO)
-    build.add((snap.info.version, snap.info.python_version), 1.0)
+    build.add((node, snap.info.version, snap.info.python_version), 1.0)
     i = snap.info
     info.add((node, i.cpu_model, str(i.cpus), str(i.sockets), i.kernel, i.cgroup_version, snap.meter), 1.0)
     out += (build, info)
@@ -122,9 +129,17 @@ def families(
         rows.add((node,), float(value))
         out.append(rows)
     served = _rows(m.SCRAPES)
-    for (fmt, encoding), count in sorted(scrapes.items()):
+    for (fmt, encoding), count in sorted(endpoint.scrapes.items()):
         served.add((node, fmt, encoding), count)
     out.append(served)
+    rejected = _rows(m.HTTP_REJECTIONS)
+    for reason, count in sorted(endpoint.rejections.items()):
+        rejected.add((node, reason), count)
+    out.append(rejected)
+    if endpoint.tls_not_after is not None:
+        expiry = _rows(m.TLS_CERT_EXPIRY)
+        expiry.add((node,), endpoint.tls_not_after)
+        out.append(expiry)
     return out
 
 
@@ -444,17 +459,17 @@ class Renderer:
         self._workload_prefixes: dict[int, tuple[tuple[str, ...], str, dict[str, str]]] = {}
         self._workload_by_value: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}  # the same, by value
 
-    def render(self, snap: Snapshot, scrapes: Mapping[tuple[str, str], int] | None = None) -> Exposition:
+    def render(self, snap: Snapshot, endpoint: EndpointStats | None = None) -> Exposition:
         """This tick's exposition; nothing is rendered until a variant is asked for."""
         if self._current is not None:
             self.last_render_s = self._current.render_s
-        served, render_s = dict(scrapes or {}), self.last_render_s
-        exposition = Exposition(snap.ready, lambda: self._body(snap, served, render_s), self)
+        stats, render_s = endpoint or EndpointStats(), self.last_render_s
+        exposition = Exposition(snap.ready, lambda: self._body(snap, stats, render_s), self)
         self._current = exposition
         return exposition
 
-    def _body(self, snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: float) -> _Body:
-        rows = families(snap, scrapes, render_s, workload_samples=False)
+    def _body(self, snap: Snapshot, endpoint: EndpointStats, render_s: float) -> _Body:
+        rows = families(snap, endpoint, render_s, workload_samples=False)
         if self.standard:
             rows += standard_families()
         known, seen = self._families, {}

@@ -78,7 +78,7 @@ SOURCE_UP = Family(
 SOURCE_ERRORS = Family(
     "source_errors_total", "counter", "Failed reads of a source since start.", ("node", "source", "device")
 )
-BUILD_INFO = Family("build", "info", "wattlens build.", ("version", "python_version"))
+BUILD_INFO = Family("build", "info", "wattlens build.", ("node", "version", "python_version"))
 NODE_INFO = Family(
     "node",
     "info",
@@ -99,6 +99,22 @@ SCRAPES = Family(
     "counter",
     "Metric scrapes served, by format and encoding (counted up to the last tick).",
     ("node", "format", "encoding"),
+)
+HTTP_REJECTIONS = Family(
+    "http_rejections_total",
+    "counter",
+    "Connections the endpoint ended or requests it refused to protect itself, by reason: evicted_idle (room for "
+    "a new connection), evicted_share (an address holding more than its share), evicted_reserve, "
+    "evicted_health, evicted_handshake, handshake_failed, handshake_timeout, plain_http_on_tls, "
+    "request_timeout, idle_timeout, write_timeout, busy (only health served), peer_limit, auth_queue_full, "
+    "accept_error, shutdown (counted up to the last tick).",
+    ("node", "reason"),
+)
+TLS_CERT_EXPIRY = Family(
+    "tls_certificate_expiry_timestamp_seconds",
+    "gauge",
+    "Unix time at which the TLS certificate being served expires (web_config_file with tls_server_config).",
+    ("node",),
 )
 RENDER_DURATION = Family(
     "render_duration_seconds",
@@ -147,8 +163,8 @@ JOB_CPU_JOULES = Family(
 USER_CPU_JOULES = Family(
     "user_cpu_joules_total",
     "counter",
-    WORKLOAD_HELP.format(what="user's sessions (user-UID.slice)"),
-    ("node", "uid", "zone", "source"),
+    WORKLOAD_HELP.format(what="user's sessions (user-UID.slice); user_id is the Unix user id"),
+    ("node", "user_id", "zone", "source"),
 )
 UNATTRIBUTED_CPU_JOULES = Family(
     "unattributed_cpu_joules_total",
@@ -256,7 +272,7 @@ WORKLOAD_GPU_FAMILIES: dict[str, Family] = {
         "user_gpu_joules_total",
         "counter",
         GPU_WORKLOAD_HELP.format(what="user's sessions"),
-        ("node", "uid", "gpu", "gpu_uuid"),
+        ("node", "user_id", "gpu", "gpu_uuid"),
     ),
     "job": Family(
         "job_gpu_joules_total",
@@ -373,6 +389,8 @@ CATALOGUE: tuple[Family, ...] = (
     TICK_CPU,
     LAST_TICK,
     SCRAPES,
+    HTTP_REJECTIONS,
+    TLS_CERT_EXPIRY,
     RENDER_DURATION,
 )
 # The standard process and Python families every Prometheus client library exports (names and help as
@@ -398,6 +416,7 @@ CONDITIONAL: frozenset[str] = frozenset(
     for f in (
         PROCESS_CPU_JOULES,
         GRID_CARBON_INTENSITY,
+        TLS_CERT_EXPIRY,
         POD_LABELS,
         POD_WATCH_REQUESTS,
         POD_WATCH_ERRORS,

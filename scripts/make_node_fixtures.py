@@ -65,7 +65,7 @@ def vm(name: str, vm_id: str, hypervisor: str = "qemu") -> Expect:
 
 
 def user(uid: str, minus: tuple[str, ...] = ()) -> Expect:
-    return Expect("user", {"uid": uid}, minus=minus)
+    return Expect("user", {"user_id": uid}, minus=minus)
 
 
 def job(job_id: str, user_id: str = "") -> Expect:

@@ -39,7 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-_UTC = timezone.utc  # noqa: UP017 (datetime.UTC is Python 3.11+; tests run on 3.10 too)
+_UTC = timezone.utc
 SESSIONS = "/redfish/v1/SessionService/Sessions"
 PUBLIC = {"/redfish", "/redfish/v1", "/redfish/v1/odata", "/redfish/v1/$metadata"}
 ALL_RESOURCES = frozenset({"EnvironmentMetrics", "PowerSubsystem", "Power", "Sensors"})

@@ -3,7 +3,7 @@ process start). Reads a JSON scenario on stdin, prints one JSON object per tick 
 
 scenario = {"flags": {...config flags...}, "state_path": str,
             "steps": [{"now": float, "state": str (a prepared state file copied into state_path)}],
-            "render": bool}
+            "render": bool, "document": bool (also the `once --json` document)}
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from exporter.config import load_config
 from exporter.engine import Engine, Snapshot
 from exporter.exposition import Renderer
+from exporter.snapshot_json import snapshot_document
 
 
 def summary(snap: Snapshot) -> dict[str, Any]:
@@ -49,6 +50,8 @@ def main() -> None:
         out = summary(snap)
         if scenario.get("render"):
             out["text"] = Renderer().render(snap).text.decode()
+        if scenario.get("document"):
+            out["document"] = snapshot_document(snap)
         print(json.dumps(out), flush=True)
     engine.close()
 

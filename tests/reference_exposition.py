@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
 from exporter.engine import Snapshot
-from exporter.exposition import Rows, families
+from exporter.exposition import EndpointStats, Rows, families
 
 
 class Reference:
@@ -31,9 +31,9 @@ class Reference:
             yield metric
 
 
-def reference_registry(snap: Snapshot, scrapes: Mapping[tuple[str, str], int], render_s: float) -> CollectorRegistry:
+def reference_registry(snap: Snapshot, endpoint: EndpointStats, render_s: float) -> CollectorRegistry:
     """The same families as prometheus-client metric families: its generate_latest output must equal the
     exposition's, series by series."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Reference(families(snap, scrapes, render_s)))  # type: ignore[arg-type]
+    registry.register(Reference(families(snap, endpoint, render_s)))  # type: ignore[arg-type]
     return registry

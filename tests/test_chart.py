@@ -38,7 +38,7 @@ from test_deploy import (
 )
 
 import exporter
-from exporter.config import load_config
+from exporter.config import load_config, parse_duration
 
 CHART = REPO / "deploy" / "helm" / "wattlens"
 RELEASE, NAMESPACE = "wattlens", "wattlens"
@@ -66,11 +66,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "dashboards.annotations": {"grafana_folder": "Energy"}, "dashboards.namespace": "monitoring",
     },
     "web-config": {
-        "webConfig.secretName": "wattlens-web", "probes.scheme": "HTTPS", "serviceMonitor.scheme": "https",
+        "webConfig.secretName": "wattlens-web", "serviceMonitor.scheme": "https",
         "serviceMonitor.tlsConfig": {"ca": {"secret": {"name": "wattlens-ca", "key": "ca.crt"}}, "serverName": "w"},
         "serviceMonitor.basicAuth": {"username": {"name": "wattlens-auth", "key": "user"},
                                      "password": {"name": "wattlens-auth", "key": "password"}},
     },
+    # No plain health listener: the probes go to the metrics port, over TLS (the kubelet does not verify).
+    "web-config-probes-on-metrics": {"webConfig.secretName": "wattlens-web", "healthPort": 0,
+                                     "probes.port": "metrics", "probes.scheme": "HTTPS"},
     "nothing-optional": {"serviceMonitor.enabled": False, "prometheusRule.enabled": False,
                          "dashboards.enabled": False, "networkPolicy.enabled": False,
                          "serviceAccount.create": False, "serviceAccount.name": "default"},
@@ -79,7 +82,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "image.digest": "sha256:" + "ab" * 32, "image.pullPolicy": "Always",
         "imagePullSecrets": [{"name": "regcred"}], "nameOverride": "power", "fullnameOverride": "power-exporter",
         "port": 19875, "extraArgs": ["--log-level", "debug"],
-        "config": {"interval": 10, "process_metrics": True, "carbon_intensity": 350, "idle_watts": {"package": 20},
+        "config": {"interval": "10s", "workload_ttl": "15m", "process_metrics": True, "carbon_intensity": 350,
+                   "idle_watts": {"package": 20},
                    "model": {"idle_watts_per_cpu": 1.0}},
         "serviceAccount.annotations": {"example.com/owner": "platform"},
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
@@ -183,7 +187,7 @@ def test_option_sets_change_every_value() -> None:
                 if new != defaults[leaf]:
                     changed.add(leaf)
     # Set to their defaults in every option set on purpose (they name what the defaults already are).
-    same = {"dashboards.label", "dashboards.labelValue", "probes.port"}
+    same = {"dashboards.label", "dashboards.labelValue"}
     assert set(defaults) - changed == same
 
 
@@ -207,6 +211,7 @@ def test_the_chart_packages_with_the_shipped_files(tmp_path: Path) -> None:
     (["--set", "gpuu.enabled=true"], "additional properties 'gpuu' not allowed"),
     (["--set", "config.intervall=10"], "at '/config': additional properties 'intervall' not allowed"),
     (["--set", "config.interval=0.1"], "at '/config/interval'"),
+    (["--set", "config.interval=5x"], "at '/config/interval'"),  # a duration: seconds, or 500ms, 5s, 2m
     (["--set", "config.sys_path=/"], "additional properties 'sys_path' not allowed"),  # owned by the chart
     (["--set", "nonRoot.enabled=true,nonRoot.uid=0"], "at '/nonRoot/uid'"),
     (["--set", "gpu.enabled=true,gpu.driverRoot=/etc"], "at '/gpu/driverRoot'"),
@@ -265,14 +270,20 @@ def test_config_is_valid_for_wattlens_and_inside_the_mounts(name: str, tmp_path:
     for path in (config.sys_path, config.cgroup_root,
                  config.kubelet_log_path / "pods", config.kubelet_log_path / "containers"):
         assert any(path == Path(m) or Path(m) in path.parents for m in mounts), path
-    [port] = c["ports"]
-    assert config.listen_address() == (None, port["containerPort"])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert config.listen_address() == (None, ports["metrics"])
+    health = config.health_listen_address()
+    assert (health[1] if health else None) == ports.get("health")  # the probes' plain listener, when there is one
+    probed = {c["readinessProbe"]["httpGet"]["port"], c["livenessProbe"]["httpGet"]["port"]}
+    assert probed <= set(ports), probed
     assert config.kubernetes_api is bool(OPTIONS[name].get("apiWatch.enabled"))
     assert list(config.pod_labels) == OPTIONS[name].get("apiWatch.podLabels", [])
     if OPTIONS[name].get("webConfig.secretName"):
         assert config.web_config_file is not None
         assert any(Path(m) in config.web_config_file.parents for m in mounts)
-    for key, value in OPTIONS[name].get("config", {}).items():
+    for key, given in OPTIONS[name].get("config", {}).items():
+        # A duration with units in the values is seconds in the model.
+        value = parse_duration(given) if key in {"interval", "workload_ttl"} else given
         assert getattr(config, key) == value or key in {"idle_watts", "model"}, key
     volume = next(v for v in spec["volumes"] if v["name"] == "config")
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import Config, ConfigError, load_config
+from exporter.config import Config, ConfigError, ModelConfig, load_config
 
 
 def test_defaults() -> None:
@@ -125,3 +125,125 @@ def test_address_in_use_is_a_clear_error() -> None:
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr.splitlines()[-1]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("key", "text", "seconds"), [
+    ("interval", "5s", 5.0), ("interval", "500ms", 0.5), ("interval", "2.5", 2.5), ("interval", " 7 ", 7.0),
+    ("workload_ttl", "2m", 120.0), ("workload_ttl", "0", 0.0), ("idle_window", "1h30m", 5400.0),
+    ("idle_window", "1d", 86400.0), ("nvml_timeout", "1500ms", 1.5),
+])
+def test_durations_take_units(key: str, text: str, seconds: float) -> None:
+    assert getattr(load_config({key: text}, None, environ={}), key) == seconds
+    assert getattr(load_config({}, None, environ={f"WATTLENS_{key.upper()}": text}), key) == seconds
+
+
+@pytest.mark.parametrize("text", ["5x", "s", "5 s", "1h-5m", "5sm", "inf", "nan"])
+def test_a_bad_duration_is_named_with_the_fix(text: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({"interval": text}, None, environ={})
+    message = str(caught.value)
+    assert message.startswith(f"invalid setting interval={text!r} (from flag --interval)")
+    assert "Fix: set interval to seconds between ticks (5, 2.5, 500ms)" in message
+
+
+@pytest.mark.parametrize(("listen", "address"), [
+    (9875, (None, 9875)), ("9875", (None, 9875)), (":9875", (None, 9875)), ("[::]:9875", ("::", 9875)),
+    ("127.0.0.1:9875", ("127.0.0.1", 9875)), ("[::1]:0", ("::1", 0)), ("localhost:80", ("localhost", 80)),
+])
+def test_listen_forms(listen: int | str, address: tuple[str | None, int], tmp_path: Path) -> None:
+    file = tmp_path / "wattlens.yaml"
+    file.write_text(f"listen: {listen if isinstance(listen, int) else repr(listen)}\n")
+    assert load_config({}, file, environ={}).listen_address() == address
+    assert load_config({"listen": str(listen)}, None, environ={}).listen_address() == address
+
+
+@pytest.mark.parametrize(("listen", "expected"), [
+    ("::1:9875", "an IPv6 address needs brackets"), ("localhost", "must be PORT, :PORT, HOST:PORT"),
+    ("70000", "port from 0 to 65535"), (":-1", "port from 0 to 65535"),
+])
+def test_bad_listen_addresses(listen: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_config({"listen": listen}, None, environ={})
+
+
+def test_an_unquoted_bracket_in_yaml_gets_a_hint(tmp_path: Path) -> None:
+    file = tmp_path / "wattlens.yaml"
+    file.write_text("interval: 5\nlisten: [::]:9875\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config({}, file, environ={})
+    assert "not valid YAML at line 2" in str(caught.value)
+    assert 'listen: "[::]:9875"' in str(caught.value)
+
+
+@pytest.mark.parametrize(("source", "where"), [
+    ("file", "config file"), ("env", "environment WATTLENS_MODEL__CPU"), ("flag", "flag --model.cpu"),
+])
+def test_a_nested_typo_names_the_full_dotted_key(source: str, where: str, tmp_path: Path) -> None:
+    file = tmp_path / "wattlens.yaml"
+    file.write_text("model:\n  cpu: 3\n" if source == "file" else "")
+    flags = {"model.cpu": "3"} if source == "flag" else {}
+    env = {"WATTLENS_MODEL__CPU": "3"} if source == "env" else {}
+    with pytest.raises(ConfigError) as caught:
+        load_config(flags, file, environ=env)
+    message = str(caught.value)
+    assert message.startswith(f"unknown setting 'model.cpu' (from {where}")
+    assert "did you mean 'model.cpus'?" in message
+    assert "one of: idle_watts_per_cpu, max_watts_per_cpu, cpus" in message
+
+
+def test_nested_values_are_named_in_full(tmp_path: Path) -> None:
+    file = tmp_path / "wattlens.yaml"
+    file.write_text("model:\n  cpus: lots\n")
+    with pytest.raises(ConfigError, match=r"^invalid setting model\.cpus='lots' \(from config file"):
+        load_config({}, file, environ={})
+    file.write_text("model: 5\n")
+    with pytest.raises(ConfigError, match=r"^invalid setting model=5 .*Fix: set model to a mapping"):
+        load_config({}, file, environ={})
+
+
+# What the kubelet injects into every container of a namespace with Services named wattlens and
+# wattlens-metrics (enableServiceLinks defaults to true).
+SERVICE_LINKS = {
+    "WATTLENS_SERVICE_HOST": "10.96.0.12",
+    "WATTLENS_SERVICE_PORT": "9875",
+    "WATTLENS_SERVICE_PORT_METRICS": "9875",
+    "WATTLENS_PORT": "tcp://10.96.0.12:9875",
+    "WATTLENS_PORT_9875_TCP": "tcp://10.96.0.12:9875",
+    "WATTLENS_PORT_9875_TCP_PROTO": "tcp",
+    "WATTLENS_PORT_9875_TCP_PORT": "9875",
+    "WATTLENS_PORT_9875_TCP_ADDR": "10.96.0.12",
+    "WATTLENS_METRICS_SERVICE_HOST": "fd00:10:96::c",
+    "WATTLENS_METRICS_SERVICE_PORT": "443",
+    "WATTLENS_METRICS_PORT": "tcp://[fd00:10:96::c]:443",
+    "WATTLENS_METRICS_PORT_443_TCP_ADDR": "fd00:10:96::c",
+}
+
+
+def test_kubernetes_service_links_are_ignored() -> None:
+    config = load_config({}, None, environ={**SERVICE_LINKS, "WATTLENS_INTERVAL": "2"})
+    assert config.interval == 2.0
+    assert config.listen == ":9875"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("WATTLENS_INTERVALL", "3"),  # a typo
+    ("WATTLENS_LISTEN_PORT", "9875"),  # looks like a port, is not a service link's shape
+    ("WATTLENS_PORT", "9875"),  # a service link's _PORT is always proto://host:port
+    ("WATTLENS_SERVICE_HOST", "not an address"),
+])
+def test_other_unknown_variables_stay_errors(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({}, None, environ={name: value})
+    assert f"(from environment {name})" in str(caught.value)
+    assert str(caught.value).startswith("unknown setting ")
+
+
+def test_every_setting_has_a_group_help_flag_and_variable() -> None:
+    from exporter.config import OTHER_GROUP, settings
+
+    found = settings()
+    assert len(found) == len(Config.model_fields) - 1 + len(ModelConfig.model_fields)  # model.* instead of model
+    for setting in found:
+        assert setting.group != OTHER_GROUP, f"{setting.key} has no help group"
+        assert setting.help, f"{setting.key} has no help text"
+        assert setting.env == "WATTLENS_" + setting.key.upper().replace(".", "__")

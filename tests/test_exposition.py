@@ -12,7 +12,7 @@ from helpers import FIXTURES, REPO, RaplTree, make_config, tool
 
 from exporter import metrics
 from exporter.engine import Engine
-from exporter.exposition import Renderer
+from exporter.exposition import EndpointStats, Renderer
 
 
 def _promtool() -> str:
@@ -45,8 +45,10 @@ def test_catalogue_follows_naming_conventions() -> None:
             assert family.kind == "counter" and family.name.endswith("_joules_total")
         if "watts" in family.name:
             assert family.kind == "gauge" and family.name.endswith("_watts")
-        if family.kind != "info":
-            assert family.labels[0] == "node", "every series carries the constant node label"
+        assert family.labels[0] == "node", f"{family.full_name}: every series carries the constant node label"
+        assert "uid" not in family.labels or family.name.startswith(("pod_", "container_")), (
+                "uid is a pod's UID (a container's: its pod's), nothing else's"
+            )
 
 
 def test_every_catalogued_family_is_rendered(tmp_path: Path) -> None:
@@ -54,13 +56,27 @@ def test_every_catalogued_family_is_rendered(tmp_path: Path) -> None:
     engine = Engine.start(make_config(sys_path=tree.root, meters="rapl"))
     engine.tick(0.0)
     tree.advance("intel-rapl:0", 1_000_000)
-    text = Renderer().render(engine.tick(5.0), {("text", "identity"): 3}).text.decode()
+    endpoint = EndpointStats(scrapes={("text", "identity"): 3}, rejections={"evicted_idle": 2}, tls_not_after=1.9e9)
+    text = Renderer().render(engine.tick(5.0), endpoint).text.decode()
     for family in metrics.CATALOGUE:
         name = family.full_name + ("_info" if family.kind == "info" else "")
         if family.full_name in metrics.CONDITIONAL:
             continue  # rendered by the GPU and process-metrics tests
         assert f"# TYPE {name} " in text, name
+    assert 'wattlens_http_rejections_total{node="' in text and 'reason="evicted_idle"} 2.0' in text
+    assert "wattlens_tls_certificate_expiry_timestamp_seconds{" in text
     assert len(metrics.CATALOGUE) == len({f.full_name for f in metrics.CATALOGUE})
+
+
+def test_every_rendered_series_has_the_node_label(tmp_path: Path) -> None:
+    tree = RaplTree.copy("intel-laptop", tmp_path)
+    engine = Engine.start(make_config(sys_path=tree.root, meters="rapl", node_name="n9"))
+    engine.tick(0.0)
+    text = Renderer().render(engine.tick(5.0)).text.decode()
+    wattlens = [line for line in text.splitlines() if line.startswith("wattlens_")]
+    assert any(line.startswith("wattlens_build_info{") for line in wattlens)
+    for line in wattlens:
+        assert 'node="n9"' in line, line
 
 
 def test_label_values_are_escaped(tmp_path: Path) -> None:

@@ -102,7 +102,8 @@ def split_series(body: bytes) -> dict[str, str]:
     return out
 
 
-SCRAPES = {("text", "gzip"): 4, ("openmetrics", "identity"): 2}
+SCRAPES = ex.EndpointStats(
+    scrapes={("text", "gzip"): 4, ("openmetrics", "identity"): 2}, rejections={"evicted_idle": 3}, tls_not_after=2e9)
 
 
 def ours(snap: Snapshot) -> ex.Exposition:

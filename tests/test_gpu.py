@@ -59,9 +59,9 @@ class GpuNode:
         state.write(path)
         self.steps.append({"now": now, "state": str(path)})
 
-    def run(self, render: bool = False, **flags: str) -> list[dict[str, Any]]:
+    def run(self, render: bool = False, document: bool = False, **flags: str) -> list[dict[str, Any]]:
         scenario = {"flags": {**self.flags, **flags}, "state_path": str(self.tmp / "nvml.state"),
-                    "steps": self.steps, "render": render}
+                    "steps": self.steps, "render": render, "document": document}
         env = stub_env(self.stub_dir, self.tmp / "nvml.state", base={"PATH": "/usr/bin:/bin"})
         result = subprocess.run([sys.executable, str(REPO / "tests" / "gpu_driver.py")], input=json.dumps(scenario),
                                 capture_output=True, text=True, timeout=120, env=env, cwd=REPO)

@@ -154,3 +154,57 @@ def test_daemon_exports_pod_labels_from_the_watch(tmp_path: Path) -> None:
             assert daemon.stop()[0] == 0
     finally:
         server.close()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["no service account", "unreachable", "401"])
+def test_an_unusable_api_is_one_line_source_down_retried_and_never_a_traceback(case: str, tmp_path: Path) -> None:
+    """kubernetes_api: true outside a pod, with a dead server, or with a rejected token: the daemon says so once,
+    with the fix, reports the source down, retries with backoff, stays ready and stops with status 0."""
+    server = FakeApiServer(token="right") if case == "401" else None
+    token = tmp_path / "token"
+    token.write_text("wrong")
+    env = {"WATTLENS_KUBERNETES_API": "true", "WATTLENS_KUBERNETES_TOKEN_FILE": str(token),
+           "WATTLENS_KUBELET_LOG_PATH": str(tmp_path / "nolog")}
+    if case == "unreachable":
+        env["WATTLENS_KUBERNETES_API_SERVER"] = f"http://127.0.0.1:{_closed_port()}"
+    elif server is not None:
+        env["WATTLENS_KUBERNETES_API_SERVER"] = server.url
+    expected = {"no service account": "not in a pod (KUBERNETES_SERVICE_HOST is unset) and kubernetes_api_server "
+                                      "is empty. Fix: run wattlens in a pod, set kubernetes_api_server, or set "
+                                      "kubernetes_api to false",
+                "unreachable": "cannot connect to http://127.0.0.1:",
+                "401": f"HTTP 401 Unauthorized from {server.url if server else ''}: the token in {token} is not "
+                       "accepted. Fix:"}[case]
+    rapl = RaplTree.copy("intel-laptop", tmp_path)
+    try:
+        with Daemon("--sys", str(rapl.root), "--interval", "0.5", "--node-name", "node-a", env=env) as daemon:
+            started = time.monotonic()
+            daemon.wait_ready()  # readiness does not depend on the watch
+            time.sleep(max(0.0, 3.5 - (time.monotonic() - started)))  # attempts at 0, 1 and 3 s: backoff 1, 2, 4
+            samples = daemon.metrics()
+            assert daemon.get("/readyz")[0] == 200 and daemon.get("/healthz")[0] == 200
+            assert samples['wattlens_source_up{device="",node="node-a",source="kubernetes-api"}'] == 0
+            errors = samples['wattlens_pod_watch_errors_total{node="node-a"}']
+            assert 2 <= errors <= 4, errors  # retried, and backing off rather than hammering
+            assert samples['wattlens_node_cpu_joules_total{die="",node="node-a",socket="0",source="rapl",'
+                           'zone="package"}'] >= 0
+            code, log = daemon.stop()
+    finally:
+        if server is not None:
+            server.close()
+    assert code == 0
+    assert "Traceback" not in log and " ERROR " not in log, log
+    warnings = [line for line in log.splitlines() if "pod watch:" in line and "WARNING" in line]
+    assert len(warnings) == 1, log  # one line when it starts failing, not one per retry
+    assert "cannot use the Kubernetes API: " + expected in warnings[0], warnings[0]
+    if server is not None:
+        assert 2 <= server.unauthorized <= 4

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import uvloop
+from attacks import held_server_sockets, server_sockets
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -167,9 +168,16 @@ class Running:
 
     def connections(self) -> int:
         async def count() -> int:
-            return len(self.server._connections)
+            counts = self.server.open_connections()
+            return counts["main"] + counts["reserve"] + counts["health"]
 
         return int(self.call(count()))
+
+    def states(self) -> Counter[str]:
+        async def states() -> Counter[str]:
+            return self.server.connection_states()
+
+        return Counter(self.call(states()))
 
     def wait_connections(self, expected: int, timeout: float = TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -203,8 +211,10 @@ class Reply:
 class Raw:
     """A raw TCP client with a tiny HTTP/1.1 response reader, for what http.client hides or refuses to send."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    def __init__(self, port: int, source: str | None = None) -> None:
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0) if source else None
+        )
         self.buf = b""
 
     def __enter__(self) -> Raw:
@@ -549,7 +559,14 @@ def test_connection_close_and_http10_close_after_the_response(start: Callable[..
 # Hostile input
 # ---------------------------------------------------------------------------------------------------------
 
-SMALL = Limits(max_request_bytes=1024, request_timeout_s=0.5, write_timeout_s=2.0, max_connections=4)
+SMALL = Limits(
+    max_request_bytes=1024,
+    first_request_timeout_s=0.5,
+    request_timeout_s=0.5,
+    keep_alive_timeout_s=0.5,
+    write_timeout_s=2.0,
+    max_connections=4,
+)
 
 
 @pytest.mark.parametrize(
@@ -752,35 +769,145 @@ def test_client_vanishing_mid_response_leaves_the_server_serving(start: Callable
     srv.wait_connections(0)
 
 
-def test_connections_over_the_limit_are_closed(start: Callable[..., Running]) -> None:
-    limits = Limits(max_connections=2)
-    srv = start(limits)
+def test_idle_connections_make_room_oldest_first(start: Callable[..., Running]) -> None:
+    srv = start(Limits(max_connections=2))
     srv.exposition = exp = make_exposition()
     held = [srv.raw(), srv.raw()]
-    for c in held:  # a completed request proves the server has taken the connection
+    for c in held:  # a completed request proves the server has taken the connection; now idle keep-alive
         c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert c.response().status == 200
     srv.wait_connections(2)
-    extra = [srv.raw() for _ in range(3)]
-    for c in extra:
-        with contextlib.suppress(ConnectionError):
-            c.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert c.closed_within(2.0)
-        assert not c.buf.startswith(b"HTTP/1.1 200")
+    # A newcomer gets in at once: the oldest idle connection is closed for it, the younger one is not.
+    reply = srv.get("/metrics")
+    assert (reply.status, reply.body) == (200, exp.text)
+    assert held[0].closed_within(2.0)
+    held[1].send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert held[1].response().body == exp.text
+    # Silent connections (nothing sent yet) are reusable too: a stream of them never locks a client out.
+    silent = [srv.raw() for _ in range(6)]
+    assert srv.get("/metrics").status == 200
+    assert srv.connections() <= 2
+    for c in (*held, *silent):
         c.sock.close()
-    # The held connections are unaffected ...
-    for c in held:
-        c.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert srv.server.dropped["evicted_idle"] >= 2
+
+
+def test_busy_connections_stay_and_newcomers_get_the_health_reserve(start: Callable[..., Running]) -> None:
+    srv = start(Limits(max_connections=2, reserve_connections=2, first_request_timeout_s=30.0))
+    srv.exposition = exp = make_exposition()
+    busy = [srv.raw(), srv.raw()]
+    for c in busy:  # mid-request: not reusable
+        c.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+    deadline = time.monotonic() + TIMEOUT
+    while srv.states() != Counter({"reading": 2}):
+        assert time.monotonic() < deadline, srv.states()
+        time.sleep(0.01)
+    for _ in range(3):  # probes still get through, on the reserve, one request per connection
+        reply = srv.get("/healthz")
+        assert (reply.status, reply.body, reply.headers["connection"]) == (200, b"ok\n", "close")
+        assert srv.get("/readyz").status == 200
+    reply = srv.get("/metrics")  # anything else is refused with a clear answer, not a silent close
+    assert reply.status == 503 and reply.headers["retry-after"] == "1" and b"too many connections" in reply.body
+    # The reserve evicts its own oldest: silent clients cannot lock probes out of it either.
+    squatters = [srv.raw() for _ in range(4)]
+    assert srv.get("/healthz").status == 200
+    for c in busy:  # the busy connections were never touched
+        c.send(b"\r\n")
         assert c.response().body == exp.text
-    assert srv.connections() == 2
-    # ... and once they go, new clients are served again.
-    for c in held:
+    for c in squatters:
         c.sock.close()
+    assert srv.server.scrapes == Counter({("text", "identity"): 2})
+
+
+def test_per_peer_cap_sends_a_greedy_address_to_the_reserve(start: Callable[..., Running]) -> None:
+    srv = start(Limits(max_connections=8, max_connections_per_peer=2, first_request_timeout_s=30.0))
+    srv.exposition = exp = make_exposition()
+    greedy = [Raw(srv.port, source="127.0.0.2") for _ in range(2)]
+    for c in greedy:
+        c.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # mid-request: not reusable
+    deadline = time.monotonic() + TIMEOUT
+    while srv.states() != Counter({"reading": 2}):
+        assert time.monotonic() < deadline, srv.states()
+        time.sleep(0.01)
+    with Raw(srv.port, source="127.0.0.2") as third:
+        third.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert third.response().status == 503  # the reserve: health only
+    with Raw(srv.port, source="127.0.0.3") as other:  # another address is not affected
+        other.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert other.response().body == exp.text
+    assert srv.server.dropped["peer_limit"] == 1
+    for c in greedy:
+        c.sock.close()
+
+
+def test_keep_alive_outlives_the_request_deadline(start: Callable[..., Running]) -> None:
+    # Prometheus scrapes every 15-60 s on one connection: idling between requests is not a slow request.
+    srv = start(Limits(request_timeout_s=0.3, first_request_timeout_s=0.3, keep_alive_timeout_s=30.0))
+    srv.exposition = exp = make_exposition()
+    with srv.raw() as c:
+        for _ in range(2):
+            c.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert c.response().body == exp.text
+            assert not c.closed_within(0.8)
+
+
+def test_both_content_length_and_transfer_encoding_is_400_and_close(start: Callable[..., Running]) -> None:
+    srv = start()
+    with srv.raw() as c:
+        c.send(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"3\r\nabc\r\n0\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = c.response()
+        assert reply.status == 400 and reply.headers["connection"] == "close"
+        assert c.closed_within(2.0)
+        assert b"HTTP/1.1" not in c.buf  # the smuggled request behind it was not answered
+
+
+def test_oversized_content_length_is_413_at_once(start: Callable[..., Running]) -> None:
+    srv = start(Limits(max_request_bytes=1024, request_timeout_s=10.0, first_request_timeout_s=10.0))
+    with srv.raw() as c:
+        began = time.monotonic()
+        c.send(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")  # no body sent
+        reply = c.response()
+        assert reply.status == 413
+        assert time.monotonic() - began < 2.0  # not after the 10 s deadline
+        assert c.closed_within(2.0)
+
+
+def test_expect_100_continue_gets_the_interim_response(start: Callable[..., Running]) -> None:
+    srv = start()
+    with srv.raw() as c:
+        c.send(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        interim = c.response(head_only=True)
+        assert interim.status == 100
+        c.send(b"hello")
+        assert c.response().status == 405
+    with srv.raw() as c:  # too large: refused before the client sends the body
+        c.send(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n")
+        assert c.response().status == 413
+
+
+def test_a_client_that_never_reads_is_aborted_and_leaves_nothing_behind(start: Callable[..., Running]) -> None:
+    srv = start(Limits(write_timeout_s=1.0, max_connections=8))
+    srv.exposition = make_exposition(lines=200_000)  # ~8 MB: more than any socket buffer holds
+    clients = []
+    for _ in range(4):
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.connect(("127.0.0.1", srv.port))
+        c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 4)  # and never read
+        clients.append(c)
+    deadline = time.monotonic() + 6
+    while srv.server.dropped["write_timeout"] < 4:
+        assert time.monotonic() < deadline, srv.server.dropped
+        time.sleep(0.05)
     srv.wait_connections(0)
-    for _ in range(3):
-        reply = srv.get("/metrics")
-        assert (reply.status, reply.body) == (200, exp.text)
-    assert srv.server.scrapes == Counter({("text", "identity"): 5})
+    # Aborted, not closed: no server-side socket is left holding the unsent response (an orphan in FIN_WAIT).
+    deadline = time.monotonic() + 3
+    while held_server_sockets(srv.port):
+        assert time.monotonic() < deadline, server_sockets(srv.port)
+        time.sleep(0.05)
+    for c in clients:
+        c.close()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -814,7 +941,7 @@ def test_close_lets_a_request_in_progress_finish(start: Callable[..., Running]) 
         srv.wait_connections(1)
         # Until the server has read those bytes the connection is idle, and close() may rightly drop it.
         deadline = time.monotonic() + TIMEOUT
-        while srv.server._idle or not srv.server._connections:
+        while srv.states() != Counter({"reading": 1}):
             assert time.monotonic() < deadline
             time.sleep(0.01)
         closing = asyncio.run_coroutine_threadsafe(srv.server.close(), srv.loop)

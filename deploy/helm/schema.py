@@ -17,6 +17,7 @@ from typing import Any
 SCHEMA = Path(__file__).resolve().parent / "wattlens" / "values.schema.json"
 CHART_OWNED = (
     "listen",
+    "health_listen",
     "sys_path",
     "proc_path",
     "cgroup_root",
@@ -56,15 +57,37 @@ def _clean(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
+# What wattlens' durations accept besides a number of seconds (exporter.config.parse_duration).
+DURATION_PATTERN = r"^\s*([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+\s*$"
+
+
+def _durations_as_text_too(properties: dict[str, Any], names: set[str]) -> None:
+    """`interval: 5s` is valid in wattlens.yaml, so the chart must not reject it: a duration is a number of
+    seconds within its bounds, or a string with units (whose bounds wattlens checks at start)."""
+    for name in names & properties.keys():
+        number = {key: value for key, value in properties[name].items() if key not in ("default", "description")}
+        text = {"type": "string", "pattern": DURATION_PATTERN}
+        properties[name] = {
+            "anyOf": [number, text],
+            **{key: properties[name][key] for key in ("default", "description") if key in properties[name]},
+        }
+
+
 def config_schema() -> dict[str, Any]:
     """The `config` value's schema: wattlens' Config model without the keys the chart owns."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from exporter.config import Config  # noqa: PLC0415 (after the path is set, for a plain checkout)
+    from exporter.config import Config, parse_duration  # noqa: PLC0415 (after the path is set)
 
     model = Config.model_json_schema()
     schema = _clean(model, model.get("$defs", {}))
     for key in CHART_OWNED:
         schema["properties"].pop(key)
+    durations = {
+        name
+        for name, field in Config.model_fields.items()
+        if any(getattr(meta, "func", None) is parse_duration for meta in field.metadata)
+    }
+    _durations_as_text_too(schema["properties"], durations)
     schema["description"] = (
         "wattlens settings (wattlens.yaml); generated from exporter/config.py by deploy/helm/schema.py"
     )

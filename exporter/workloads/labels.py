@@ -14,7 +14,7 @@ LABELS: dict[str, tuple[str, ...]] = {
     "container": ("namespace", "pod", "uid", "container", "container_id", "runtime", "parent_kind"),
     "service": ("unit",),
     "vm": ("vm", "vm_id", "hypervisor"),
-    "user": ("uid",),
+    "user": ("user_id",),  # a Unix user id; not `uid`, which is a pod UID on pod series
     "job": ("job_id", "user_id", "scheduler"),
 }
 

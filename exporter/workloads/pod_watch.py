@@ -5,6 +5,11 @@ ends (server timeout, dropped connection) resumes from the last resourceVersion 
 only a 410 Gone (the resourceVersion is too old) leads to a new list. Errors back off exponentially. The
 service-account token is re-read on every request, so a rotated token is used as soon as it is on disk.
 
+A watch that cannot work (not in a pod, no token, unreachable server, 401, 403) never stops the exporter: it
+logs one line with the reason and the fix when the failure starts (and again only if the reason changes),
+keeps `up` False (wattlens_source_up{source="kubernetes-api"} 0) and retries with backoff. Readiness does
+not depend on it: energy is measured and attributed without it, only pod labels and owners are missing.
+
 kubernetes_asyncio (an optional dependency: `pip install 'wattlens[kubernetes]'`) supplies configuration,
 TLS, auth and HTTP; the list/watch protocol is driven here so every relist is deliberate and counted.
 Kepler's cluster-wide pod informer OOMed a large control plane (kepler#2366); a node-scoped watch costs the
@@ -20,11 +25,14 @@ import importlib.util
 import json
 import logging
 import os
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from exporter.files import CREDENTIAL_FILE_LIMIT, read_operator_text
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +98,10 @@ class Gone(Exception):
     """410: the resourceVersion is too old to watch from; list again."""
 
 
+class Unusable(Exception):
+    """The watch cannot start with this configuration; the message says why."""
+
+
 @dataclass
 class PodWatch:
     """Keeps `pods` (by cgroup pod uid) current. `pods` is replaced, never mutated, so the tick thread can
@@ -108,6 +120,8 @@ class PodWatch:
     up: bool = False  # the last request succeeded
     _resource_version: str = ""
     _deleted: dict[str, float] = field(default_factory=dict)  # uid → monotonic time of deletion
+    _failure: str = ""  # the reason of the failure being reported, "" while working
+    _host: str = ""
 
     def _configuration(self) -> Any:
         configuration = _client().Configuration()
@@ -116,8 +130,17 @@ class PodWatch:
         else:
             host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
             if not host or not port:
-                raise RuntimeError("not in a pod (KUBERNETES_SERVICE_HOST unset) and no kubernetes_api_server set")
+                raise Unusable(
+                    "not in a pod (KUBERNETES_SERVICE_HOST is unset) and kubernetes_api_server is empty. Fix: run "
+                    "wattlens in a pod, set kubernetes_api_server, or set kubernetes_api to false"
+                )
+            if not self.token_file.exists():
+                raise Unusable(
+                    f"no service-account token at {self.token_file}. Fix: mount it (automountServiceAccountToken: "
+                    "true, as components/api-watch does) or set kubernetes_token_file"
+                )
             configuration.host = f"https://{'[' + host + ']' if ':' in host else host}:{port}"
+        self._host = configuration.host
         if self.ca_file.exists():
             configuration.ssl_ca_cert = str(self.ca_file)
         configuration.api_key_prefix["BearerToken"] = "Bearer"
@@ -125,7 +148,7 @@ class PodWatch:
 
         def reread_token(config: Any) -> None:
             try:
-                config.api_key["BearerToken"] = self.token_file.read_text().strip()
+                config.api_key["BearerToken"] = read_operator_text(self.token_file, CREDENTIAL_FILE_LIMIT).strip()
             except OSError:
                 config.api_key["BearerToken"] = ""
 
@@ -133,35 +156,67 @@ class PodWatch:
         return configuration
 
     async def run(self, stop: asyncio.Event) -> None:
+        """List and watch until `stop` is set; never raises (but CancelledError)."""
         backoff = BACKOFF_FIRST_S
-        client_module = _client()
-        async with client_module.ApiClient(self._configuration()) as client:
-            api = client_module.CoreV1Api(client)
-            while not stop.is_set():
-                listed = False
-                try:
-                    if not self._resource_version:
-                        await self._list(api)
-                        listed = True
-                    await self._watch(api, stop)
+        while not stop.is_set():
+            try:
+                configuration = self._configuration()
+                client_module = _client()
+                async with client_module.ApiClient(configuration) as client:
+                    await self._session(client_module.CoreV1Api(client), stop)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # bad configuration, network, TLS, 401/403, 5xx: keep serving, retry
+                if self.up:  # it worked until now: a new run of failures starts with a short wait
                     backoff = BACKOFF_FIRST_S
-                except Gone:
-                    log.info("pod watch: resourceVersion %s expired (410 Gone); listing again", self._resource_version)
-                    self._resource_version = ""
-                    if listed:  # Gone straight after a fresh list: a confused server; do not hammer it
-                        self.errors += 1
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), timeout=backoff)
-                        backoff = min(backoff * 2, BACKOFF_MAX_S)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # network, TLS, 401/403, 5xx: keep serving what we have, retry
+                self._failed(exc, backoff)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _session(self, api: Any, stop: asyncio.Event) -> None:
+        """Lists and watches through one client; an error other than 410 Gone ends it."""
+        backoff = BACKOFF_FIRST_S
+        while not stop.is_set():
+            listed = False
+            try:
+                if not self._resource_version:
+                    await self._list(api)
+                    listed = True
+                await self._watch(api, stop)
+                backoff = BACKOFF_FIRST_S
+            except Gone:
+                log.info("pod watch: resourceVersion %s expired (410 Gone); listing again", self._resource_version)
+                self._resource_version = ""
+                if listed:  # Gone straight after a fresh list: a confused server; do not hammer it
                     self.errors += 1
-                    self.up = False
-                    log.warning("pod watch failed (%s); retrying in %.0f s", _reason(exc), backoff)
-                    with contextlib.suppress(TimeoutError):
+                    with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def _failed(self, exc: Exception, backoff: float) -> None:
+        """Count a failure; log it when a failure starts or its reason changes, not on every retry."""
+        self.errors += 1
+        self.up = False
+        reason = _reason(exc, self._host, self.token_file)
+        if reason != self._failure:
+            log.warning(
+                "pod watch: cannot use the Kubernetes API: %s. Pod labels and owners are missing meanwhile "
+                "(energy is measured and attributed as usual); retrying with backoff (%.0f s, up to %.0f s)",
+                reason,
+                backoff,
+                BACKOFF_MAX_S,
+            )
+        else:
+            log.debug("pod watch: still failing (%s); retrying in %.0f s", reason, backoff)
+        self._failure = reason
+
+    def _working(self) -> None:
+        self.up = True
+        if self._failure:
+            log.info("pod watch: the Kubernetes API at %s works again", self._host)
+        self._failure = ""
 
     async def _list(self, api: Any) -> None:
         self.lists += 1
@@ -178,7 +233,8 @@ class PodWatch:
                 self._deleted.pop(meta.uid, None)
         self.pods = pods
         self._resource_version = str((body.get("metadata") or {}).get("resourceVersion") or "")
-        self.synced = self.up = True
+        self.synced = True
+        self._working()
         log.info(
             "pod watch: listed %d pods on %s at resourceVersion %s", len(pods), self.node_name, self._resource_version
         )
@@ -199,7 +255,7 @@ class PodWatch:
                 raise Gone from None
             raise
         await _check(response)
-        self.up = True
+        self._working()
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
@@ -256,6 +312,29 @@ async def _check(response: Any) -> None:
     raise HttpError(status)
 
 
-def _reason(exc: BaseException) -> str:
+_HTTP_REASONS = {
+    401: "HTTP 401 Unauthorized from {host}: the token in {token_file} is not accepted. Fix: check that the "
+    "service-account token is mounted and belongs to this cluster",
+    403: "HTTP 403 Forbidden from {host}: the service account may not list and watch pods. Fix: bind it to a role "
+    "allowing get, list and watch on pods (components/api-watch/rbac.yaml)",
+}
+
+
+def _reason(exc: BaseException, host: str, token_file: Path) -> str:
+    """Why the watch failed and how to fix it, as one sentence."""
     status = getattr(exc, "status", None)
-    return f"HTTP {status}" if status else (str(exc) or type(exc).__name__)
+    if isinstance(exc, Unusable):
+        reason = str(exc)
+    elif status:
+        default = "HTTP {status} from {host}. Fix: check the API server's health; wattlens retries by itself"
+        reason = _HTTP_REASONS.get(status, default).format(status=status, host=host, token_file=token_file)
+    elif isinstance(exc, ssl.SSLError):
+        reason = f"TLS with {host} failed ({exc}). Fix: set kubernetes_ca_file to the API server's CA bundle"
+    elif isinstance(exc, OSError):
+        reason = (
+            f"cannot connect to {host} ({exc.strerror or exc}). Fix: check kubernetes_api_server and that the API "
+            "server is reachable from this node"
+        )
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    return reason
