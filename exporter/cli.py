@@ -24,7 +24,7 @@ from exporter.engine import Engine, Snapshot
 from exporter.exposition import Renderer
 from exporter.logs import setup_logging
 from exporter.meters.base import MeterUnavailable
-from exporter.meters.nvml import NvmlMeter
+from exporter.meters.nvml_loader import open_nvml
 from exporter.meters.select import select_meter
 from exporter.nodeinfo import read_node_info
 from exporter.snapshot_json import snapshot_document
@@ -205,7 +205,7 @@ def _check_gpus(config: Config) -> None:
         print("  off (gpus: false)")
         return
     try:
-        meter = NvmlMeter.open(config.nvml_timeout)
+        meter = open_nvml(config.nvml_timeout)
     except MeterUnavailable as exc:
         print(f"  [no ] nvml: {exc.reason}")
         if exc.fix:
@@ -250,7 +250,17 @@ def check(config: Config, seconds: float) -> int:
         idle = f"{d.idle_watts:.2f} W ({d.idle_method})" if d.idle_watts is not None else "unknown"
         print(f"  idle baseline for {d.zone}: {idle}")
     _top_services(config, snap, seconds)
+    _check_fds(engine, snap)
     return 0
+
+
+def _check_fds(engine: Engine, snap: Snapshot) -> None:
+    budget = engine.fd_budget
+    over = f"; OVER BUDGET for {', '.join(snap.fd_degraded)}" if snap.fd_degraded else ""
+    print(
+        f"\nFile descriptors: open-files limit {budget.limit}; wattlens holds at most {budget.budget} across ticks"
+        f" (the rest is kept for HTTP connections); this node needed {snap.fds_held}{over}"
+    )
 
 
 TOP_SERVICES = 10

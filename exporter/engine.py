@@ -9,19 +9,19 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from exporter.attribution import IdleSplit, Usage, attribute, split_by_baseline, split_by_ratio
 from exporter.config import Config
 from exporter.counters import MICRO, CounterTrack, StepKind
 from exporter.files import SMALL_VALUE_LIMIT, read_operator_text
-from exporter.gpus import GpuAccounting, GpuState
 from exporter.idle import IdleBaseline
 from exporter.ledger import Ledger, TopProcesses, WorkloadLedger
 from exporter.meters.base import CounterSample, Meter, MeterUnavailable, ZoneId
-from exporter.meters.nvml import NvmlMeter
+from exporter.meters.nvml_loader import open_nvml
 from exporter.meters.select import MeterReport, select_meter
 from exporter.nodeinfo import NodeInfo, read_node_info
-from exporter.sysfs import raise_fd_limit
+from exporter.sysfs import FdBudget
 from exporter.workloads.cgroups import CgroupTree
 from exporter.workloads.classify import Classified
 from exporter.workloads.kubernetes import ContainerName, KubeletLogs, PodName
@@ -29,7 +29,10 @@ from exporter.workloads.labels import label_values
 from exporter.workloads.pod_watch import PodWatch
 from exporter.workloads.processes import ProcessKey, ProcessTable, cgroup_path
 from exporter.workloads.procfs import CpuTimes, ProcStat, clock_ticks_per_second
-from exporter.workloads.tree import UsageTracker, WorkloadTree, build_tree, owner_of
+from exporter.workloads.tree import TreeBuilder, UsageTracker, WorkloadTree, owner_of
+
+if TYPE_CHECKING:
+    from exporter.gpus import GpuAccounting, GpuState
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,10 @@ class Snapshot:
     tick_seconds: float = 0.0  # length of the last tick, for watts
     cgroup_read_errors: int = 0
     cgroup_walks_truncated: int = 0
+    cgroup_full_walks: int = 0
+    fd_budget: int = 0
+    fds_held: int = 0
+    fd_degraded: tuple[str, ...] = ()  # readers refused held fds
     gpus: tuple[GpuState, ...] = ()
     gpu_driver: str = ""
     carbon_intensity: float | None = None  # gCO2e per kWh
@@ -101,6 +108,16 @@ class Snapshot:
     pod_watch: tuple[int, int, int, bool] | None = None  # lists, watches, errors, synced
     processes: tuple[tuple[ProcessKey, tuple[tuple[str, int], ...]], ...] = ()
     processes_other: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Labels:
+    """A workload's label values: made again only when the names the node knows change."""
+
+    workload: Classified
+    parent: str  # its top-level workload's key ("" if it is one): a label of some kinds
+    names: tuple[object, ...]  # which name sources they were made from
+    values: tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -122,10 +139,16 @@ class Engine:
     gpus: GpuAccounting | None = None
     pod_watch: PodWatch | None = None
     gpu_report: MeterReport | None = None
+    fd_budget: FdBudget = field(default_factory=lambda: FdBudget(1 << 20))
+    _fd_warned: set[str] = field(default_factory=set)
+    _labels: dict[str, _Labels] = field(default_factory=dict)
+    _name_sources: tuple[object, ...] = (None, None, None)
+    _named_records: object = None
     _top_processes: TopProcesses[ProcessKey] = field(default_factory=lambda: TopProcesses(20, 600.0))
     _process_us: dict[ProcessKey, int] = field(default_factory=dict)
     _process_shares: dict[ProcessKey, dict[str, int]] = field(default_factory=dict)
     _usage: UsageTracker = field(default_factory=UsageTracker)
+    _trees: TreeBuilder = field(default_factory=TreeBuilder)
     _tree: WorkloadTree = EMPTY_TREE
     _workloads: WorkloadLedger[Classified] = field(default_factory=lambda: WorkloadLedger(600.0))
     _unattributed: Ledger[str] = field(default_factory=Ledger)
@@ -172,14 +195,14 @@ class Engine:
             log.info("measuring node energy with the %s meter", meter.name)
         engine = cls(config=config, meter=meter, reports=reports, proc_stat=proc_stat, info=info)
         engine._workloads = WorkloadLedger(config.workload_ttl)
-        raise_fd_limit()
+        engine.fd_budget = FdBudget.from_process_limit()
         if config.gpus:
             engine._open_gpus()
         if config.process_metrics:
-            engine.processes = ProcessTable(config.proc_path)
+            engine.processes = ProcessTable(config.proc_path, engine.fd_budget)
             engine._top_processes = TopProcesses(config.process_top_n, config.workload_ttl)
         if config.workloads:
-            engine.cgroups = CgroupTree(config.cgroup_root)
+            engine.cgroups = CgroupTree(config.cgroup_root, engine.fd_budget, hold_s=config.workload_ttl)
             engine.kubelet = KubeletLogs(config.kubelet_log_path)
             log.info(
                 "attributing to workloads from the %s cgroup hierarchy at %s",
@@ -190,11 +213,13 @@ class Engine:
 
     def _open_gpus(self) -> None:
         try:
-            meter = NvmlMeter.open(self.config.nvml_timeout)
+            meter = open_nvml(self.config.nvml_timeout)
         except MeterUnavailable as exc:
             self.gpu_report = MeterReport("nvml", False, exc.reason, exc.fix)
             log.info("%s: GPU energy is not measured", exc.reason)
             return
+        from exporter.gpus import GpuAccounting  # noqa: PLC0415 - with pynvml: only where there are GPUs
+
         self.gpus = GpuAccounting(meter, self.config)
         self.gpu_report = MeterReport(
             "nvml", True, notes=tuple(f"GPU {g.index}: {g.model} {g.uuid}" for g in meter.gpus)
@@ -243,6 +268,7 @@ class Engine:
                 for gpu_domain, microjoules in per_gpu.items():
                     self._workloads.add(key, gpu_domain, microjoules)
         self._workloads.expire(now)
+        self._say_fd_degradation()
         self._last_now, self._last_cpu = now, cpu
         stats = self._stats
         self._stats = TickStats(
@@ -253,6 +279,24 @@ class Engine:
             last_unix_time=time.time(),
         )
         return self.snapshot()
+
+    def _say_fd_degradation(self) -> None:
+        budget = self.fd_budget
+        for reader in sorted(budget.degraded - self._fd_warned):
+            self._fd_warned.add(reader)
+            effect = (
+                "cgroup CPU files beyond it are opened, read and closed each tick"
+                if reader == "cgroups"
+                else "processes beyond it get no series"
+            )
+            log.warning(
+                "the fd budget (%d of the %d open files allowed; %d held) is spent: %s. Fix: raise the open-files "
+                "limit (LimitNOFILE= in the unit, ulimit -n)",
+                budget.budget,
+                budget.limit,
+                budget.held,
+                effect,
+            )
 
     def note_skipped(self, count: int) -> None:
         """The daemon skipped `count` tick slots because a tick overran its interval."""
@@ -318,8 +362,7 @@ class Engine:
             spread_idle=self.config.idle_attribution == "cpu",
         )
         self._unattributed.add(zone, shares.unattributed_uj)
-        for key, microjoules in shares.workloads.items():
-            self._workloads.add(key, zone, microjoules)
+        self._workloads.add_all(zone, shares.workloads)
         if self.processes is not None:
             # The same split, over processes instead of workloads: a separate view of the same energy.
             by_process = attribute(
@@ -338,12 +381,9 @@ class Engine:
         """Walk the cgroups, turn CPU readings into this tick's tree and mark its workloads as seen."""
         if self.cgroups is None:
             return EMPTY_TREE
-        usages = self.cgroups.read()
-        tree = build_tree(usages, self._usage.deltas(usages))
-        for top in tree.top:
-            self._workloads.seen(now, top.key, tree.workloads[top.key], "")
-            for child in top.children:
-                self._workloads.seen(now, child.key, tree.workloads[child.key], top.key)
+        usages = self.cgroups.read(now)
+        tree = self._trees.build(usages, self._usage.deltas(usages, self.cgroups.ended, now))
+        self._workloads.seen_all(now, tree.members)
         return tree
 
     def _read_carbon(self) -> None:
@@ -445,6 +485,10 @@ class Engine:
             tick_seconds=self._dt,
             cgroup_read_errors=self.cgroups.malformed_reads if self.cgroups else 0,
             cgroup_walks_truncated=self.cgroups.truncated_walks if self.cgroups else 0,
+            cgroup_full_walks=self.cgroups.full_walks if self.cgroups else 0,
+            fd_budget=self.fd_budget.budget,
+            fds_held=self.fd_budget.held,
+            fd_degraded=tuple(sorted(self.fd_budget.degraded)),
             carbon_intensity=self._carbon,
             pod_label_keys=self.config.pod_labels if self.pod_watch else (),
             pod_labels=self._pod_label_rows(),
@@ -496,23 +540,42 @@ class Engine:
     def _workload_states(self) -> tuple[WorkloadState, ...]:
         records = self._workloads.records()
         kubelet = self.kubelet
-        if kubelet is not None:
+        now = self._last_now or 0.0
+        # The same records (the list is kept while none comes or goes): only a due rescan can change names.
+        if kubelet is not None and (records is not self._named_records or kubelet.rescan_due(now)):
             pods = [r.workload.uid for _, r in records if r.workload.kind == "pod"]
             containers = [r.workload.container_id for _, r in records if r.workload.kind == "container"]
-            kubelet.refresh(self._last_now or 0.0, pods, containers)
+            kubelet.refresh(now, pods, containers)
+            self._named_records = records
+        memo = self._labels
+        if len(memo) > len(records):  # workloads expired: forget their labels
+            self._labels = memo = {key: memo[key] for key, _ in records if key in memo}
+        # Names change only when the kubelet's index is rebuilt or the pod watch replaces its mapping.
+        sources = (
+            kubelet.pods_index if kubelet is not None else None,
+            kubelet.containers_index if kubelet is not None else None,
+            self.pod_watch.pods if self.pod_watch is not None else None,
+        )
+        if any(source is not was for source, was in zip(sources, self._name_sources, strict=True)):
+            self._name_sources = sources  # a new tuple: every workload's labels are made again
+        names = self._name_sources
         states = []
-        for _, record in records:
+        for key, record in records:
             workload = record.workload
-            pod_uid = workload.uid if workload.kind == "pod" else ""
-            if record.parent.startswith("pod:"):
-                pod_uid = record.parent.removeprefix("pod:")
-            pod, container = self._names(pod_uid, workload.container_id)
-            states.append(
-                WorkloadState(
-                    kind=workload.kind,
-                    labels=label_values(workload, pod, container, record.parent),
-                    energy_uj=tuple(sorted(record.energy_uj.items())),
-                    last_uj=tuple(sorted(record.last_uj.items())),
-                )
-            )
+            known = memo.get(key)
+            if (
+                known is None
+                or known.names is not names
+                or known.workload is not workload
+                or known.parent != record.parent
+            ):
+                pod_uid = workload.uid if workload.kind == "pod" else ""
+                if record.parent.startswith("pod:"):
+                    pod_uid = record.parent[4:]
+                pod, container = self._names(pod_uid, workload.container_id)
+                values = label_values(workload, pod, container, record.parent)
+                known = memo[key] = _Labels(workload, record.parent, names, values)
+            # Zones in the order the ledger first saw them: the same every tick, no sorting needed.
+            energy, last = tuple(record.energy_uj.items()), tuple(record.last_uj.items())
+            states.append(WorkloadState(workload.kind, known.values, energy, last))
         return tuple(states)
