@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from common import (  # benchmarks/common.py; it also puts the repository root on sys.path
     FIXTURE,
@@ -44,19 +45,18 @@ from common import (  # benchmarks/common.py; it also puts the repository root o
     run_bench,
     timed,
 )
-from prometheus_client.exposition import generate_latest as render_text
-from prometheus_client.openmetrics.exposition import generate_latest as render_openmetrics
 
 from exporter.accounting import Weights
 from exporter.attribution import attribute
 from exporter.config import Config, load_config
 from exporter.engine import Engine
-from exporter.exposition import Exposition, Renderer, families
+from exporter.exposition import EndpointStats, Exposition, Renderer, families
 from exporter.snapshot import Snapshot
 from exporter.workloads.kubernetes import KubeletLogs
 from exporter.workloads.processes import ProcessTable, parse_pid_cgroup, parse_pid_stat
 from exporter.workloads.tree import UsageTracker, build_tree
 
+T = TypeVar("T")
 TICK_S = 5.0  # synthetic monotonic clock advance per tick (the default interval)
 HZ = os.sysconf("SC_CLK_TCK")  # USER_HZ: the unit of /proc/stat and /proc/<pid>/stat times
 USEC_PER_TICK = 1_000_000 // HZ
@@ -72,8 +72,24 @@ PODS = 100
 APP_CONTAINERS = 200  # plus one pause container per pod: 300 containers in all
 PROCESSES = 3000
 KERNEL_THREADS = 320  # ~5 per CPU: kworker, ksoftirqd, migration, rcu...
-QOS = (("guaranteed", 20), ("burstable", 55), ("besteffort", 25))
-CONTAINERS_PER_POD = ((1, 30), (2, 45), (3, 20), (4, 5))  # app containers per pod: 200 over 100 pods
+QOS = (("guaranteed", 20), ("burstable", 55), ("besteffort", 25))  # per 100 pods
+CONTAINERS_PER_POD = ((1, 30), (2, 45), (3, 20), (4, 5))  # app containers per pod, per 100 pods: 2 on average
+
+
+def per_pods(shares: Sequence[tuple[T, int]], pods: int) -> list[T]:
+    """`shares` (value, count per 100 pods) scaled to `pods` by largest remainder: exact at multiples of 100."""
+    quotas = [n * pods / 100 for _, n in shares]
+    counts = [int(q) for q in quotas]
+    for i in sorted(range(len(quotas)), key=lambda i: counts[i] - quotas[i])[: pods - sum(counts)]:
+        counts[i] += 1
+    return [value for (value, _), count in zip(shares, counts, strict=True) for _ in range(count)]
+
+
+def processes_for(pods: int) -> int:
+    """3,000 at 100 pods (30 per pod), of which a fixed 550 are kernel threads, services and the like."""
+    return 550 + pods * 245 // 10
+
+
 SERVICES = (  # (unit path below system.slice, processes, CPUs used on average)
     ("containerd.service", 1, 0.20),  # + one containerd-shim-runc-v2 per pod, added below (as on real nodes)
     ("kubelet.service", 1, 0.35),
@@ -253,9 +269,11 @@ class RaplZone:
 class Node:
     """A generated node: cgroup tree, kubelet logs, /proc and RAPL sysfs, advanced one tick at a time."""
 
-    def __init__(self, root: Path, seed: int) -> None:
+    def __init__(self, root: Path, seed: int, pods: int = PODS) -> None:
         self.root = root
         self.rng = random.Random(seed)
+        self.pod_count = pods
+        self.process_count = processes_for(pods)
         self.cgroup = root / "cgroup"
         self.proc = root / "proc"
         self.log = root / "log"
@@ -328,12 +346,11 @@ class Node:
 
     def build_pods(self) -> None:
         rng = self.rng
-        qos = [q for q, n in QOS for _ in range(n)]
-        counts = [c for c, n in CONTAINERS_PER_POD for _ in range(n)]
+        qos = per_pods(QOS, self.pod_count)
+        counts = per_pods(CONTAINERS_PER_POD, self.pod_count)
         rng.shuffle(qos)
         rng.shuffle(counts)
-        assert len(qos) == len(counts) == PODS
-        assert sum(counts) == APP_CONTAINERS
+        assert len(qos) == len(counts) == self.pod_count
         for i, (level, app_count) in enumerate(zip(qos, counts, strict=True)):
             uid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
             main = MAIN_APPS[i % len(MAIN_APPS)]
@@ -446,7 +463,7 @@ class Node:
         # The rest of the 3,000 go to the app containers: a floor from the app profile, then heavy-tailed.
         apps = [(pod, c) for pod in self.pods for c in pod.containers[1:]]
         profiles = {a[0]: a for a in (*MAIN_APPS, *SIDECARS)}
-        left = PROCESSES - len(self.procs)
+        left = self.process_count - len(self.procs)
         floors = [profiles[c.name][2][0] for _, c in apps]
         spans = [(profiles[c.name][2][1] - profiles[c.name][2][0]) * rng.lognormvariate(0, 0.6) for _, c in apps]
         extra = left - sum(floors)
@@ -462,7 +479,7 @@ class Node:
             split = [rng.lognormvariate(0, 1.2) for _ in range(count)]
             for s in split:
                 self.add_proc(comm, container.path, share * s / sum(split))
-        assert len(self.procs) == PROCESSES, len(self.procs)
+        assert len(self.procs) == self.process_count, len(self.procs)
 
     def build_proc_files(self) -> None:
         lines = [
@@ -607,6 +624,9 @@ class Node:
 
     # ground truth ---------------------------------------------------------------------------------------
 
+    def app_containers(self) -> int:
+        return sum(len(p.containers) - 1 for p in self.pods)
+
     def pod_container_ids(self) -> set[str]:
         return {c.id for pod in self.pods for c in pod.containers}
 
@@ -626,7 +646,7 @@ class Node:
         qos = ", ".join(f"{n} {q}" for q, n in QOS)
         return (
             f"{len(self.pods)} pods ({qos}); {sum(len(p.containers) for p in self.pods)} containers"
-            f" ({len(self.pods)} pause + {APP_CONTAINERS} app; pause counted); {len(self.services)} services;"
+            f" ({len(self.pods)} pause + {self.app_containers()} app; pause counted); {len(self.services)} services;"
             f" 1 user; {len(self.usage)} cgroups (each with {len(CGROUP_FILES)} interface files);"
             f" {len(self.procs):,} processes ("
             + ", ".join(f"{v} {k}" for k, v in by_kind.items())
@@ -681,12 +701,12 @@ def bench_run(run: Run, node: Node, ticks: int, warmup: int, churn: int, now: fl
     engine = Engine.start(run.config)
     renderer = Renderer()
     thread_time, perf = time.thread_time, time.perf_counter
-    kubelet = engine.kubelet
+    kubelet = engine.workloads.kubelet
     assert kubelet is not None
     for _ in range(warmup):
         node.advance(TICK_S, process_metrics, churn)
         run.first = engine.tick(now)
-        renderer.render(run.first)
+        renderer.render(run.first).body(True, True)
         now += TICK_S
     node.written_uj.clear()
     gc_timer = GcTimer()
@@ -701,6 +721,7 @@ def bench_run(run: Run, node: Node, ticks: int, warmup: int, churn: int, now: fl
             snap = engine.tick(now)
             c1, w1 = thread_time(), perf()
             exposition = renderer.render(snap)
+            exposition.body(True, True)  # one scrape, as Prometheus asks: OpenMetrics, gzip
             c2 = thread_time()
             gc_timer.active = False
             run.tick_cpu.append(c1 - c0)
@@ -782,7 +803,7 @@ def tick_breakdown(engine: Engine, node: Node, reps: int) -> list[tuple[str, flo
         ("/proc/stat read + parse", engine.cpu.read),
         ("meter.read (RAPL, 4 zones)", lambda: engine.meter.read(0.0, None) if engine.meter else None),
         (f"CgroupTree.read: walk + read {len(usages)} cpu.stat", cgroups.read),
-        ("  of which the walk (CgroupTree._walk)", cgroups._walk),
+        ("  a full rescan instead (CgroupTree._full_walk; inotify makes it rare)", lambda: cgroups._full_walk(now)),
         (f"    of which listing {entries:,} dir entries (bare os.scandir walk)", lambda: list_tree(node.cgroup)),
         ("UsageTracker.deltas + build_tree", lambda: build_tree(usages, tracker.deltas(usages))),
         ("  of which build_tree", lambda: build_tree(usages, deltas)),
@@ -825,11 +846,12 @@ def _unattributed(snap: Snapshot, zone: str) -> int:
 
 def render_breakdown(snap: Snapshot, reps: int) -> list[tuple[str, float]]:
     renderer = Renderer()
-    renderer.render(snap)
+    assert renderer.render(snap).text
     pieces: list[tuple[str, Callable[[], object]]] = [
-        ("families() (Snapshot -> metric families)", lambda: list(families(snap, {}, 0.0))),
-        ("text 0.0.4 (generate_latest, incl. families)", lambda: render_text(renderer.registry)),
-        ("OpenMetrics (generate_latest, incl. families)", lambda: render_openmetrics(renderer.registry)),  # type: ignore[no-untyped-call]
+        ("families() (Snapshot -> rows)", lambda: families(snap, EndpointStats(), 0.0)),
+        ("text 0.0.4 (incl. families; label text cached)", lambda: renderer.render(snap).text),
+        ("OpenMetrics (incl. families; label text cached)", lambda: renderer.render(snap).openmetrics),
+        ("OpenMetrics + gzip (what Prometheus asks for)", lambda: renderer.render(snap).openmetrics_gzip),
     ]
     return timed(pieces, reps, median=True)
 

@@ -257,8 +257,7 @@ class Accounting:
         domain.idle_uj += split.idle_uj
         domain.active_uj += split.active_uj
         domain.unattributed_uj += shares.unattributed_uj
-        for key, microjoules in shares.workloads.items():
-            self.workloads.add(key, domain.key, microjoules)
+        self.workloads.add_all(domain.key, shares.workloads)
 
     @staticmethod
     def _view(delta: int, split: IdleSplit, processes: Weights[P], spread: bool) -> dict[P, int]:

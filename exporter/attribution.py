@@ -49,7 +49,9 @@ def apportion(total: int, weights: Sequence[int]) -> list[int]:
     shares = [total * w // whole for w in weights]
     left = total - sum(shares)
     if left:
-        by_remainder = sorted(range(len(weights)), key=lambda i: (-(total * weights[i] % whole), i))
+        remainders = [total * w % whole for w in weights]
+        # Largest remainder first; a stable sort in reverse keeps equal remainders in index order.
+        by_remainder = sorted(range(len(weights)), key=remainders.__getitem__, reverse=True)
         for i in by_remainder[:left]:
             shares[i] += 1
     return shares

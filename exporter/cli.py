@@ -252,6 +252,7 @@ def check(config: Config, seconds: float) -> int:
     engine.close()
     _print_domains(snap)
     _top_services(config, snap, seconds)
+    _check_fds(engine, snap)
     return 0
 
 
@@ -281,6 +282,15 @@ def _print_domains(snap: Snapshot) -> None:
     for d in snap.domains:
         idle = f"{d.idle_watts:.2f} W ({d.idle_method})" if d.idle_watts is not None else "unknown"
         print(f"  idle baseline for {d.zone}: {idle}")
+
+
+def _check_fds(engine: Engine, snap: Snapshot) -> None:
+    budget = engine.fd_budget
+    over = f"; OVER BUDGET for {', '.join(snap.fd_degraded)}" if snap.fd_degraded else ""
+    print(
+        f"\nFile descriptors: open-files limit {budget.limit}; wattlens holds at most {budget.budget} across ticks"
+        f" (the rest is kept for HTTP connections); this node needed {snap.fds_held}{over}"
+    )
 
 
 TOP_SERVICES = 10

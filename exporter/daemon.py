@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -27,6 +28,20 @@ from exporter.workloads import pod_watch
 log = logging.getLogger(__name__)
 
 
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def settle_heap() -> None:
+    """After the first tick: the start-up heap (modules, configuration, the first walk of the cgroup tree) lives
+    as long as the process, so it is frozen out of the collector's way; and a young collection waits for 50,000
+    more live container objects instead of 700. Python counts allocations less deallocations: a tick's garbage
+    is acyclic and freed as it goes, so in steady state the count barely moves and no collection runs; with the
+    default (700) a 1,000-pod tick ran ~70 young and ~0.6 full collections, 6.6 ms."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 class StartupError(Exception):
     """The service cannot start; the message is the one line to show."""
 
@@ -35,7 +50,9 @@ class Daemon:
     def __init__(self, config: Config, engine: Engine) -> None:
         self.config = config
         self.engine = engine
-        self.renderer = Renderer()
+        # Scrapes have variants rendered here, on demand, so neither the loop nor the next tick waits on a render.
+        self._render_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wattlens-render")
+        self.renderer = Renderer(self._render_pool)
         self.exposition: Exposition | None = None
         self.tls: TlsContext | None = None
         auth: BasicAuth | None = None
@@ -53,6 +70,7 @@ class Daemon:
         self.server = MetricsServer(lambda: self.exposition, self.healthy, limits, auth=auth, extra_headers=headers)
         self._trimmed_at = 0  # connections accepted when freed heap was last given back
         self._last_tick_end = time.monotonic()
+        self._settled = False  # the heap is settled after the first tick that finishes
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wattlens-tick")
 
     def healthy(self) -> bool:
@@ -60,6 +78,7 @@ class Daemon:
         return time.monotonic() - self._last_tick_end < 3 * self.config.interval + 10
 
     def _tick(self, endpoint: EndpointStats) -> Exposition:
+        """Read and account; the exposition it returns renders nothing until a scrape asks for it."""
         snapshot = self.engine.tick(time.monotonic())
         exposition = self.renderer.render(snapshot, endpoint)
         if self.server.accepted != self._trimmed_at:
@@ -86,6 +105,9 @@ class Daemon:
             try:
                 self.exposition = await loop.run_in_executor(self._executor, self._tick, self._endpoint())
                 self._last_tick_end = time.monotonic()
+                if not self._settled:
+                    settle_heap()
+                    self._settled = True
                 if self.tls is not None:
                     self.tls.reload_if_changed()  # certificate rotation: new handshakes get the new pair
                 failing = False
@@ -148,6 +170,7 @@ class Daemon:
                 log.error("pod watch ended with %s: %s", type(outcome).__name__, outcome)
         await self.server.close()
         self._executor.shutdown(wait=True)
+        self._render_pool.shutdown(wait=True)
         log.info("stopped")
         return 0
 

@@ -27,7 +27,7 @@ from exporter.snapshot import (
     TickStats,
     ZoneState,
 )
-from exporter.sysfs import raise_fd_limit
+from exporter.sysfs import FdBudget
 from exporter.workloads.pod_watch import PodWatch
 from exporter.workloads.process_view import ProcessView
 from exporter.workloads.procfs import NodeCpu
@@ -48,6 +48,7 @@ class Engine:
         workloads: Workloads,
         accelerators: list[AcceleratorMeter],
         accelerator_reports: list[MeterReport],
+        fd_budget: FdBudget | None = None,
     ) -> None:
         self.config = config
         self.meter = meter
@@ -57,7 +58,8 @@ class Engine:
         self.workloads = workloads
         self.accelerators = accelerators
         self.accelerator_reports = accelerator_reports
-        self.processes = ProcessView(config) if config.process_metrics else None
+        self.fd_budget = fd_budget or FdBudget(1 << 20)
+        self.processes = ProcessView(config, self.fd_budget) if config.process_metrics else None
         self.carbon = CarbonFile(config)
         self.accounting = Accounting(config, workloads.ledger, meter.idle_watts if meter else dict)
         self._last_now: float | None = None
@@ -87,8 +89,8 @@ class Engine:
             log.info("measuring node energy with the %s meter", meter.name)
         for accelerator in accelerators:
             log.info("measuring %d %s (driver %s)", len(accelerator.devices), accelerator.kind, accelerator.driver)
-        raise_fd_limit()
-        workloads = Workloads.open(config)
+        budget = FdBudget.from_process_limit()
+        workloads = Workloads.open(config, budget)
         return cls(
             config,
             meter,
@@ -98,6 +100,7 @@ class Engine:
             workloads=workloads,
             accelerators=accelerators,
             accelerator_reports=accelerator_reports,
+            fd_budget=budget,
         )
 
     @property
@@ -143,6 +146,7 @@ class Engine:
             if self.processes is not None:
                 self.processes.add(now, by_process)
         self.workloads.expire(now)
+        self.fd_budget.say_degradation()
         self._last_now, self.cpu.last = now, cpu
         stats = self._stats
         self._stats = TickStats(
@@ -203,6 +207,10 @@ class Engine:
             tick_seconds=self._dt,
             cgroup_read_errors=cgroups.malformed_reads if cgroups else 0,
             cgroup_walks_truncated=cgroups.truncated_walks if cgroups else 0,
+            cgroup_full_walks=cgroups.full_walks if cgroups else 0,
+            fd_budget=self.fd_budget.budget,
+            fds_held=self.fd_budget.held,
+            fd_degraded=tuple(sorted(self.fd_budget.degraded)),
             accelerators=accelerators,
             accelerator_driver=", ".join(m.driver for m in self.accelerators),
             carbon_intensity=self.carbon.value,

@@ -6,7 +6,7 @@ a ledger entry only ever grows.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -52,11 +52,13 @@ class WorkloadLedger(Generic[W]):
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
         self._records: dict[str, WorkloadRecord[W]] = {}
+        self._sorted: list[tuple[str, WorkloadRecord[W]]] | None = []  # records() until membership changes
 
     def seen(self, now: float, key: str, workload: W, parent: str) -> None:
         record = self._records.get(key)
         if record is None:
             record = self._records[key] = WorkloadRecord(workload, parent)
+            self._sorted = None
         record.workload, record.parent, record.last_seen = workload, parent, now
         record.last_uj.clear()
 
@@ -67,15 +69,42 @@ class WorkloadLedger(Generic[W]):
         record.energy_uj[zone] = record.energy_uj.get(zone, 0) + microjoules
         record.last_uj[zone] = record.last_uj.get(zone, 0) + microjoules
 
+    def seen_all(self, now: float, members: Iterable[tuple[str, W, str]]) -> None:
+        """`seen` for every (key, workload, parent) of a tick."""
+        records = self._records
+        for key, workload, parent in members:
+            record = records.get(key)
+            if record is None:
+                record = records[key] = WorkloadRecord(workload, parent)
+                self._sorted = None
+            record.workload, record.parent, record.last_seen = workload, parent, now
+            record.last_uj.clear()
+
+    def add_all(self, zone: str, shares: dict[str, int]) -> None:
+        """`add` for every workload of one zone's split (one call per zone and tick, not per workload)."""
+        records = self._records
+        for key, microjoules in shares.items():
+            if microjoules < 0:
+                raise ValueError(f"negative energy {microjoules} µJ for {key}")
+            record = records[key]
+            energy, last = record.energy_uj, record.last_uj
+            energy[zone] = energy.get(zone, 0) + microjoules
+            last[zone] = last.get(zone, 0) + microjoules
+
     def expire(self, now: float) -> int:
         """Drop workloads unseen for longer than the TTL; returns how many went."""
         gone = [k for k, r in self._records.items() if now - r.last_seen > self.ttl_s]
         for key in gone:
             del self._records[key]
+        if gone:
+            self._sorted = None
         return len(gone)
 
     def records(self) -> list[tuple[str, WorkloadRecord[W]]]:
-        return sorted(self._records.items())
+        """Every record, by key (sorted again only when a workload came or went)."""
+        if self._sorted is None:
+            self._sorted = sorted(self._records.items())
+        return self._sorted
 
     def __len__(self) -> int:
         return len(self._records)

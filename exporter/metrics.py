@@ -18,10 +18,11 @@ class Family:
     kind: Literal["counter", "gauge", "info"]
     help: str
     labels: tuple[str, ...]
+    prefix: str = PREFIX
 
     @property
     def full_name(self) -> str:
-        return PREFIX + self.name
+        return self.prefix + self.name
 
 
 ZONE_LABELS = ("zone", "socket", "die", "source")
@@ -176,7 +177,10 @@ TLS_CERT_EXPIRY = Family(
     ("node",),
 )
 RENDER_DURATION = Family(
-    "render_duration_seconds", "gauge", "Wall time of rendering the previous exposition.", ("node",)
+    "render_duration_seconds",
+    "gauge",
+    "Wall time spent rendering the previous tick's exposition, every variant scraped (0 if nobody scraped it).",
+    ("node",),
 )
 
 WORKLOAD_HELP = (
@@ -365,7 +369,33 @@ CGROUP_READ_ERRORS = Family(
     "cgroup_read_errors_total", "counter", "cgroup CPU files that could not be parsed.", ("node",)
 )
 CGROUP_WALKS_TRUNCATED = Family(
-    "cgroup_walks_truncated_total", "counter", "cgroup walks stopped at the directory limit.", ("node",)
+    "cgroup_walks_truncated_total",
+    "counter",
+    "cgroup listings cut short by the directory limit or a delegated subtree's cap (the rest counts as the "
+    "workload above it).",
+    ("node",),
+)
+CGROUP_FULL_WALKS = Family(
+    "cgroup_full_walks_total",
+    "counter",
+    "Full listings of the cgroup tree: the first, the periodic safety net, after an inotify queue overflow, and "
+    "every tick where inotify is unavailable (otherwise only directories inotify reports as changed are read).",
+    ("node",),
+)
+FD_BUDGET = Family(
+    "fd_budget",
+    "gauge",
+    "File descriptors wattlens may hold across ticks: the open-files limit less a reserve for HTTP connections "
+    "and the rest.",
+    ("node",),
+)
+FDS_HELD = Family("fds_held", "gauge", "File descriptors held across ticks (cgroup and process files).", ("node",))
+FD_DEGRADED = Family(
+    "fd_degraded",
+    "gauge",
+    "1 once a reader was refused held fds by the budget: cgroup files are then opened, read and closed each tick, "
+    "processes beyond the budget get no series.",
+    ("node", "reader"),
 )
 WORKLOAD_FAMILIES: dict[str, Family] = {
     "pod": POD_CPU_JOULES,
@@ -416,6 +446,10 @@ CATALOGUE: tuple[Family, ...] = (
     WORKLOADS,
     CGROUP_READ_ERRORS,
     CGROUP_WALKS_TRUNCATED,
+    CGROUP_FULL_WALKS,
+    FD_BUDGET,
+    FDS_HELD,
+    FD_DEGRADED,
     BUILD_INFO,
     NODE_INFO,
     TICKS,
@@ -427,6 +461,23 @@ CATALOGUE: tuple[Family, ...] = (
     HTTP_REJECTIONS,
     TLS_CERT_EXPIRY,
     RENDER_DURATION,
+)
+# The standard process and Python families every Prometheus client library exports (names and help as
+# prometheus-client has them), after wattlens' own.
+STANDARD: tuple[Family, ...] = (
+    Family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", (), ""),
+    Family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", (), ""),
+    Family("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", (), ""),
+    Family("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", (), ""),
+    Family("process_open_fds", "gauge", "Number of open file descriptors.", (), ""),
+    Family("process_max_fds", "gauge", "Maximum number of open file descriptors.", (), ""),
+    Family(
+        "python_info",
+        "gauge",
+        "Python platform information",
+        ("version", "implementation", "major", "minor", "patchlevel"),
+        "",
+    ),
 )
 # Families that appear only when their source is there: GPUs present, or process_metrics on.
 CONDITIONAL: frozenset[str] = frozenset(

@@ -46,9 +46,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import h11
-from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as CONTENT_TYPE_OPENMETRICS
 
-from exporter.exposition import CONTENT_TYPE_TEXT, Exposition
+from exporter.exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, Exposition
 from exporter.webconfig import BasicAuth, Credentials, Verdict
 
 log = logging.getLogger(__name__)
@@ -216,9 +215,10 @@ def wants_gzip(accept_encoding: str) -> bool:
     return weights.get("gzip", weights.get("*", 0.0)) > 0
 
 
-def metrics_body(exposition: Exposition, openmetrics: bool, gzipped: bool) -> bytes:
-    """The one place the server takes exposition bytes."""
-    return exposition.body(openmetrics, gzipped)
+async def metrics_body(exposition: Exposition, openmetrics: bool, gzipped: bool) -> bytes:
+    """The one place the server takes exposition bytes. The first scrape of a tick for a variant has it rendered,
+    off the event loop; later ones get its bytes."""
+    return await exposition.body_async(openmetrics, gzipped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -737,7 +737,7 @@ class MetricsServer:
             refusal = await self._authorize(conn, request)
             if refusal is not None:
                 return refusal
-        return self._route(request, path)
+        return await self._route(request, path)
 
     async def _authorize(self, conn: Conn, request: h11.Request) -> Reply | None:
         """None if the request may go on, else the reply that refuses it."""
@@ -774,11 +774,11 @@ class MetricsServer:
             await asyncio.sleep(verdict.pad_s)  # every failure as slow as the costliest user's
         return verdict.ok
 
-    def _route(self, request: h11.Request, path: bytes) -> Reply:
+    async def _route(self, request: h11.Request, path: bytes) -> Reply:
         if request.method not in (b"GET", b"HEAD"):
             return Reply(405, b"method not allowed\n", (TEXT, ("Allow", "GET, HEAD")))
         if path == b"/metrics":
-            return self._metrics(request)
+            return await self._metrics(request)
         if path == b"/healthz":
             return Reply(200, b"ok\n") if self._healthy() else Reply(503, b"tick loop stalled\n")
         if path == b"/readyz":
@@ -789,7 +789,7 @@ class MetricsServer:
             return Reply(200, INDEX, (("Content-Type", "text/html; charset=utf-8"),))
         return Reply(404, b"not found\n")
 
-    def _metrics(self, request: h11.Request) -> Reply:
+    async def _metrics(self, request: h11.Request) -> Reply:
         exposition = self._current()
         if exposition is None:
             return Reply(503, b"no metrics yet: the first tick has not finished\n")
@@ -803,7 +803,7 @@ class MetricsServer:
         ]
         if gzipped:
             reply_headers.append(("Content-Encoding", "gzip"))
-        return Reply(200, metrics_body(exposition, openmetrics, gzipped), tuple(reply_headers))
+        return Reply(200, await metrics_body(exposition, openmetrics, gzipped), tuple(reply_headers))
 
     async def _send(
         self,

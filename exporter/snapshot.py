@@ -164,6 +164,10 @@ class Snapshot:
     tick_seconds: float = 0.0  # length of the last tick, for watts
     cgroup_read_errors: int = 0
     cgroup_walks_truncated: int = 0
+    cgroup_full_walks: int = 0
+    fd_budget: int = 0
+    fds_held: int = 0
+    fd_degraded: tuple[str, ...] = ()  # readers refused held fds
     accelerators: tuple[AcceleratorState, ...] = ()
     accelerator_driver: str = ""
     carbon_intensity: float | None = None  # gCO2e per kWh

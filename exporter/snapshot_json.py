@@ -159,7 +159,16 @@ def snapshot_document(snap: Snapshot) -> dict[str, Any]:
         ],
         "sources": [{"source": s.source, "device": s.device, "up": s.up} for s in snap.sources],
         "source_errors": [{"source": e.source, "device": e.device, "count": e.count} for e in snap.errors],
-        "cgroups": {"read_errors": snap.cgroup_read_errors, "walks_truncated": snap.cgroup_walks_truncated},
+        "cgroups": {
+            "read_errors": snap.cgroup_read_errors,
+            "walks_truncated": snap.cgroup_walks_truncated,
+            "full_walks": snap.cgroup_full_walks,
+        },
+        "fds": {
+            "budget": snap.fd_budget,
+            "held": snap.fds_held,
+            "degraded": {reader: reader in snap.fd_degraded for reader in ("cgroups", "processes")},
+        },
         "kubernetes": _kubernetes(snap),
         "carbon_intensity_grams_per_kwh": snap.carbon_intensity,
     }

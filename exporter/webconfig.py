@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import bcrypt
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -332,6 +331,9 @@ class BasicAuth:
         self._good: OrderedDict[bytes, None] = OrderedDict()
         self._bad: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
+        import bcrypt  # noqa: PLC0415 - only with basic auth configured (its import costs resident memory)
+
+        self._checkpw = bcrypt.checkpw
         cost = max((bcrypt_cost(h.decode()) or MIN_BCRYPT_COST for h in self.users.values()), default=10)
         started = time.perf_counter()
         self._decoy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=cost))
@@ -370,7 +372,7 @@ class BasicAuth:
         hashed = self.users.get(credentials.user)
         started = time.perf_counter()
         try:
-            matched = bcrypt.checkpw(credentials.password[:_BCRYPT_MAX_PASSWORD], hashed or self._decoy)
+            matched = self._checkpw(credentials.password[:_BCRYPT_MAX_PASSWORD], hashed or self._decoy)
         except ValueError:  # a hash of the right shape that bcrypt still refuses: a failed login, not a crash
             log.warning("basic_auth_users.%s: bcrypt refuses its hash; that user cannot log in", credentials.user)
             matched = False

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gzip
 import json
 import signal
 import ssl
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,7 +28,7 @@ def exposition(size: int) -> Exposition:
     line = b'wattlens_test_joules_total{zone="package",pod="p"} 12345.678\n'
     text = b"# TYPE wattlens_test_joules_total counter\n" + line * max(1, size // len(line))
     om = text + b"# EOF\n"
-    return Exposition(text, gzip.compress(text), om, gzip.compress(om), ready=True, rendered_at=time.monotonic())
+    return Exposition.of(text, om, ready=True)
 
 
 async def main(argv: list[str]) -> None:

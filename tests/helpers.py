@@ -6,6 +6,7 @@ import http.client
 import os
 import pwd
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -113,7 +114,8 @@ class Daemon:
     """The real `wattlens` command in a subprocess on a free loopback port; stopped with SIGTERM."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, user: str | None = None,
-                 extra_groups: list[str] | None = None, python: str | None = None) -> None:
+                 extra_groups: list[str] | None = None, python: str | None = None,
+                 nofile: int | None = None) -> None:
         command = [python or sys.executable, "-m", "exporter", "--listen", "127.0.0.1:0", *args]
         group = None
         if user is not None:
@@ -124,6 +126,8 @@ class Daemon:
             command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO,
             env={"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", **(env or {})}, user=user,
             group=group, extra_groups=extra_groups,
+            # `ulimit -n nofile`, soft and hard, so the daemon cannot lift it
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None,  # noqa: PLW1509
         )
         self.log: list[str] = []
         deadline = time.monotonic() + 20

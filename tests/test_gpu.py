@@ -47,6 +47,7 @@ class GpuNode:
         for pid, path in CGROUPS.items():
             if path:
                 cgroups.add(path)
+                cgroups.burn(path, 1000)  # its processes have used some CPU: a workload
             (self.proc.root / str(pid)).mkdir()
             (self.proc.root / str(pid) / "cgroup").write_text(f"0::/{path}\n")
         self.flags = {"sys_path": str(self.rapl.root), "proc_path": str(self.proc.root),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,11 +87,13 @@ def test_removed_between_walk_and_read_on_real_cgroupfs() -> None:
     service = root / "system.slice" / "a.service"
     service.mkdir(parents=True)
     try:
-        walker = CgroupTree(root)
+        subprocess.run([sys.executable, "-c", "sum(range(10**6))"], check=True,  # it has used CPU: a workload
+                       preexec_fn=lambda: (service / "cgroup.procs").write_text(str(os.getpid())))
+        walker = CgroupTree(root, watch=False)
         assert [u.path for u in walker.read()] == ["system.slice/a.service"]
-        found = walker._walk()
+        nodes = list(walker._workloads.values())
         service.rmdir()
-        assert [walker._read(path, stat_file) for path, (_, _, stat_file) in found.items()] == [None]
+        assert [walker._read(node, "cpu.stat") for node in nodes] == [None]
         assert walker.read() == []
         walker.close()
     finally:
@@ -105,7 +109,7 @@ def test_hostile_names_are_escaped_not_fatal(tmp_path: Path) -> None:
         cgroups.add(f"system.slice/{name}")
     os.mkdir(os.fsencode(cgroups.root / "system.slice") + b"/bad\xff\xfe.service")
     (Path(os.fsdecode(os.fsencode(cgroups.root / "system.slice") + b"/bad\xff\xfe.service")) / "cpu.stat").write_text(
-        "usage_usec 0\n")
+        "usage_usec 5\n")  # it has used CPU: a workload
     engine.tick(0.0)
     for name in names:
         cgroups.burn(f"system.slice/{name}", 10_000)

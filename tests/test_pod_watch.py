@@ -123,6 +123,7 @@ def test_daemon_exports_pod_labels_from_the_watch(tmp_path: Path) -> None:
     cgroups = CgroupFixture(tmp_path / "cgroup")
     web_cgroup = f"kubepods.slice/kubepods-pod{UID_WEB.replace('-', '_')}.slice"
     cgroups.add(f"{web_cgroup}/cri-containerd-{'cd' * 32}.scope")
+    cgroups.burn(f"{web_cgroup}/cri-containerd-{'cd' * 32}.scope", 1000)  # a workload once it has used CPU
     token = tmp_path / "token"
     token.write_text("t")
     server = FakeApiServer(token="t")

@@ -148,14 +148,7 @@ def make_exposition(ready: bool = True, lines: int = 3) -> Exposition:
     openmetrics = (
         "# HELP wattlens_test_joules Test.\n# TYPE wattlens_test_joules counter\n" + samples + "# EOF\n"
     ).encode()
-    return Exposition(
-        text=text,
-        text_gzip=gzip.compress(text, mtime=0),
-        openmetrics=openmetrics,
-        openmetrics_gzip=gzip.compress(openmetrics, mtime=0),
-        ready=ready,
-        rendered_at=time.monotonic(),
-    )
+    return Exposition.of(text, openmetrics, ready)
 
 
 @dataclass

@@ -25,6 +25,7 @@ import pynvml
 from exporter.config import Config
 from exporter.counters import MICRO
 from exporter.meters.base import Accelerator, AcceleratorSample, MeterUnavailable
+from exporter.meters.nvml_loader import FIX, NOT_INSTALLED
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +95,11 @@ class NvmlMeter:
             pynvml.nvmlInit()
         except _NVML_ERRORS as exc:
             reason = {
-                pynvml.NVML_ERROR_LIBRARY_NOT_FOUND: "the NVIDIA driver library libnvidia-ml.so.1 is not installed",
+                pynvml.NVML_ERROR_LIBRARY_NOT_FOUND: NOT_INSTALLED,
                 pynvml.NVML_ERROR_DRIVER_NOT_LOADED: "the NVIDIA kernel driver is not loaded",
                 pynvml.NVML_ERROR_NO_PERMISSION: "no permission to open /dev/nvidiactl",
             }.get(_code(exc) or 0, f"NVML did not initialise ({_describe(exc)})")
-            raise MeterUnavailable(
-                f"no NVIDIA GPUs: {reason}",
-                "on GPU nodes run with the NVIDIA container toolkit (NVIDIA_VISIBLE_DEVICES=all, "
-                "NVIDIA_DRIVER_CAPABILITIES=utility) or put the driver's library directory on LD_LIBRARY_PATH",
-            ) from None
+            raise MeterUnavailable(f"no NVIDIA GPUs: {reason}", FIX) from None
         try:
             driver = str(pynvml.nvmlSystemGetDriverVersion())
             devices = []

@@ -16,5 +16,5 @@ NODE_METERS: dict[str, str] = {
 }
 DEFAULT_ORDER = ("rapl", "hwmon", "model")
 ACCELERATOR_METERS: dict[str, str] = {
-    "nvml": "exporter.meters.nvml",
+    "nvml": "exporter.meters.nvml_loader",  # imports pynvml only where the NVIDIA library is there
 }

@@ -58,12 +58,23 @@ def _names(directory: Path) -> list[str]:
 
 
 class KubeletLogs:
-    def __init__(self, log_root: Path, rescan_s: float = 10.0) -> None:
+    def __init__(self, log_root: Path, rescan_s: float = 10.0, give_up_s: float = 120.0) -> None:
         self.log_root = log_root
         self.rescan_s = rescan_s
+        self.give_up_s = give_up_s
         self._pods: dict[str, PodName] = {}
         self._containers: dict[str, ContainerName] = {}
         self._scanned_at: float | None = None
+        self._unknown_since: dict[str, float] = {}
+
+    @property
+    def pods_index(self) -> dict[str, PodName]:
+        """The index itself: replaced, never changed, on a rescan."""
+        return self._pods
+
+    @property
+    def containers_index(self) -> dict[str, ContainerName]:
+        return self._containers
 
     def pod(self, uid: str) -> PodName | None:
         return self._pods.get(uid)
@@ -71,10 +82,20 @@ class KubeletLogs:
     def container(self, container_id: str) -> ContainerName | None:
         return self._containers.get(container_id)
 
+    def rescan_due(self, now: float) -> bool:
+        """Whether a workload unknown for less than `give_up_s` waits for a rescan that the rate limit allows."""
+        if self._scanned_at is not None and now - self._scanned_at < self.rescan_s:
+            return False
+        return any(now - first < self.give_up_s for first in self._unknown_since.values())
+
     def refresh(self, now: float, pod_uids: Iterable[str], container_ids: Iterable[str]) -> None:
-        """Rescan if some workload is unknown (pause containers never have logs: hence the rate limit)."""
-        unknown = any(u not in self._pods for u in pod_uids) or any(c not in self._containers for c in container_ids)
-        if not unknown or (self._scanned_at is not None and now - self._scanned_at < self.rescan_s):
+        """Rescan if some workload is unknown, at most every `rescan_s`. A workload still unknown after
+        `give_up_s` (a pause container never has logs) stops asking for rescans: on a node of pause containers,
+        rescans would otherwise run every `rescan_s` for ever."""
+        pods, containers, since = self._pods, self._containers, self._unknown_since
+        unknown = [u for u in pod_uids if u not in pods] + [c for c in container_ids if c not in containers]
+        self._unknown_since = {key: since.get(key, now) for key in unknown}
+        if not self.rescan_due(now):
             return
         self._scanned_at = now
         self._pods = dict(filter(None, map(parse_pod_dir, _names(self.log_root / "pods"))))

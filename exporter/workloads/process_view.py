@@ -10,13 +10,14 @@ from exporter.attribution import Usage
 from exporter.config import Config
 from exporter.ledger import TopProcesses
 from exporter.snapshot import ProcessState
+from exporter.sysfs import UNLIMITED, FdBudget
 from exporter.workloads.processes import ProcessKey, ProcessTable
 from exporter.workloads.procfs import clock_ticks_per_second
 
 
 class ProcessView:
-    def __init__(self, config: Config) -> None:
-        self.table = ProcessTable(config.proc_path)
+    def __init__(self, config: Config, budget: FdBudget = UNLIMITED) -> None:
+        self.table = ProcessTable(config.proc_path, budget)
         self.top: TopProcesses[ProcessKey] = TopProcesses(config.process_top_n, config.workload_ttl)
 
     def weights(self, busy_us: int) -> Weights[ProcessKey]:

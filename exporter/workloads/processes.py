@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.sysfs import HeldFile
+from exporter.sysfs import UNLIMITED, FdBudget, HeldFile
 from exporter.workloads.classify import classify
 
 MAX_PROCESSES = 20_000
@@ -92,8 +92,9 @@ class _Tracked:
 class ProcessTable:
     """Every process's CPU time; `read()` returns each live process's ticks since the last read."""
 
-    def __init__(self, proc_path: Path) -> None:
+    def __init__(self, proc_path: Path, budget: FdBudget = UNLIMITED) -> None:
         self.proc_path = proc_path
+        self.budget = budget
         self._tracked: dict[int, _Tracked] = {}
         self._walked = False
 
@@ -126,7 +127,10 @@ class ProcessTable:
 
     def _track(self, pid: int) -> _Tracked | None:
         base = self.proc_path / str(pid)
-        held = HeldFile(base / "stat")
+        held = HeldFile(base / "stat", self.budget, "processes")
+        if not held.held:  # over the fd budget: this process gets no series (the process view is partial anyway)
+            held.close()
+            return None
         try:
             stat = parse_pid_stat(held.read())
             try:

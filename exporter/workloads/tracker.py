@@ -9,21 +9,34 @@ are exported as long as it has a series (exporter/snapshot.py).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from exporter.config import Config
 from exporter.ledger import WorkloadLedger
-from exporter.snapshot import PodLabels, WorkloadState
+from exporter.snapshot import Labels, PodLabels, WorkloadState
+from exporter.sysfs import UNLIMITED, FdBudget
 from exporter.workloads.cgroups import CgroupTree
 from exporter.workloads.classify import Classified
 from exporter.workloads.kubernetes import ContainerName, KubeletLogs, PodName
 from exporter.workloads.labels import LABELS, label_values
 from exporter.workloads.pod_watch import PodWatch
 from exporter.workloads.processes import cgroup_path
-from exporter.workloads.tree import UsageTracker, WorkloadTree, build_tree, owner_of
+from exporter.workloads.tree import TreeBuilder, UsageTracker, WorkloadTree, owner_of
 
 log = logging.getLogger(__name__)
 
 EMPTY_TREE = WorkloadTree((), {}, {})
+
+
+@dataclass(frozen=True, slots=True)
+class _Labels:
+    """A workload's labels by name: made again only when the names the node knows change. The same tuple is
+    handed out every tick meanwhile, so the renderer keeps its label text by the tuple's identity."""
+
+    workload: Classified
+    parent: str  # its top-level workload's key ("" if it is one): a label of some kinds
+    names: tuple[object, ...]  # which name sources they were made from
+    labels: Labels
 
 
 class Workloads:
@@ -37,13 +50,17 @@ class Workloads:
         self.ledger: WorkloadLedger[Classified] = WorkloadLedger(config.workload_ttl)
         self.tree = EMPTY_TREE
         self._usage = UsageTracker()
+        self._trees = TreeBuilder()
         self._now = 0.0
+        self._labels: dict[str, _Labels] = {}
+        self._name_sources: tuple[object, ...] = (None, None, None)
+        self._named_records: object = None
 
     @classmethod
-    def open(cls, config: Config) -> Workloads:
+    def open(cls, config: Config, budget: FdBudget = UNLIMITED) -> Workloads:
         if not config.workloads:
             return cls(config)
-        cgroups = CgroupTree(config.cgroup_root)
+        cgroups = CgroupTree(config.cgroup_root, budget, hold_s=config.workload_ttl)
         log.info(
             "attributing to workloads from the %s cgroup hierarchy at %s", cgroups.layout.version, cgroups.layout.root
         )
@@ -54,12 +71,9 @@ class Workloads:
         self._now = now
         if self.cgroups is None:
             return self.tree
-        usages = self.cgroups.read()
-        tree = self.tree = build_tree(usages, self._usage.deltas(usages))
-        for top in tree.top:
-            self.ledger.seen(now, top.key, tree.workloads[top.key], "")
-            for child in top.children:
-                self.ledger.seen(now, child.key, tree.workloads[child.key], top.key)
+        usages = self.cgroups.read(now)
+        tree = self.tree = self._trees.build(usages, self._usage.deltas(usages, self.cgroups.ended, now))
+        self.ledger.seen_all(now, tree.members)
         return tree
 
     def owner_of_pid(self, pid: int) -> tuple[str, str | None] | None:
@@ -91,26 +105,45 @@ class Workloads:
     def states(self) -> tuple[WorkloadState, ...]:
         """Every workload with a series: its labels by name, and its energy per domain."""
         records = self.ledger.records()
-        if self.kubelet is not None:
+        kubelet, now = self.kubelet, self._now
+        # The same records (the list is kept while none comes or goes): only a due rescan can change names.
+        if kubelet is not None and (records is not self._named_records or kubelet.rescan_due(now)):
             pods = [r.workload.uid for _, r in records if r.workload.kind == "pod"]
             containers = [r.workload.container_id for _, r in records if r.workload.kind == "container"]
-            self.kubelet.refresh(self._now, pods, containers)
+            kubelet.refresh(now, pods, containers)
+            self._named_records = records
+        memo = self._labels
+        if len(memo) > len(records):  # workloads expired: forget their labels
+            self._labels = memo = {key: memo[key] for key, _ in records if key in memo}
+        # Names change only when the kubelet's index is rebuilt or the pod watch replaces its mapping.
+        sources = (
+            kubelet.pods_index if kubelet is not None else None,
+            kubelet.containers_index if kubelet is not None else None,
+            self.pod_watch.pods if self.pod_watch is not None else None,
+        )
+        if any(source is not was for source, was in zip(sources, self._name_sources, strict=True)):
+            self._name_sources = sources  # a new tuple: every workload's labels are made again
+        names = self._name_sources
         states = []
-        for _, record in records:
+        for key, record in records:
             workload = record.workload
-            pod_uid = workload.uid if workload.kind == "pod" else ""
-            if record.parent.startswith("pod:"):
-                pod_uid = record.parent.removeprefix("pod:")
-            pod, container = self._names(pod_uid, workload.container_id)
-            values = label_values(workload, pod, container, record.parent)
-            states.append(
-                WorkloadState(
-                    kind=workload.kind,
-                    labels=tuple(zip(LABELS[workload.kind], values, strict=True)),
-                    energy_uj=tuple(sorted(record.energy_uj.items())),
-                    last_uj=tuple(sorted(record.last_uj.items())),
-                )
-            )
+            known = memo.get(key)
+            if (
+                known is None
+                or known.names is not names
+                or known.workload is not workload
+                or known.parent != record.parent
+            ):
+                pod_uid = workload.uid if workload.kind == "pod" else ""
+                if record.parent.startswith("pod:"):
+                    pod_uid = record.parent[4:]
+                pod, container = self._names(pod_uid, workload.container_id)
+                values = label_values(workload, pod, container, record.parent)
+                labels = tuple(zip(LABELS[workload.kind], values, strict=True))
+                known = memo[key] = _Labels(workload, record.parent, names, labels)
+            # Domains in the order the ledger first saw them: the same every tick, no sorting needed.
+            energy, last = tuple(record.energy_uj.items()), tuple(record.last_uj.items())
+            states.append(WorkloadState(workload.kind, known.labels, energy, last))
         return tuple(states)
 
     def pod_labels(self) -> tuple[PodLabels, ...]:
