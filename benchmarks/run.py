@@ -208,7 +208,7 @@ def tick_breakdown(engine: Engine, reps: int) -> list[tuple[str, float]]:
         (f"meter.read ({meter.name}, {len(meter.zones())} zones)", lambda: meter.read(0.0, None))
         if meter is not None
         else ("meter.read (no meter)", lambda: None),
-        ("/proc/stat read + parse", engine.proc_stat.read if engine.proc_stat is not None else lambda: None),
+        ("/proc/stat read + parse", engine.cpu.read),
         ("IdleBaseline.watts(), full window, x1 zone", full.watts),
         ("Engine.snapshot()", engine.snapshot),
     ]

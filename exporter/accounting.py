@@ -103,6 +103,7 @@ class Accounting:
         self.errors: Ledger[tuple[str, str]] = Ledger()
         # How the measured places nest: computed again only when a counter comes or goes.
         self._containment: tuple[list[Place], dict[Place, Place | None], tuple[ZoneInfo, ...]] | None = None
+        self._ordered: list[_Counter] = []  # node counters in zone order, with the containment
         self._node_total_uj = 0
         self._platform_common_uj = 0
         self._parts_common_uj = 0
@@ -173,7 +174,8 @@ class Accounting:
             counter, delta = self._step(sample, now, dt, place)
             deltas.append((counter, delta))
             accel_deltas.append((accel, delta))
-        self._forget(now)
+        if len(deltas) < len(self._counters):  # a counter not read this tick may be one that has gone
+            self._forget(now)
         by_process: dict[P, dict[str, int]] = {}
         if dt is None or dt <= 0:
             return by_process
@@ -268,6 +270,7 @@ class Accounting:
 
     def _structure(self) -> tuple[list[Place], dict[Place, Place | None], tuple[ZoneInfo, ...]]:
         if self._containment is None:
+            self._ordered = [c for zone, c in sorted(self._counters.items()) if zone.zone != "gpu"]
             sources = {c.place: c.zone.source for c in self._counters.values()}
             measured = sorted(sources)
             top = top_level(measured)
@@ -344,9 +347,10 @@ class Accounting:
 
     def zones(self) -> tuple[ZoneState, ...]:
         """Every node counter (accelerators have their own states)."""
+        self._structure()
         return tuple(
             ZoneState(
-                zone=zone,
+                zone=c.zone,
                 joules_uj=c.joules_uj,
                 watts=c.watts if c.watts is not None and c.track.up else c.track.watts,
                 up=c.track.up,
@@ -355,8 +359,7 @@ class Accounting:
                 method=c.method,
                 reading_age_s=c.age_s,
             )
-            for zone, c in sorted(self._counters.items())
-            if zone.zone != "gpu"
+            for c in self._ordered
         )
 
     def zone_info(self) -> tuple[ZoneInfo, ...]:

@@ -66,6 +66,7 @@ class Engine:
         self._dt = 0.0
         self._ready = False
         self._stats = TickStats()
+        self._missing: tuple[str, list[SourceUp]] | None = None  # (meter in use, preferred meters unavailable)
 
     @classmethod
     def start(cls, config: Config) -> Engine:
@@ -169,8 +170,14 @@ class Engine:
     ) -> tuple[list[SourceUp], list[SourceErrors]]:
         """Every source's health: the meters preferred to the one measuring CPU energy that are unavailable
         (device ""), each zone and accelerator, /proc/stat, the pod watch and the carbon file."""
-        needed = _needed(self.config, self.meter)
-        up = [SourceUp(r.name, "", False) for r in self.reports if not r.available and r.name in needed]
+        serving = self.meter.name if self.meter is not None else ""
+        if self._missing is None or self._missing[0] != serving:  # again only when the meter changes
+            needed = _needed(self.config, self.meter)
+            self._missing = (
+                serving,
+                [SourceUp(r.name, "", False) for r in self.reports if not r.available and r.name in needed],
+            )
+        up = self._missing[1].copy()
         up += [SourceUp(z.zone.source, z.zone.device, z.up) for z in zones]
         up += [SourceUp(a.source, a.device.uuid, a.up) for a in accelerators]
         errors = [SourceErrors(source, device, count) for (source, device), count in self.accounting.errors.items()]

@@ -69,12 +69,14 @@ class _InUse:
     roles: set[Role] = field(default_factory=set)
     cpu: frozenset[ZoneId] = frozenset()  # its zones read for the CPU role
     read: frozenset[ZoneId] = frozenset()  # every zone of it that is read (its roles')
+    only_cpu: bool = False  # every zone it has is read, for the CPU role: nothing to filter
 
     def serve(self) -> _InUse:
         """Note which of its zones the roles it serves take (again after a role came or went)."""
         zones = self.meter.zones()
         self.read = frozenset(z for z in zones if role_of(z.zone) in self.roles)
         self.cpu = frozenset(z for z in self.read if role_of(z.zone) == "cpu")
+        self.only_cpu = len(self.cpu) == len(zones)
         return self
 
 
@@ -130,7 +132,7 @@ class NodeMeters:
     @property
     def name(self) -> str:
         """The meter of the node's CPU energy (the `source` of workload series and `wattlens_node_info`)."""
-        serving = self._serving("cpu")
+        serving = self._cpu
         return serving.name if serving is not None else "none"
 
     @property
@@ -158,23 +160,31 @@ class NodeMeters:
         samples: list[CounterSample] = []
         cpu_read = False
         for use in self._in_use:
+            got = use.meter.read(now, cpu)
+            if use.only_cpu:
+                samples += got
+                if not cpu_read:
+                    for sample in got:
+                        if sample.energy_uj is not None:
+                            cpu_read = True
+                            break
+                continue
             read, cpu_zones = use.read, use.cpu
-            for sample in use.meter.read(now, cpu):
+            for sample in got:
                 if sample.zone in read:
                     samples.append(sample)
                     cpu_read = cpu_read or (sample.energy_uj is not None and sample.zone in cpu_zones)
-        before = self._serving("cpu")
-        self._watch_cpu(now, cpu_read)
-        after = self._serving("cpu")
+        before = self._cpu
+        if before is None or (cpu_read and self._cpu_down_since is None and self._probe_at is None):
+            return samples  # nothing to watch: the usual tick
+        self._watch_cpu(now, before, cpu_read)
+        after = self._cpu
         if after is not None and after is not before:
             # The new meter's first reading is this tick's baseline, so the next tick has a delta.
             samples.extend(s for s in after.meter.read(now, cpu) if s.zone in after.cpu)
         return samples
 
-    def _watch_cpu(self, now: float, cpu_read: bool) -> None:
-        serving = self._serving("cpu")
-        if serving is None:
-            return
+    def _watch_cpu(self, now: float, serving: _InUse, cpu_read: bool) -> None:
         if cpu_read:
             self._cpu_down_since = None
             self._probe_better(now, serving)
