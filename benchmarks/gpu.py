@@ -71,7 +71,7 @@ def measure(ticks: int, state_path: Path) -> None:
             ledger.seen(now, key, key, parent)
         start = time.perf_counter()
         accounting.tick(now + 0.001, 5.0, node=[], cpu=Weights(0, []), accelerators=meter.read(now + 0.001),
-                        owner=lambda pid: ("pod:x", f"container:{pid}"))
+                        owner=lambda user: ("pod:x", f"container:{user.pid}"))
         tick_ms.append((time.perf_counter() - start) * 1000)
     meter.close()
     print(

@@ -52,7 +52,7 @@ class GpuNode:
             (self.proc.root / str(pid) / "cgroup").write_text(f"0::/{path}\n")
         self.flags = {"sys_path": str(self.rapl.root), "proc_path": str(self.proc.root),
                       "cgroup_root": str(cgroups.root), "kubelet_log_path": str(tmp / "log"), "meters": "rapl",
-                      "node_name": "gpu", "idle_watts": "package=0"}
+                      "node_name": "gpu", "idle_watts": "package=0", "gpu_poll_interval": "0"}
         self.steps: list[dict[str, Any]] = []
 
     def step(self, now: float, state: StubState) -> None:
