@@ -4,7 +4,8 @@ its users as weights of their workloads, and its partitions' shares.
 - **Idle.** Configured watts win. Else the median power of the intervals nobody used the GPU (a robust centre:
   the 5 % quantile the CPU uses read 65.3 W on an H100 idling at 72.2 W, calling 7 W of idle active). A GPU
   that always has a user (a model server) never has such intervals: its idle is then the intercept at 0 %
-  utilisation of a Theil–Sen line through the median power per 5 % utilisation band over the used intervals
+  utilisation of a Theil–Sen line through the median (utilisation, power) of each 5 % utilisation band over the
+  used intervals
   (`method="regression"`), which needs a spread of loads to exist. Until either exists, nothing is idle
   (`method="none"`).
 - **Tail.** After work stops a GPU stays at 100–140 W for ~2 s. Ticks with no users that start within
@@ -48,7 +49,7 @@ class AcceleratorIdle:
 
     window_s: float
     unused: IdleBaseline = field(init=False)
-    bands: dict[int, deque[tuple[float, float]]] = field(default_factory=dict)  # band → (time, watts)
+    bands: dict[int, deque[tuple[float, float, float]]] = field(default_factory=dict)  # → (time, util, watts)
 
     def __post_init__(self) -> None:
         self.unused = IdleBaseline(self.window_s, 0.5)
@@ -59,8 +60,9 @@ class AcceleratorIdle:
         if not used:
             self.unused.observe(now, joules, seconds)
         elif utilization is not None:
-            band = self.bands.setdefault(int(min(100.0, max(0.0, utilization)) // BAND), deque(maxlen=BAND_SAMPLES))
-            band.append((now, joules / seconds))
+            load = min(100.0, max(0.0, utilization))
+            band = self.bands.setdefault(int(load // BAND), deque(maxlen=BAND_SAMPLES))
+            band.append((now, load, joules / seconds))
             while band and now - band[0][0] > self.window_s:
                 band.popleft()
 
@@ -72,7 +74,11 @@ class AcceleratorIdle:
         return (fitted, "regression") if fitted is not None else (None, "none")
 
     def _regression(self) -> float | None:
-        points = [((b + 0.5) * BAND, statistics.median(w for _, w in v)) for b, v in sorted(self.bands.items()) if v]
+        points = [
+            (statistics.median(u for _, u, _ in v), statistics.median(w for _, _, w in v))
+            for _, v in sorted(self.bands.items())
+            if v
+        ]
         if len(points) < MIN_BANDS or points[-1][0] - points[0][0] < MIN_SPAN:
             return None
         slopes = [(y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(points) for x2, y2 in points[i + 1 :]]

@@ -180,7 +180,7 @@ def test_mig_splits_by_memory_as_an_estimate(tmp_path: Path, stub_dir: Path) -> 
     assert workload_gpu_uj(tick, "pod", "0000000a-0000-4000-8000-00000000000a", UUID0) == 300_000_000
     assert workload_gpu_uj(tick, "pod", "0000000b-0000-4000-8000-00000000000b", UUID0) == 100_000_000
     assert f'wattlens_node_gpu_info{{driver="550.54.15",gpu="0",gpu_model="NVIDIA Stub GPU 0",gpu_uuid="{UUID0}",' \
-           f'mig="true",node="gpu"}} 1.0' in tick["text"]
+           f'mig="true",node="gpu",partition=""}} 1.0' in tick["text"]
 
 
 def test_a_hanging_nvml_call_is_cut_off_by_the_time_limit(tmp_path: Path, stub_dir: Path) -> None:

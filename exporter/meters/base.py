@@ -160,4 +160,9 @@ class AcceleratorMeter(Protocol):
 
     def read(self, now: float) -> list[AcceleratorSample]: ...
 
+    def poll(self, now: float, wait: bool = False) -> None:
+        """Look at the devices' processes between ticks (the meter's own thread does it every
+        `gpu_poll_interval`); `wait` until done. Meters without per-process data do nothing."""
+        ...
+
     def close(self) -> None: ...

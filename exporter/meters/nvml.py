@@ -194,12 +194,14 @@ class NvmlMeter:
         except concurrent.futures.TimeoutError:
             return [self._failed_sample(d, f"NVML did not answer within {self.timeout_s:g} s") for d in self._devices]
 
-    def poll(self, now: float) -> None:
+    def poll(self, now: float, wait: bool = False) -> None:
         """Gather the GPUs' processes and samples between ticks (in the worker thread; skipped while a call
-        there is still running, so a hung GPU never queues polls)."""
+        there is still running, so a hung GPU never queues polls). `wait`: until done (tests drive time)."""
         busy = [f for f in (self._pending, self._polling) if f is not None and not f.done()]
         if not busy:
             self._polling = self._worker.submit(self._poll_all, now)
+            if wait:
+                self._polling.result(timeout=self.timeout_s)
 
     def _poll_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
