@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
 import importlib
 import io
 import logging
@@ -43,6 +44,7 @@ from exporter.meters.gpu_processes import GpuProcess, GpuProcesses
 log = logging.getLogger(__name__)
 
 SOURCE = "amdsmi"
+LIBRARY = "libamd_smi.so"
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 300.0
 FIX = (
@@ -51,8 +53,23 @@ FIX = (
 )
 
 
+def _library_loads() -> bool:
+    """Whether libamd_smi.so loads from where the package looks for it (ROCM_HOME, ROCM_PATH, the loader,
+    /opt/rocm): most nodes have no AMD GPU and should not pay for importing the package."""
+    candidates = [str(Path(os.environ[v]) / "lib" / LIBRARY) for v in ("ROCM_HOME", "ROCM_PATH") if v in os.environ]
+    for candidate in (*candidates, LIBRARY, f"/opt/rocm/lib/{LIBRARY}"):
+        try:
+            ctypes.CDLL(candidate)
+        except OSError:
+            continue
+        return True
+    return False
+
+
 def load_amdsmi() -> ModuleType:
     """The `amdsmi` package, or MeterUnavailable with the reason. It loads libamd_smi.so at import."""
+    if not _library_loads():
+        raise MeterUnavailable(f"no AMD GPUs: {LIBRARY} (ROCm) is not installed", FIX)
     captured = io.StringIO()
     for attempt in range(2):
         try:
