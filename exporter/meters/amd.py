@@ -269,7 +269,9 @@ class AmdSmiMeter:
     def _read_all(self, now: float) -> list[AcceleratorSample]:
         if any(g.down and now >= g.retry_at for g in self._gpus):
             self._reacquire()
-        return [self._read(gpu, now) for gpu in self._gpus]
+        samples = [self._read(gpu, now) for gpu in self._gpus]
+        self.processes.expire(now)
+        return samples
 
     def _reacquire(self) -> None:
         """Re-initialise AMD SMI (its processor list is built at init) and find every GPU again by address."""

@@ -223,7 +223,9 @@ class NvmlMeter:
         self.processes.expire(now)
 
     def _read_all(self, now: float) -> list[AcceleratorSample]:
-        return [self._read_device(device, now) for device in self._devices]
+        samples = [self._read_device(device, now) for device in self._devices]
+        self.processes.expire(now)
+        return samples
 
     def _read_device(self, device: _Device, now: float) -> AcceleratorSample:
         if device.down:
