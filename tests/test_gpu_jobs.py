@@ -16,12 +16,12 @@ from nvml_stub.stub import StubState, default_uuid
 from test_gpu import CGROUPS, GpuNode, gpu, stub_dir, workload_gpu_uj  # noqa: F401 - stub_dir: a fixture
 
 from exporter.attribution import apportion
-from exporter.meters.gpu_processes import NOBODY, GpuProcesses, boot_epoch_us
+from exporter.meters.gpu_processes import NOBODY, GpuProcesses
 
 UUID0 = default_uuid(0)
 POD_A, POD_B = "0000000a-0000-4000-8000-00000000000a", "0000000b-0000-4000-8000-00000000000b"
 CG_A, CG_B = CGROUPS[101], CGROUPS[103]  # a container of pod A, the container of pod B
-T0_US = boot_epoch_us() + 10_000_000  # simulated time 0 as µs since the epoch (after boot: start times fit)
+T0_US = int(time.time() * 1e6)  # simulated time 0 as µs since the epoch: NVML's sample clock is the wall clock
 SAMPLE_S = 1 / 6  # NVML's per-process utilisation samples come about every 1/6 s
 
 
@@ -297,6 +297,11 @@ def test_a_real_process_keeps_its_record_after_it_is_reaped(tmp_path: Path) -> N
         child.wait()
     assert processes.at(child.pid, seen.start_us + 10_000, 2.0) == seen  # its samples, read after it exited
     assert processes.at(child.pid, seen.start_us - 5_000_000, 2.0) is NOBODY  # before it: another process's
+    # A driver whose sample clock is not the wall clock (told by the newest sample): samples go to the newest
+    # process of their PID rather than to nobody.
+    processes.calibrate(1_000_000_000)
+    assert not processes.wall_clock
+    assert processes.at(child.pid, 999_000_000, 2.0) == seen
     assert len(processes) == 1
     processes.expire(2.0 + 601.0)
     assert len(processes) == 0

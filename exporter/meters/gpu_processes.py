@@ -11,14 +11,18 @@ process that had its PID at the sample's time; the owner is resolved from the re
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SLACK_US = 50_000  # start times have a resolution of one clock tick (10 ms); samples within 50 ms are its own
 MAX_PER_PID = 4  # records kept per PID (the current process and the last ones that had it)
+WALL_CLOCK_TOLERANCE_US = 3600 * 1_000_000
 UNKNOWN_START = 0
 
 
@@ -50,8 +54,19 @@ class GpuProcesses:
     proc_path: Path
     ttl_s: float
     limit: int = 4096
+    wall_clock: bool = True  # whether sample timestamps are µs since the epoch (see `calibrate`)
     _by_pid: dict[int, list[_Record]] = field(default_factory=dict)
     _count: int = 0
+
+    def calibrate(self, newest_ts_us: int) -> None:
+        """NVML documents its sample timestamps as "CPU timestamp in microseconds", not which clock. Samples are
+        at most seconds old, so the newest one tells: within an hour of the wall clock, they are epoch times and
+        can be compared with process start times; otherwise a sample goes to the newest process with its PID
+        (PID reuse between two polls can then not be told apart), and that is logged once."""
+        wall = abs(newest_ts_us - time.time() * 1_000_000) < WALL_CLOCK_TOLERANCE_US
+        if self.wall_clock and not wall:
+            log.info("GPU sample timestamps are not wall-clock times: samples go to the newest process of their PID")
+        self.wall_clock = wall
 
     def seen(self, pid: int, now: float) -> GpuProcess:
         """The live process that has this PID (recorded now if it is new to us). A PID whose /proc entry cannot be
@@ -74,7 +89,7 @@ class GpuProcesses:
         if not records:
             return GpuProcess(pid, UNKNOWN_START)
         for record in reversed(records):
-            if record.process.start_us <= ts_us + SLACK_US:
+            if not self.wall_clock or record.process.start_us <= ts_us + SLACK_US:
                 record.last_seen = now
                 return record.process
         return NOBODY

@@ -333,7 +333,10 @@ class NvmlMeter:
             device.mig = False
         if device.mig:
             return  # NVML has no per-process utilisation under MIG
-        for sample in _optional(pynvml.nvmlDeviceGetProcessUtilization, device.handle, device.last_sample_ts):
+        samples = _optional(pynvml.nvmlDeviceGetProcessUtilization, device.handle, device.last_sample_ts)
+        if samples:
+            processes.calibrate(max(int(sample.timeStamp) for sample in samples))
+        for sample in samples:
             ts = int(sample.timeStamp)
             device.last_sample_ts = max(device.last_sample_ts, ts)
             process = processes.at(int(sample.pid), ts, now)
