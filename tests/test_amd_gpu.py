@@ -80,6 +80,7 @@ def test_two_amd_gpus_split_exactly_by_engine_use_through_resets_and_a_lost_gpu(
     energy[1] += 20_000_000
     node.step(20.0, state(gfx, {102: 10, 104: 30}))
     ticks = node.run(gpu_idle_watts="10", render=True)
+    assert ["amdsmi", UUID0, True] in ticks[0]["sources"], "the AMD SMI meter did not open: is amdsmi installed?"
 
     assert_conserved(ticks, UUID0, 0)
     assert_conserved(ticks, UUID1, 1)

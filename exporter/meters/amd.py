@@ -22,7 +22,6 @@ environment or else from the copy ROCm installs, which matches the library (`$RO
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import ctypes
 import importlib
@@ -30,8 +29,6 @@ import io
 import logging
 import os
 import sys
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -40,6 +37,7 @@ from typing import Any
 from exporter.config import Config
 from exporter.meters.base import ENERGY_COUNTER, Accelerator, AcceleratorSample, AcceleratorUser, MeterUnavailable
 from exporter.meters.gpu_processes import GpuProcess, GpuProcesses
+from exporter.meters.worker import MeterWorker
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +183,8 @@ class AmdSmiMeter:
         self._smi = smi
         self._gpus = gpus
         self.driver = driver
-        self.timeout_s = timeout_s
         self.processes = processes
-        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wattlens-amdsmi")
-        self._pending: concurrent.futures.Future[Any] | None = None
-        self._stop = threading.Event()
-        if poll_s > 0:
-            threading.Thread(target=self._poll_loop, args=(poll_s,), name="wattlens-amdsmi-poll", daemon=True).start()
+        self._worker = MeterWorker("AMD SMI", timeout_s, self._read_all, self._poll_all, poll_s)
 
     @classmethod
     def open(
@@ -235,26 +228,13 @@ class AmdSmiMeter:
         return [g.gpu for g in self._gpus]
 
     def read(self, now: float) -> list[AcceleratorSample]:
-        if self._pending is not None and not self._pending.done():
-            return [self._failed(g, "an earlier AMD SMI call has not returned") for g in self._gpus]
-        self._pending = self._worker.submit(self._read_all, now)
-        try:
-            result: list[AcceleratorSample] = self._pending.result(timeout=self.timeout_s)
-        except concurrent.futures.TimeoutError:
-            return [self._failed(g, f"AMD SMI did not answer within {self.timeout_s:g} s") for g in self._gpus]
+        result = self._worker.read(now)
+        if isinstance(result, str):
+            return [self._failed(g, result) for g in self._gpus]
         return result
 
     def poll(self, now: float, wait: bool = False) -> None:
-        if self._pending is not None and not self._pending.done():
-            return
-        self._pending = self._worker.submit(self._poll_all, now)
-        if wait:
-            self._pending.result(timeout=self.timeout_s)
-
-    def _poll_loop(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            with contextlib.suppress(RuntimeError):
-                self.poll(time.monotonic())
+        self._worker.poll(now, wait)
 
     def _failed(self, gpu: _Gpu, reason: str) -> AcceleratorSample:
         return AcceleratorSample(gpu.gpu, None, ENERGY_COUNTER, error=reason)
@@ -334,8 +314,7 @@ class AmdSmiMeter:
             use.util_n += 1
 
     def close(self) -> None:
-        self._stop.set()
-        self._worker.shutdown(wait=False, cancel_futures=True)
+        self._worker.close()
         self.processes.close()
         with contextlib.suppress(Exception):
             self._smi.amdsmi_shut_down()

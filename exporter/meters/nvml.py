@@ -18,11 +18,8 @@ at most `timeout_s` for them. A lost GPU is marked down and re-acquired by UUID 
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import logging
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +40,7 @@ from exporter.meters.base import (
 from exporter.meters.gpu_processes import NOBODY, GpuProcess, GpuProcesses
 from exporter.meters.nvml_loader import FIX, NOT_INSTALLED
 from exporter.meters.nvml_mig import MigState, mig_users
+from exporter.meters.worker import MeterWorker
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +140,7 @@ class NvmlMeter:
         self.driver = driver
         self.timeout_s = timeout_s
         self.processes = processes
-        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wattlens-nvml")
-        self._pending: concurrent.futures.Future[list[AcceleratorSample]] | None = None
-        self._polling: concurrent.futures.Future[None] | None = None
-        self._stop = threading.Event()
-        if poll_s > 0:
-            threading.Thread(target=self._poll_loop, args=(poll_s,), name="wattlens-nvml-poll", daemon=True).start()
+        self._worker = MeterWorker("NVML", timeout_s, self._read_all, self._poll_all, poll_s)
 
     @classmethod
     def open(
@@ -186,27 +179,15 @@ class NvmlMeter:
     def read(self, now: float) -> list[AcceleratorSample]:
         """Read every GPU in the worker thread, waiting at most timeout_s; a call still stuck from an earlier
         tick makes every GPU read as failed until it returns."""
-        if self._pending is not None and not self._pending.done():
-            return [self._failed_sample(d, "an earlier NVML call has not returned") for d in self._devices]
-        self._pending = self._worker.submit(self._read_all, now)
-        try:
-            return self._pending.result(timeout=self.timeout_s)
-        except concurrent.futures.TimeoutError:
-            return [self._failed_sample(d, f"NVML did not answer within {self.timeout_s:g} s") for d in self._devices]
+        result = self._worker.read(now)
+        if isinstance(result, str):
+            return [self._failed_sample(d, result) for d in self._devices]
+        return result
 
     def poll(self, now: float, wait: bool = False) -> None:
-        """Gather the GPUs' processes and samples between ticks (in the worker thread; skipped while a call
-        there is still running, so a hung GPU never queues polls). `wait`: until done (tests drive time)."""
-        busy = [f for f in (self._pending, self._polling) if f is not None and not f.done()]
-        if not busy:
-            self._polling = self._worker.submit(self._poll_all, now)
-            if wait:
-                self._polling.result(timeout=self.timeout_s)
-
-    def _poll_loop(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            with contextlib.suppress(RuntimeError):  # the worker was shut down
-                self.poll(time.monotonic())
+        """Gather the GPUs' processes and samples between ticks (the worker's own timer does it every
+        gpu_poll_interval; skipped while an NVML call is running, so a hung GPU never queues polls)."""
+        self._worker.poll(now, wait)
 
     def _failed_sample(self, device: _Device, reason: str) -> AcceleratorSample:
         return AcceleratorSample(device.gpu, None, self._method(device), error=reason)
@@ -369,8 +350,7 @@ class NvmlMeter:
         )
 
     def close(self) -> None:
-        self._stop.set()
-        self._worker.shutdown(wait=False, cancel_futures=True)
+        self._worker.close()
         for device in self._devices:
             device.mig_state.close()
         self.processes.close()
