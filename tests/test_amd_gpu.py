@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-import json
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from amdsmi_stub.stub import AmdSmiState, build_stub, default_uuid, stub_env
-from helpers import REPO, tool
+from helpers import tool
 from test_gpu import GpuNode, gpu, workload_gpu_uj
 from test_gpu_jobs import POD_A, POD_B, assert_conserved
 
@@ -32,14 +29,8 @@ def rocm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class AmdNode(GpuNode):
     """GpuNode's node (cgroups, /proc) with AMD SMI instead of NVML."""
 
-    def run(self, render: bool = False, document: bool = False, **flags: str) -> list[dict[str, Any]]:
-        scenario = {"flags": {**self.flags, **flags}, "state_path": str(self.tmp / "amd.state"),
-                    "steps": self.steps, "render": render, "document": document}
-        env = stub_env(self.stub_dir, self.tmp / "amd.state", base={"PATH": "/usr/bin:/bin"})
-        result = subprocess.run([sys.executable, str(REPO / "tests" / "gpu_driver.py")], input=json.dumps(scenario),
-                                capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
-        assert result.returncode == 0, result.stderr
-        return [json.loads(line) for line in result.stdout.splitlines()]
+    def env(self, state: Path) -> dict[str, str]:
+        return stub_env(self.stub_dir, state, base={"PATH": "/usr/bin:/bin"})
 
     def step(self, now: float, state: AmdSmiState) -> None:  # type: ignore[override]
         path = self.tmp / f"state{len(self.steps)}"

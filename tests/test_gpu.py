@@ -60,10 +60,14 @@ class GpuNode:
         state.write(path)
         self.steps.append({"now": now, "state": str(path)})
 
+    def env(self, state: Path) -> dict[str, str]:
+        """The driver's environment: the stub library that reads `state`."""
+        return stub_env(self.stub_dir, state, base={"PATH": "/usr/bin:/bin"})
+
     def run(self, render: bool = False, document: bool = False, **flags: str) -> list[dict[str, Any]]:
-        scenario = {"flags": {**self.flags, **flags}, "state_path": str(self.tmp / "nvml.state"),
+        scenario = {"flags": {**self.flags, **flags}, "state_path": str(self.tmp / "gpu.state"),
                     "steps": self.steps, "render": render, "document": document}
-        env = stub_env(self.stub_dir, self.tmp / "nvml.state", base={"PATH": "/usr/bin:/bin"})
+        env = self.env(self.tmp / "gpu.state")
         result = subprocess.run([sys.executable, str(REPO / "tests" / "gpu_driver.py")], input=json.dumps(scenario),
                                 capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
         assert result.returncode == 0, result.stderr
