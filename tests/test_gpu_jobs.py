@@ -6,17 +6,20 @@ jobs' processes appear in and vanish from the fixture /proc as real ones do from
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nvml_stub.stub import StubState, default_uuid
+import pytest
+from helpers import Daemon
+from nvml_stub.stub import StubState, default_uuid, stub_env
 from test_gpu import CGROUPS, GpuNode, gpu, stub_dir, workload_gpu_uj  # noqa: F401 - stub_dir: a fixture
 
 from exporter.attribution import apportion
-from exporter.meters.gpu_processes import NOBODY, GpuProcesses
+from exporter.meters.gpu_processes import _BOOT_US, CLK_TCK, NOBODY, GpuProcesses
 
 UUID0 = default_uuid(0)
 POD_A, POD_B = "0000000a-0000-4000-8000-00000000000a", "0000000b-0000-4000-8000-00000000000b"
@@ -306,3 +309,50 @@ def test_a_real_process_keeps_its_record_after_it_is_reaped(tmp_path: Path) -> N
     processes.expire(2.0 + 601.0)
     assert len(processes) == 0
     processes.close()
+
+
+def test_the_daemons_poll_thread_keeps_a_job_that_lives_between_two_ticks(
+        tmp_path: Path, stub_dir: Path) -> None:  # noqa: F811
+    """The real daemon in real time (2 s ticks, polls every 0.2 s): a job appears just after a tick, runs 0.8 s and
+    exits (its /proc entry goes) while NVML keeps its samples. The next tick gives its active energy to its pod;
+    with polls off, nobody saw it alive and it is unattributed."""
+    for poll in ("0.2", "0"):
+        node = GpuNode(tmp_path / poll, stub_dir)
+        state_path = node.tmp / "nvml.state"
+        energy = 1_000_000
+        StubState().device(0, "NVIDIA H100 80GB HBM3", energy_mj=energy).write(state_path)
+        env = stub_env(stub_dir, state_path, base={})
+        with Daemon("--sys", node.flags["sys_path"], "--proc", node.flags["proc_path"], "--cgroup-root",
+                    node.flags["cgroup_root"], "--interval", "2", "--gpu-poll-interval", poll, "--node-name", "gpu",
+                    env={k: env[k] for k in ("LD_LIBRARY_PATH", "STUB_NVML_STATE")} | {"WATTLENS_GPU_IDLE_WATTS": "50"},
+                    ) as daemon:
+            daemon.wait_ready()
+            daemon.wait_ticks(1)
+            time.sleep(0.2)
+            pid, start_us = 4321, int(time.time() * 1e6)
+            job = StubState().device(0, "NVIDIA H100 80GB HBM3", energy_mj=energy).process(0, pid, mem=1 << 30)
+            for k in range(4):
+                job.sample(0, pid, ts=start_us + k * 166_000, sm=100)
+            spawn_process(node.proc.root, pid, CG_A, start_us)
+            job.write(state_path)
+            time.sleep(0.8)
+            shutil.rmtree(node.proc.root / str(pid))  # the job exits
+            job.clear_processes().set_device(0, energy_mj=energy + 2_000_000).write(state_path)  # 2000 J in all
+            samples = daemon.wait_ticks(1)
+            assert daemon.stop()[0] == 0
+        pod = [v for k, v in samples.items() if k.startswith("wattlens_pod_gpu_joules_total{") and POD_A in k]
+        unattributed = sum(v for k, v in samples.items() if k.startswith("wattlens_unattributed_gpu_joules_total"))
+        idle = sum(v for k, v in samples.items() if k.startswith("wattlens_node_gpu_idle_joules_total"))
+        assert sum(pod) + unattributed + idle == pytest.approx(2000.0, abs=1e-6)
+        active = 2000.0 - idle  # idle: 50 W × the tick (2 s, or more if the machine is slow)
+        assert active > 1000
+        got = sum(pod) if poll != "0" else unattributed  # all of it to the pod; without polls, nobody's
+        assert got == pytest.approx(active, abs=1e-6), (pod, unattributed, idle)
+
+
+def spawn_process(proc: Path, pid: int, cgroup: str, start_us: int) -> None:
+    """/proc/<pid>/{stat,cgroup} of a process that started at `start_us` (µs since the epoch)."""
+    (proc / str(pid)).mkdir()
+    ticks = (start_us - _BOOT_US) * CLK_TCK // 1_000_000
+    (proc / str(pid) / "stat").write_text(f"{pid} (job) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {ticks} 0 0\n")
+    (proc / str(pid) / "cgroup").write_text(f"0::/{cgroup}\n")
