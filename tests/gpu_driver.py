@@ -21,7 +21,7 @@ from typing import Any
 from exporter.config import load_config
 from exporter.engine import Engine
 from exporter.exposition import Renderer
-from exporter.meters.gpu_processes import _BOOT_US, CLK_TCK
+from exporter.meters.gpu_processes import BOOT_US, CLK_TCK
 from exporter.snapshot import Snapshot
 from exporter.snapshot_json import snapshot_document
 
@@ -49,7 +49,7 @@ def summary(snap: Snapshot) -> dict[str, Any]:
 
 def spawn(proc: str, pid: str, cgroup: str, start_us: int) -> None:
     os.makedirs(f"{proc}/{pid}", exist_ok=True)
-    ticks = (start_us - _BOOT_US) * CLK_TCK // 1_000_000
+    ticks = (start_us - BOOT_US) * CLK_TCK // 1_000_000
     with open(f"{proc}/{pid}/stat", "w") as stat:
         stat.write(f"{pid} (python3 (job)) S 1 {pid} {pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 {ticks} 0 0\n")
     with open(f"{proc}/{pid}/cgroup", "w") as handle:

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gpu_driver import spawn
 from helpers import Daemon
 from nvml_stub.stub import StubState, default_uuid, stub_env
 from test_gpu import CGROUPS, GpuNode, gpu, stub_dir, workload_gpu_uj  # noqa: F401 - stub_dir: a fixture
 
 from exporter.attribution import apportion
-from exporter.meters.gpu_processes import _BOOT_US, CLK_TCK, NOBODY, GpuProcesses
+from exporter.meters.gpu_processes import NOBODY, GpuProcesses
 
 UUID0 = default_uuid(0)
 POD_A, POD_B = "0000000a-0000-4000-8000-00000000000a", "0000000b-0000-4000-8000-00000000000b"
@@ -333,7 +334,7 @@ def test_the_daemons_poll_thread_keeps_a_job_that_lives_between_two_ticks(
             job = StubState().device(0, "NVIDIA H100 80GB HBM3", energy_mj=energy).process(0, pid, mem=1 << 30)
             for k in range(4):
                 job.sample(0, pid, ts=start_us + k * 166_000, sm=100)
-            spawn_process(node.proc.root, pid, CG_A, start_us)
+            spawn(str(node.proc.root), str(pid), CG_A, start_us)  # as the kernel shows a new process
             job.write(state_path)
             time.sleep(0.8)
             shutil.rmtree(node.proc.root / str(pid))  # the job exits
@@ -349,10 +350,3 @@ def test_the_daemons_poll_thread_keeps_a_job_that_lives_between_two_ticks(
         got = sum(pod) if poll != "0" else unattributed  # all of it to the pod; without polls, nobody's
         assert got == pytest.approx(active, abs=1e-6), (pod, unattributed, idle)
 
-
-def spawn_process(proc: Path, pid: int, cgroup: str, start_us: int) -> None:
-    """/proc/<pid>/{stat,cgroup} of a process that started at `start_us` (µs since the epoch)."""
-    (proc / str(pid)).mkdir()
-    ticks = (start_us - _BOOT_US) * CLK_TCK // 1_000_000
-    (proc / str(pid) / "stat").write_text(f"{pid} (job) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {ticks} 0 0\n")
-    (proc / str(pid) / "cgroup").write_text(f"0::/{cgroup}\n")

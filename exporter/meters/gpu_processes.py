@@ -178,10 +178,10 @@ def boot_epoch_us() -> int:
     return int((time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)) * 1_000_000)
 
 
-_BOOT_US = boot_epoch_us()
+BOOT_US = boot_epoch_us()
 
 
 def _start_us(stat: bytes) -> int:
     """Field 22 (`starttime`) of /proc/<pid>/stat as µs since the epoch; `comm` may hold spaces and parentheses."""
     fields = stat[stat.rindex(b")") + 2 :].split()
-    return _BOOT_US + int(fields[19]) * 1_000_000 // CLK_TCK
+    return BOOT_US + int(fields[19]) * 1_000_000 // CLK_TCK
