@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from test_gpu import CGROUPS, GpuNode, gpu, stub_dir, workload_gpu_uj  # noqa: F
 
 from exporter.attribution import apportion
 from exporter.meters.gpu_processes import NOBODY, GpuProcesses
+from exporter.meters.worker import MeterWorker
 
 UUID0 = default_uuid(0)
 POD_A, POD_B = "0000000a-0000-4000-8000-00000000000a", "0000000b-0000-4000-8000-00000000000b"
@@ -350,3 +352,31 @@ def test_the_daemons_poll_thread_keeps_a_job_that_lives_between_two_ticks(
         got = sum(pod) if poll != "0" else unattributed  # all of it to the pod; without polls, nobody's
         assert got == pytest.approx(active, abs=1e-6), (pod, unattributed, idle)
 
+
+
+def test_the_meter_worker_bounds_every_read_and_never_queues_polls() -> None:
+    """A read that raises, a read that hangs (the time limit, then 'still stuck' without waiting), and polls
+    skipped while a call runs: the tick always gets an answer."""
+    release, polls = threading.Event(), []
+
+    def read(now: float) -> str:
+        if now == 1.0:
+            raise ValueError("garbage from the driver")
+        if now == 2.0:
+            release.wait(5)
+        return f"read at {now}"
+
+    worker: MeterWorker[str] = MeterWorker("NVML", 0.2, read, polls.append)
+    assert worker.read(0.0) == "read at 0.0"
+    assert worker.read(1.0) == "NVML read failed (ValueError: garbage from the driver)"
+    assert worker.read(2.0) == "NVML did not answer within 0.2 s"
+    started = time.monotonic()
+    assert worker.read(3.0) == "an earlier NVML call has not returned"
+    worker.poll(3.5)  # skipped: the hung read still holds the thread
+    assert time.monotonic() - started < 0.1
+    release.set()
+    time.sleep(0.1)
+    worker.poll(4.0, wait=True)
+    assert polls == [4.0]
+    assert worker.read(5.0) == "read at 5.0"
+    worker.close()

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -49,6 +52,9 @@ class MeterWorker(Generic[T]):
             return self._reading.result(timeout=self.timeout_s)
         except concurrent.futures.TimeoutError:
             return f"{self.library} did not answer within {self.timeout_s:g} s"
+        except Exception as exc:  # an answer the meter did not expect: this tick's GPUs are down, not the daemon
+            log.debug("%s read failed", self.library, exc_info=True)
+            return f"{self.library} read failed ({type(exc).__name__}: {exc})"
 
     def poll(self, now: float, wait: bool = False) -> None:
         """One poll on the worker, unless a call is running there; `wait` until it is done (tests drive time)."""
