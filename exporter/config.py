@@ -344,13 +344,36 @@ class Config(BaseModel):
         ),
     )
     gpus: bool = Field(
-        True, json_schema_extra=_hint("GPUs", "true to read NVIDIA GPUs through NVML when present, or false")
+        True,
+        json_schema_extra=_hint("GPUs", "true to read NVIDIA (NVML) and AMD (AMD SMI) GPUs when present, or false"),
     )
     gpu_idle_watts: float | None = Field(
         None,
         ge=0,
         le=5000,
-        json_schema_extra=_hint("GPUs", "idle watts of each GPU, or leave unset to learn it from unused intervals"),
+        json_schema_extra=_hint(
+            "GPUs", "idle watts of each GPU, or leave unset to estimate it (from unused intervals, else from load)"
+        ),
+    )
+    gpu_poll_interval: Seconds = Field(
+        1.0,
+        ge=0,
+        le=60,
+        json_schema_extra=_hint(
+            "GPUs",
+            "how often GPU processes are polled between ticks so that a job that exits keeps its energy "
+            "(1, 500ms), 0 to poll only at ticks (default 1)",
+        ),
+    )
+    gpu_tail: Seconds = Field(
+        5.0,
+        ge=0,
+        le=60,
+        json_schema_extra=_hint(
+            "GPUs",
+            "how long after its last users leave a GPU's active energy (its ramp-down) still goes to them "
+            "(5, 2s), 0 to give it to nobody (default 5)",
+        ),
     )
     nvml_timeout: Seconds = Field(
         2.0,

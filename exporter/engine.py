@@ -139,7 +139,7 @@ class Engine:
             node=samples,
             cpu=Weights(busy_us, tree.top, self.cpu.idle_share(cpu)),
             accelerators=[sample for meter in self.accelerators for sample in meter.read(now)],
-            owner=self.workloads.owner_of_pid,
+            owner=self.workloads.owner_of_user,
             processes=processes,
         )
         if dt is not None and dt > 0:

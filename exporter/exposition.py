@@ -207,6 +207,8 @@ def _gpu_families(snap: Snapshot, out: list[Rows]) -> None:
     baseline, resets = _rows(m.NODE_GPU_IDLE_WATTS), _rows(m.NODE_GPU_RESETS)
     splits, unattributed = _rows(m.GPU_ATTRIBUTION_TICKS), _rows(m.UNATTRIBUTED_GPU_JOULES)
     info = _rows(m.NODE_GPU_INFO)
+    scope_watts, scope_joules = _rows(m.NODE_GPU_SCOPE_WATTS), _rows(m.NODE_GPU_SCOPE_JOULES)
+    instances = _rows(m.NODE_GPU_INSTANCE_ACTIVE_JOULES)
     for g in snap.accelerators:
         labels = (node, str(g.device.index), g.device.uuid, g.device.model)
         joules.add((*labels, g.method), g.joules_uj / MICRO)
@@ -220,8 +222,14 @@ def _gpu_families(snap: Snapshot, out: list[Rows]) -> None:
             baseline.add((*labels, g.idle_method), g.idle_watts)
         for split, count in g.splits:
             splits.add((*labels[:3], split), count)
-        info.add((*labels, snap.accelerator_driver, str(g.partitioned).lower()), 1.0)
+        info.add((*labels, snap.accelerator_driver, str(g.partitioned).lower(), g.device.partition), 1.0)
+        for scope in g.scopes:
+            scope_watts.add((*labels, scope.scope), scope.watts)
+            scope_joules.add((*labels, scope.scope), scope.joules_uj / MICRO)
+        for i in g.instances:
+            instances.add((*labels[:3], i.instance, i.profile, i.uuid), i.active_uj / MICRO)
     out += (joules, watts, idle, active, baseline, resets, info, splits, unattributed)
+    out += (f for f in (scope_watts, scope_joules, instances) if f.samples)
 
 
 def _workload_families(snap: Snapshot, out: list[Rows], samples: bool) -> None:

@@ -272,7 +272,8 @@ NODE_GPU_ACTIVE_JOULES = Family(
 NODE_GPU_IDLE_WATTS = Family(
     "node_gpu_idle_baseline_watts",
     "gauge",
-    "Idle power used for a GPU in the last tick and how it was obtained (configured or learned).",
+    "Idle power used for a GPU in the last tick and how it was obtained: configured, unused (median power of "
+    "intervals nobody used it), regression (intercept at 0 % load, for a GPU that is never unused).",
     (*GPU_LABELS, "method"),
 )
 NODE_GPU_RESETS = Family(
@@ -284,15 +285,39 @@ NODE_GPU_RESETS = Family(
 NODE_GPU_INFO = Family(
     "node_gpu",
     "info",
-    'A GPU and its driver. mig="true": NVML has no per-process use under MIG, so the workload split of '
-    "this GPU is an estimate by GPU memory.",
-    ("node", "gpu", "gpu_uuid", "gpu_model", "driver", "mig"),
+    'A GPU and its driver. mig="true": split among GPU instances by GPM activity (or by GPU memory where GPM is '
+    "missing, an estimate), then among each instance's processes by memory. partition: an AMD GPU's compute/memory "
+    "partition mode (e.g. CPX/NPS4).",
+    ("node", "gpu", "gpu_uuid", "gpu_model", "driver", "mig", "partition"),
+)
+NODE_GPU_SCOPE_WATTS = Family(
+    "node_gpu_scope_watts",
+    "gauge",
+    "Power of a scope the GPU's driver reports beside the GPU's own: memory (a part of the GPU's power, never "
+    "to be added to it) or module (GH200/GB200: around it, Grace included).",
+    (*GPU_LABELS, "scope"),
+)
+NODE_GPU_SCOPE_JOULES = Family(
+    "node_gpu_scope_joules_total",
+    "counter",
+    "The same scopes' power integrated over each tick: a breakdown of (memory) or an envelope around (module) "
+    "node_gpu_joules_total, never added to it.",
+    (*GPU_LABELS, "scope"),
+)
+NODE_GPU_INSTANCE_ACTIVE_JOULES = Family(
+    "node_gpu_instance_active_joules_total",
+    "counter",
+    "A MIG GPU instance's share of its GPU's active energy (by GPM activity, or GPU memory without GPM: see "
+    "gpu_attribution_ticks_total); the instances of a GPU sum to its active energy while it is partitioned.",
+    ("node", "gpu", "gpu_uuid", "gpu_instance", "mig_profile", "mig_uuid"),
 )
 GPU_ATTRIBUTION_TICKS = Family(
     "gpu_attribution_ticks_total",
     "counter",
     "Ticks by how a GPU's active energy was split: sm_util (NVML utilisation samples), equal (running "
-    "processes, no samples), mig_memory (estimate), none (no users: unattributed).",
+    "processes, no samples), mig_gpm (MIG instances by GPM activity), mig_memory (MIG by GPU memory, an "
+    "estimate), engine_gfx, cu_occupancy, vram (AMD: engine time, compute units occupied, VRAM), tail (no "
+    "users: the ramp-down of the last users'), none (no users: unattributed).",
     ("node", "gpu", "gpu_uuid", "split"),
 )
 UNATTRIBUTED_GPU_JOULES = Family(
@@ -434,6 +459,9 @@ CATALOGUE: tuple[Family, ...] = (
     NODE_GPU_IDLE_WATTS,
     NODE_GPU_RESETS,
     NODE_GPU_INFO,
+    NODE_GPU_SCOPE_WATTS,
+    NODE_GPU_SCOPE_JOULES,
+    NODE_GPU_INSTANCE_ACTIVE_JOULES,
     GPU_ATTRIBUTION_TICKS,
     UNATTRIBUTED_GPU_JOULES,
     *WORKLOAD_GPU_FAMILIES.values(),
@@ -503,6 +531,9 @@ CONDITIONAL: frozenset[str] = frozenset(
         NODE_GPU_IDLE_WATTS,
         NODE_GPU_RESETS,
         NODE_GPU_INFO,
+        NODE_GPU_SCOPE_WATTS,
+        NODE_GPU_SCOPE_JOULES,
+        NODE_GPU_INSTANCE_ACTIVE_JOULES,
         GPU_ATTRIBUTION_TICKS,
         UNATTRIBUTED_GPU_JOULES,
         *WORKLOAD_GPU_FAMILIES.values(),

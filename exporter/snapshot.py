@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from exporter.meters.base import Accelerator, ZoneId
+from exporter.meters.base import Accelerator, ScopePower, ZoneId
 from exporter.nodeinfo import NodeInfo
 from exporter.workloads.processes import ProcessKey
 
@@ -58,6 +58,17 @@ class DomainState:
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceState:
+    """One partition of an accelerator (a MIG GPU instance) and its share of the board's active energy since
+    start (Σ instances = the board's active energy over the ticks it was partitioned)."""
+
+    instance: str
+    profile: str
+    uuid: str
+    active_uj: int
+
+
+@dataclass(frozen=True, slots=True)
 class AcceleratorState:
     """One accelerator: its counter, its exact split (idle + active, active = unattributed + Σ workloads)."""
 
@@ -75,6 +86,8 @@ class AcceleratorState:
     resets: int
     partitioned: bool
     splits: tuple[tuple[str, int], ...]
+    scopes: tuple[ScopePower, ...] = ()  # other power scopes: memory (part of it), module (around it)
+    instances: tuple[InstanceState, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

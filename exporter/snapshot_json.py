@@ -154,6 +154,17 @@ def snapshot_document(snap: Snapshot) -> dict[str, Any]:
                 "idle_method": g.idle_method,
                 "resets": g.resets,
                 "attribution_ticks": dict(g.splits),
+                "partition": g.device.partition,
+                "scopes": [{"scope": c.scope, "watts": c.watts, "joules": _joules(c.joules_uj)} for c in g.scopes],
+                "instances": [
+                    {
+                        "gpu_instance": i.instance,
+                        "mig_profile": i.profile,
+                        "mig_uuid": i.uuid,
+                        "active_joules": _joules(i.active_uj),
+                    }
+                    for i in g.instances
+                ],
             }
             for g in snap.accelerators
         ],

@@ -39,6 +39,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "workload_ttl": ("1m", 60.0),
     "gpus": ("false", False),
     "gpu_idle_watts": ("55", 55.0),
+    "gpu_poll_interval": ("500ms", 0.5),
+    "gpu_tail": ("2s", 2.0),
     "nvml_timeout": ("500ms", 0.5),
     "process_metrics": ("true", True),
     "process_top_n": ("7", 7),

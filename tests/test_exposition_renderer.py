@@ -32,11 +32,12 @@ from prometheus_client.utils import floatToGoString
 from reference_exposition import reference_registry
 
 from exporter import exposition as ex
-from exporter.meters.base import Accelerator, ZoneId
+from exporter.meters.base import Accelerator, ScopePower, ZoneId
 from exporter.nodeinfo import NodeInfo
 from exporter.snapshot import (
     AcceleratorState,
     DomainState,
+    InstanceState,
     NodeEnergy,
     PodLabels,
     PodWatchStats,
@@ -107,7 +108,9 @@ def rich_snapshot(name: str = NASTY, pods: int = 3, value: float = 1.5) -> Snaps
         fds_held=12,
         fd_degraded=("kubelet",),
         accelerators=(AcceleratorState(gpu, "nvml", "energy_counter", 10**9, 10**8, 9 * 10**8, 5, 300.5, 60.0,
-                                       "learned", True, 0, False, (("sm_util", 3),)),),
+                                       "unused", True, 0, True, (("mig_gpm", 3),),
+                                       scopes=(ScopePower("memory", 48.7, 10**8),),
+                                       instances=(InstanceState("7", "1g.10gb", f"MIG-{name}", 5 * 10**8),)),),
         accelerator_driver="550.54",
         carbon_intensity=value,
         pod_label_keys=("app.kubernetes.io/name", "team"),

@@ -126,7 +126,8 @@ def _info(section: dict[str, Any], labels: dict[str, str], **extra: Any) -> floa
 
 def _gpu_info(doc: dict[str, Any], labels: dict[str, str]) -> float:
     gpu = _gpu(doc, labels)
-    assert (labels["driver"], labels["mig"]) == (gpu["driver"], str(gpu["mig"]).lower())
+    assert (labels["driver"], labels["mig"], labels["partition"]) == (gpu["driver"], str(gpu["mig"]).lower(),
+                                                                 gpu["partition"])
     return 1.0
 
 
@@ -181,6 +182,11 @@ LOOKUP: dict[str, Callable[[dict[str, Any], dict[str, str]], float]] = {
     "wattlens_fds_held": lambda d, lb: d["fds"]["held"],
     "wattlens_fd_degraded": lambda d, lb: float(d["fds"]["degraded"][lb["reader"]]),
     "wattlens_node_gpu_joules_total": lambda d, lb: _one([_gpu(d, lb)], method=lb["method"])["joules"],
+    "wattlens_node_gpu_scope_watts": lambda d, lb: _one(_gpu(d, lb)["scopes"], scope=lb["scope"])["watts"],
+    "wattlens_node_gpu_scope_joules_total": lambda d, lb: _one(_gpu(d, lb)["scopes"], scope=lb["scope"])["joules"],
+    "wattlens_node_gpu_instance_active_joules_total": lambda d, lb: _one(
+        _gpu(d, lb)["instances"], gpu_instance=lb["gpu_instance"], mig_profile=lb["mig_profile"],
+        mig_uuid=lb["mig_uuid"])["active_joules"],
     "wattlens_node_gpu_watts": lambda d, lb: _gpu(d, lb)["watts"],
     "wattlens_node_gpu_idle_joules_total": lambda d, lb: _gpu(d, lb)["idle_joules"],
     "wattlens_node_gpu_active_joules_total": lambda d, lb: _gpu(d, lb)["active_joules"],
@@ -283,10 +289,12 @@ def test_the_json_carries_every_gpu_series(tmp_path: Path) -> None:
         cgroups.add(path)
         (node.proc.root / str(pid)).mkdir()
         (node.proc.root / str(pid) / "cgroup").write_text(f"0::/{path}\n")
-    state = two_gpus()
+    state = two_gpus().set_device(0, memory_power_mw=48_700)  # a power scope
+    state.set_device(1, mig=True, gpm=True).gpu_instance(1, 7, "1g.10gb").gpm(1, ts=10**9, gi=7)  # MIG by GPM
     for pid in (*CGROUPS, 108, 107):
         state.process(0, pid, mem=1 << 30)
     node.step(0.0, state)
+    state.gpm(1, ts=6 * 10**9, gr=10**9, gi=7)
     state.set_device(0, energy_mj=11_000_000).set_device(1, energy_mj=20_500_000)
     for pid, sm in ((101, 30), (102, 10), (103, 20), (104, 15), (105, 10), (106, 10), (107, 5), (108, 5)):
         state.sample(0, pid, ts=2_000_000, sm=sm)

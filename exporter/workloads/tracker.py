@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from exporter.config import Config
 from exporter.ledger import WorkloadLedger
+from exporter.meters.base import AcceleratorUser
 from exporter.snapshot import Labels, PodLabels, WorkloadState
 from exporter.sysfs import UNLIMITED, FdBudget
 from exporter.workloads.cgroups import CgroupTree
@@ -77,14 +78,24 @@ class Workloads:
         return tree
 
     def owner_of_pid(self, pid: int) -> tuple[str, str | None] | None:
-        """The workload of a host PID (GPU users), through /proc/<pid>/cgroup and this tick's tree."""
+        """The workload of a host PID, through /proc/<pid>/cgroup and this tick's tree."""
         try:
             with open(self.config.proc_path / str(pid) / "cgroup", "rb") as handle:
                 data = handle.read(65536)
         except OSError:
             return None  # gone, or not visible (the exporter needs the host's PID namespace)
+        return self.owner_of_cgroup(data)
+
+    def owner_of_cgroup(self, data: bytes) -> tuple[str, str | None] | None:
+        """The workload a /proc/<pid>/cgroup names, in this tick's tree (the deepest workload cgroup at or above
+        it, so a container removed since still finds its pod)."""
         # Hybrid hosts name a process's cgroup in both hierarchies; either may be the one walked.
         return owner_of(cgroup_path(data), self.tree) or owner_of(cgroup_path(data, v1=True), self.tree)
+
+    def owner_of_user(self, user: AcceleratorUser) -> tuple[str, str | None] | None:
+        """The workload of an accelerator user: from the cgroup recorded when the meter first saw the process
+        (it may have exited since), else from its PID now."""
+        return self.owner_of_cgroup(user.cgroup) if user.cgroup else self.owner_of_pid(user.pid)
 
     def expire(self, now: float) -> None:
         self.ledger.expire(now)
