@@ -19,6 +19,29 @@ LABELS: dict[str, tuple[str, ...]] = {
 }
 
 
+def rollup_group(kind: str, labels: tuple[str, ...]) -> tuple[str, str]:
+    """(namespace, parent_kind) of a workload: which rollup of its kind it folds into (the series budget). Pods
+    and containers keep their namespace ("" where unknown), containers their parent_kind; other kinds have one
+    rollup each."""
+    if kind == "pod":
+        return labels[0], ""
+    if kind == "container":
+        return labels[0], labels[6]
+    return "", ""
+
+
+def rollup_labels(kind: str, namespace: str, parent_kind: str) -> tuple[str, ...]:
+    """Label values of a rollup series, in LABELS[kind] order: every identity label empty (a real workload always
+    has one: a pod its uid, a container its id or name, a service its unit...), the namespace of the pods or
+    containers it holds, and a container rollup's parent_kind, so PromQL that adds up top-level workloads
+    (parent_kind="") or one namespace still adds up exactly."""
+    if kind == "pod":
+        return (namespace, "", "")
+    if kind == "container":
+        return (namespace, "", "", "", "", "", parent_kind)
+    return ("",) * len(LABELS[kind])
+
+
 def label_values(
     workload: Classified, pod: PodName | None, container: ContainerName | None, parent: str = ""
 ) -> tuple[str, ...]:
