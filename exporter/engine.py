@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from exporter.attribution import IdleSplit, Usage, attribute, split_by_baseline, split_by_ratio
+from exporter.budget import BudgetStats, SeriesBudget
 from exporter.config import Config
 from exporter.counters import MICRO, CounterTrack, StepKind
 from exporter.files import SMALL_VALUE_LIMIT, read_operator_text
@@ -108,6 +109,7 @@ class Snapshot:
     pod_watch: tuple[int, int, int, bool] | None = None  # lists, watches, errors, synced
     processes: tuple[tuple[ProcessKey, tuple[tuple[str, int], ...]], ...] = ()
     processes_other: tuple[tuple[str, int], ...] = ()
+    budget: BudgetStats | None = None  # what the series budget folded (None: no workload series at all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +170,10 @@ class Engine:
     _carbon: float | None = None
     _carbon_up: bool = True
     _stats: TickStats = field(default_factory=TickStats)
+    _budget: SeriesBudget[WorkloadState] | None = None
+    _exported: tuple[WorkloadState, ...] = ()  # this tick's workload series, after the series budget
+    _keyed_records: object = None
+    _keys: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     @classmethod
     def start(cls, config: Config) -> Engine:
@@ -198,10 +204,15 @@ class Engine:
         engine.fd_budget = FdBudget.from_process_limit()
         if config.gpus:
             engine._open_gpus()
-        if config.process_metrics:
+        if config.exports_processes:
             engine.processes = ProcessTable(config.proc_path, engine.fd_budget)
             engine._top_processes = TopProcesses(config.process_top_n, config.workload_ttl)
-        if config.workloads:
+        if config.walks_workloads:
+            # The series budget and level (exporter/budget.py) decide which workload series are exported.
+            extra = 1 if config.kubernetes_api else 0  # a pod's wattlens_pod_labels series
+            engine._budget = SeriesBudget(
+                config.max_series, WorkloadState, config.workload_ttl, config.series_level, pod_extra=extra
+            )
             engine.cgroups = CgroupTree(config.cgroup_root, engine.fd_budget, hold_s=config.workload_ttl)
             engine.kubelet = KubeletLogs(config.kubelet_log_path)
             log.info(
@@ -270,6 +281,7 @@ class Engine:
         self._workloads.expire(now)
         self._say_fd_degradation()
         self._last_now, self._last_cpu = now, cpu
+        self._exported = self._export_workloads(now)
         stats = self._stats
         self._stats = TickStats(
             ticks=stats.ticks + 1,
@@ -480,7 +492,7 @@ class Engine:
             errors=tuple(errors),
             ticks=self._stats,
             ready=self._deltas_seen,
-            workloads=self._workload_states(),
+            workloads=self._exported,
             unattributed=tuple(self._unattributed.items()),
             tick_seconds=self._dt,
             cgroup_read_errors=self.cgroups.malformed_reads if self.cgroups else 0,
@@ -501,7 +513,19 @@ class Engine:
             gpu_driver=self.gpus.meter.driver if self.gpus else "",
             processes=tuple((k, tuple(sorted(e.items()))) for k, e in self._top_processes.exported()),
             processes_other=tuple(sorted(self._top_processes.other_uj.items())),
+            budget=self._budget.stats if self._budget is not None else None,
         )
+
+    def _export_workloads(self, now: float) -> tuple[WorkloadState, ...]:
+        """This tick's workload series: every workload's state through the series budget (once per tick)."""
+        if self._budget is None:
+            return ()
+        states = self._workload_states()
+        records = self._workloads.records()
+        if records is not self._keyed_records:
+            self._keyed_records = records
+            self._keys = (tuple(key for key, _ in records), tuple(r.parent for _, r in records))
+        return self._budget.apply(now, states, *self._keys)
 
     def _names(self, pod_uid: str, container_id: str) -> tuple[PodName | None, ContainerName | None]:
         """Names from the kubelet's log directories, else from the API watch when it runs."""
@@ -521,8 +545,11 @@ class Engine:
         pods = self.pod_watch.pods
         keys = self.config.pod_labels
         rows = []
+        exported = {w.labels[2] for w in self._exported if w.kind == "pod"}  # folded pods have no row
         for _, record in self._workloads.records():
             meta = pods.get(record.workload.uid) if record.workload.kind == "pod" else None
+            if meta is not None and meta.uid not in exported:
+                continue
             if meta is not None:
                 labels = dict(meta.labels)
                 rows.append(
@@ -575,7 +602,9 @@ class Engine:
                 pod, container = self._names(pod_uid, workload.container_id)
                 values = label_values(workload, pod, container, record.parent)
                 known = memo[key] = _Labels(workload, record.parent, names, values)
-            # Zones in the order the ledger first saw them: the same every tick, no sorting needed.
-            energy, last = tuple(record.energy_uj.items()), tuple(record.last_uj.items())
+            # Zones in the order the ledger first saw them: the same every tick, no sorting needed. Only a
+            # workload seen in this tick has a share in it (the budget and pod watts rely on that).
+            energy = tuple(record.energy_uj.items())
+            last = tuple(record.last_uj.items()) if record.last_seen == now else ()
             states.append(WorkloadState(workload.kind, known.values, energy, last))
         return tuple(states)

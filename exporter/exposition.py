@@ -203,7 +203,24 @@ def _workload_families(snap: Snapshot, out: list[Rows], samples: bool) -> None:
     for kind, count in counts.items():
         workloads.add((node, kind), count)
     out.append(workloads)
+    _budget_families(snap, out)
     _walk_families(snap, out)
+
+
+def _budget_families(snap: Snapshot, out: list[Rows]) -> None:
+    budget = snap.budget
+    if budget is None:
+        return
+    node = snap.info.node
+    limit, series, dropped = _rows(m.SERIES_BUDGET), _rows(m.WORKLOAD_SERIES), _rows(m.WORKLOAD_SERIES_DROPPED)
+    limit.add((node,), budget.max_series)
+    series.add((node,), budget.series)
+    dropped.add((node,), budget.dropped)
+    folded, folds, unfolds = _rows(m.WORKLOADS_FOLDED), _rows(m.WORKLOAD_FOLDS), _rows(m.WORKLOAD_UNFOLDS)
+    for rows, counts in ((folded, budget.folded), (folds, budget.folds), (unfolds, budget.unfolds)):
+        for kind, count in counts:  # only kinds that have folded (3 series per node, not 21, where none has)
+            rows.add((node, kind), count)
+    out += (limit, series, folded, folds, unfolds, dropped)
 
 
 def _walk_families(snap: Snapshot, out: list[Rows]) -> None:

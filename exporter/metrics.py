@@ -304,7 +304,52 @@ GRID_CARBON_INTENSITY = Family(
     "grams CO2e = joules / 3.6e6 * this.",
     ("node",),
 )
-WORKLOADS = Family("workloads", "gauge", "Workloads with series exported, by kind.", ("node", "kind"))
+WORKLOADS = Family(
+    "workloads",
+    "gauge",
+    "Workloads with series exported, by kind (a rollup of the series budget counts as one).",
+    ("node", "kind"),
+)
+SERIES_BUDGET = Family(
+    "series_budget",
+    "gauge",
+    "max_series: the most workload series exported (0: no budget). Past nine tenths of it the weakest workloads "
+    'fold into rollups: series whose identity labels are empty (pod="", uid=""; a pod rollup keeps the namespace).',
+    ("node",),
+)
+WORKLOAD_SERIES = Family(
+    "workload_series",
+    "gauge",
+    "Workload series exported in the last tick (workload joules, pod watts, pod labels; rollups and series frozen "
+    "after folding included).",
+    ("node",),
+)
+WORKLOADS_FOLDED = Family(
+    "workloads_folded",
+    "gauge",
+    "Workloads folded into rollups by the series budget in the last tick, by kind (their energy is in the rollups).",
+    ("node", "kind"),
+)
+WORKLOAD_FOLDS = Family(
+    "workload_folds_total",
+    "counter",
+    "Times a workload with a series of its own was folded into a rollup (its series stays, frozen, for "
+    "workload_ttl).",
+    ("node", "kind"),
+)
+WORKLOAD_UNFOLDS = Family(
+    "workload_unfolds_total",
+    "counter",
+    "Times a folded workload got a series of its own (it continues from its last value).",
+    ("node", "kind"),
+)
+WORKLOAD_SERIES_DROPPED = Family(
+    "workload_series_dropped_total",
+    "counter",
+    "Workload series removed at once, without lingering, to stay within max_series (frozen series, or the weakest "
+    "open workloads when the others grew).",
+    ("node",),
+)
 CGROUP_READ_ERRORS = Family(
     "cgroup_read_errors_total", "counter", "cgroup CPU files that could not be parsed.", ("node",)
 )
@@ -375,6 +420,12 @@ CATALOGUE: tuple[Family, ...] = (
     SOURCE_UP,
     SOURCE_ERRORS,
     WORKLOADS,
+    SERIES_BUDGET,
+    WORKLOAD_SERIES,
+    WORKLOADS_FOLDED,
+    WORKLOAD_FOLDS,
+    WORKLOAD_UNFOLDS,
+    WORKLOAD_SERIES_DROPPED,
     CGROUP_READ_ERRORS,
     CGROUP_WALKS_TRUNCATED,
     CGROUP_FULL_WALKS,

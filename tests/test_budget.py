@@ -239,3 +239,84 @@ def test_level_pods_drops_children_and_level_node_everything() -> None:
     assert pods and all(not parent for w, parent in zip(states, parents, strict=True) if w in pods)
     assert {w.kind for w in pods} == {w.kind for w, p in zip(states, parents, strict=True) if not p}
     assert SeriesBudget(1500, WorkloadState, linger_s=600, level="node").apply(5.0, states, keys, parents) == ()
+
+
+# --- through the engine ---------------------------------------------------------------------------------------
+
+
+def test_engine_with_a_small_budget_conserves_every_zone_tick_by_tick(tmp_path) -> None:
+    """The real engine on a 40-pod cgroup tree with max_series=100: node = idle + unattributed + the increments
+    of the exported top-level series, per zone and tick, exactly; no series goes back; never more than 100."""
+    from helpers import CgroupFixture, ProcTree, RaplTree, make_config
+    from test_workload_engine import _domain, container_path, pod_path, service_path, zone_totals
+
+    from exporter.engine import Engine
+
+    rng = random.Random(5)
+    rapl = RaplTree.copy("intel-2socket-server", tmp_path)
+    proc = ProcTree(tmp_path / "proc")
+    cgroups = CgroupFixture(tmp_path / "cgroup")
+    for i in range(40):
+        cgroups.add(pod_path(i))
+        for j in range(2):
+            cgroups.add(container_path(i, j))
+    for i in range(4):
+        cgroups.add(service_path(i))
+    engine = Engine.start(make_config(sys_path=rapl.root, proc_path=proc.root, cgroup_root=cgroups.root,
+                                      kubelet_log_path=tmp_path / "log", meters="rapl", max_series="100",
+                                      idle_watts="package=20,dram=2", workload_ttl="20"))
+    previous = engine.tick(0.0)
+    seen: dict[tuple[str, tuple[str, ...], str], int] = {}
+    for n in range(1, 16):
+        if n == 6:  # churn: a strong pod ends, new ones come
+            cgroups.remove(container_path(3, 0))
+            cgroups.remove(container_path(3, 1))
+            cgroups.remove(pod_path(3))
+            cgroups.add(pod_path(50))
+            cgroups.add(container_path(50, 0))
+        leaves = [p for p in cgroups.usage if p.endswith((".scope", ".service"))]
+        busy = 0
+        for path in leaves:
+            strong = f"pod{7:08x}" in path or f"pod{50:08x}" in path  # one from the start, one that comes later
+            usec = rng.randint(0, 200_000) * (10 if strong else 1)
+            cgroups.burn(path, usec)
+            busy += usec
+        proc.advance_usec(busy + 100_000, 1_000_000)
+        rapl.advance("intel-rapl:0", 150_000_000)
+        rapl.advance("intel-rapl:1", 120_000_000)
+        rapl.advance("intel-rapl:0:0", 30_000_000)
+        snap = engine.tick(n * 5.0)
+        assert snap.budget is not None and snap.budget.series <= 100
+        grew: dict[str, int] = {}
+        for w in snap.workloads:
+            for zone, value in w.energy_uj:
+                key = (w.kind, w.labels, zone)
+                assert value >= seen.get(key, 0), f"{key} went back"
+                if top_level(w.kind, w.labels):
+                    grew[zone] = grew.get(zone, 0) + value - seen.get(key, 0)
+                seen[key] = value
+        for zone, total in zone_totals(snap).items():
+            delta = total - zone_totals(previous)[zone]
+            idle = _domain(snap, zone, "idle") - _domain(previous, zone, "idle")
+            unattributed = dict(snap.unattributed).get(zone, 0) - dict(previous.unattributed).get(zone, 0)
+            assert idle + unattributed + grew.get(zone, 0) == delta, (n, zone)
+        previous = snap
+    folded = dict(snap.budget.folded)
+    assert folded["pod"] >= 25 and folded["container"] >= 50
+    pods = {w.labels for w in snap.workloads if w.kind == "pod"}
+    assert ("", "", "") in pods  # pods without names: the kind's namespace="" rollup
+    uids = {labels[2] for labels in pods}
+    for strong in (7, 50):  # the two pods that draw ten times the others have series of their own
+        assert f"{strong:08x}-0000-4000-8000-{strong:012x}" in uids
+    engine.close()
+    # The exposition carries the rollups and the budget's self-metrics, and once --json the same values.
+    from test_once_json import FOLD_FAMILIES, compare
+
+    from exporter.exposition import Renderer
+    from exporter.snapshot_json import snapshot_document
+
+    text = Renderer().render(snap).text.decode()
+    assert 'wattlens_pod_cpu_joules_total{namespace="",node="' in text
+    assert FOLD_FAMILIES <= compare(text, snapshot_document(snap))
+    rollups = [w for w in snapshot_document(snap)["workloads"] if w["rollup"]]
+    assert {w["kind"] for w in rollups} >= {"pod", "container"}

@@ -32,6 +32,7 @@ from prometheus_client.utils import floatToGoString
 from reference_exposition import reference_registry
 
 from exporter import exposition as ex
+from exporter.budget import BudgetStats
 from exporter.engine import DomainState, Snapshot, TickStats, WorkloadState, ZoneState
 from exporter.gpus import GpuState
 from exporter.meters.base import ZoneId
@@ -87,6 +88,7 @@ def rich_snapshot(name: str = NASTY, pods: int = 3, value: float = 1.5) -> Snaps
         pod_watch=(1, 5, 0, True),
         processes=((ProcessKey(42, 1, "(sd-pam) x", "", "cron.service"), (("package", 77),)),),
         processes_other=(("package", 5),),
+        budget=BudgetStats(1500, 321, (("container", 7), ("pod", 3)), (("pod", 2),), (("pod", 1),), 4),
     )
 
 

@@ -121,6 +121,7 @@ def _pod_watts(doc: dict[str, Any], labels: dict[str, str]) -> float:
     return float(_one(cpu, zone=labels["zone"], source=labels["source"])["watts"])
 
 
+FOLD_FAMILIES = {"wattlens_workloads_folded", "wattlens_workload_folds_total", "wattlens_workload_unfolds_total"}
 # Where each sample of the exposition is in the document: sample name → (document, labels) → value.
 LOOKUP: dict[str, Callable[[dict[str, Any], dict[str, str]], float]] = {
     "wattlens_node_cpu_joules_total": lambda d, lb: _zone(d, lb)["joules"],
@@ -137,6 +138,12 @@ LOOKUP: dict[str, Callable[[dict[str, Any], dict[str, str]], float]] = {
                                                                   source=lb["source"])["joules"],
     "wattlens_process_cpu_joules_total": _process,
     "wattlens_workloads": lambda d, lb: d["workload_counts"][lb["kind"]],
+    "wattlens_series_budget": lambda d, lb: d["series_budget"]["max_series"],
+    "wattlens_workload_series": lambda d, lb: d["series_budget"]["series"],
+    "wattlens_workloads_folded": lambda d, lb: d["series_budget"]["folded"][lb["kind"]],
+    "wattlens_workload_folds_total": lambda d, lb: d["series_budget"]["folds"][lb["kind"]],
+    "wattlens_workload_unfolds_total": lambda d, lb: d["series_budget"]["unfolds"][lb["kind"]],
+    "wattlens_workload_series_dropped_total": lambda d, lb: d["series_budget"]["dropped"],
     "wattlens_cgroup_read_errors_total": lambda d, lb: d["cgroups"]["read_errors"],
     "wattlens_cgroup_walks_truncated_total": lambda d, lb: d["cgroups"]["walks_truncated"],
     "wattlens_cgroup_full_walks_total": lambda d, lb: d["cgroups"]["full_walks"],
@@ -229,8 +236,10 @@ def test_the_json_carries_every_series_of_the_exposition(tmp_path: Path) -> None
     kinds = {w["kind"] for w in snapshot_document(snapshot)["workloads"]}
     assert kinds == {"pod", "container", "service", "vm", "user", "job"}
     assert {lb["user_id"] for name, lb, _ in series(text) if name == "wattlens_user_cpu_joules_total"} == {"1000"}
-    # Without rejected connections or TLS (a plain render here) those two families have no series at all.
-    unexported = {"wattlens_http_rejections_total", "wattlens_tls_certificate_expiry_timestamp_seconds"}
+    # Without rejected connections or TLS (a plain render here) those two families have no series at all, nor the
+    # series budget's per-kind families before anything folded (tests/test_budget.py has them).
+    unexported = {"wattlens_http_rejections_total", "wattlens_tls_certificate_expiry_timestamp_seconds",
+                  *FOLD_FAMILIES}
     everything_but_gpus = {f.full_name for f in metrics.CATALOGUE} - GPU_FAMILIES - unexported
     assert seen == everything_but_gpus  # the GPU families: the next test
     assert snapshot.carbon_intensity == 250.0 and snapshot.errors
