@@ -280,8 +280,8 @@ class Config(BaseModel):
         le=1_000_000,
         json_schema_extra=_hint(
             "Series budget",
-            "the most workload series to export, 0 (no budget) or 100 to 1000000 (default 1500); past nine tenths of it "
-            "the weakest workloads fold into per-namespace and per-kind rollups",
+            "the most workload series to export, 0 (no budget) or 100 to 1000000 (default 1500); past nine tenths "
+            "of it the weakest workloads fold into per-namespace and per-kind rollups",
         ),
     )
     series_level: Literal["node", "pods", "containers", "processes"] = Field(

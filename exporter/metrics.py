@@ -333,8 +333,7 @@ WORKLOADS_FOLDED = Family(
 WORKLOAD_FOLDS = Family(
     "workload_folds_total",
     "counter",
-    "Times a workload with a series of its own was folded into a rollup (its series stays, frozen, for "
-    "workload_ttl).",
+    "Times a workload with a series of its own was folded into a rollup (its series stays, frozen, for workload_ttl).",
     ("node", "kind"),
 )
 WORKLOAD_UNFOLDS = Family(
