@@ -116,6 +116,31 @@ TLS_CERT_EXPIRY = Family(
     "Unix time at which the TLS certificate being served expires (web_config_file with tls_server_config).",
     ("node",),
 )
+OTLP_PUSHES = Family(
+    "otlp_pushes_total",
+    "counter",
+    "OTLP pushes (otlp_endpoint) by result: success, or failure (the receiver unreachable or refusing; the push is "
+    "retried with backoff while it is queued).",
+    ("node", "result"),
+)
+OTLP_DROPPED = Family(
+    "otlp_pushes_dropped_total",
+    "counter",
+    "OTLP pushes dropped unsent: otlp_queue pushes were already waiting for the receiver (with cumulative "
+    "temporality the next push carries the totals; with delta, what the next push sends grows accordingly).",
+    ("node",),
+)
+OTLP_POINTS = Family("otlp_points_total", "counter", "OTLP data points delivered.", ("node",))
+OTLP_QUEUED = Family("otlp_queue_length", "gauge", "OTLP pushes waiting to be sent.", ("node",))
+OTLP_DURATION = Family(
+    "otlp_push_duration_seconds",
+    "gauge",
+    "Wall time of the last OTLP push (building the request, sending it, the exporter's retries).",
+    ("node",),
+)
+OTLP_LAST_SUCCESS = Family(
+    "otlp_last_success_timestamp_seconds", "gauge", "Unix time of the last delivered OTLP push.", ("node",)
+)
 RENDER_DURATION = Family(
     "render_duration_seconds",
     "gauge",
@@ -442,6 +467,12 @@ CATALOGUE: tuple[Family, ...] = (
     HTTP_REJECTIONS,
     TLS_CERT_EXPIRY,
     RENDER_DURATION,
+    OTLP_PUSHES,
+    OTLP_DROPPED,
+    OTLP_POINTS,
+    OTLP_QUEUED,
+    OTLP_DURATION,
+    OTLP_LAST_SUCCESS,
 )
 # The standard process and Python families every Prometheus client library exports (names and help as
 # prometheus-client has them), after wattlens' own.
@@ -467,6 +498,12 @@ CONDITIONAL: frozenset[str] = frozenset(
         PROCESS_CPU_JOULES,
         GRID_CARBON_INTENSITY,
         TLS_CERT_EXPIRY,
+        OTLP_PUSHES,
+        OTLP_DROPPED,
+        OTLP_POINTS,
+        OTLP_QUEUED,
+        OTLP_DURATION,
+        OTLP_LAST_SUCCESS,
         POD_LABELS,
         POD_WATCH_REQUESTS,
         POD_WATCH_ERRORS,
@@ -491,7 +528,7 @@ def reference_markdown() -> str:
         "",
         "Generated from `exporter/metrics.py` by `python -m exporter.metrics > docs/metrics.md`; the test suite",
         "fails when this file and the code disagree. Families marked *conditional* appear only when their",
-        "source is there (GPUs, `process_metrics`, `kubernetes_api`, a carbon intensity).",
+        "source is there (GPUs, `process_metrics`, `kubernetes_api`, a carbon intensity, `otlp_endpoint`).",
         "",
         "| metric | type | labels | conditional | help |",
         "|---|---|---|---|---|",
