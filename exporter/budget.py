@@ -4,10 +4,11 @@ folded into rollups so that every total stays exact.
 A 2-socket node exports 10 workload series per pod (a pod's joules and watts and its three containers' joules,
 for package and dram): 10,000 at 1,000 pods. The budget keeps the workloads that draw the most power ("open",
 their own series) and folds the rest: a pod into the rollup of its namespace (`namespace=<its namespace>`,
-`pod=""`, `uid=""`), its containers into the container rollup of that namespace (`parent_kind="pod"`), every
-other kind into one rollup per kind (containers: per parent_kind). A rollup's identity labels are empty, which no
-real workload's are. A top-level workload folds with its children (a pod with its containers). When a new
-namespace rollup would not fit, its pods go to the kind's `namespace=""` rollup ("other").
+`pod="(folded)"`, `uid=""`), its containers into the container rollup of that namespace (`parent_kind="pod"`),
+every other kind into one rollup per kind (containers: per parent_kind). A rollup's name label is "(folded)" and
+its other identity labels are empty (exporter/workloads/labels.py). A top-level workload folds with its children
+(a pod with its containers). When a new namespace rollup would not fit, its pods go to the kind's
+`namespace=""` rollup ("other").
 
 Exactness. Every exported value is a sum of per-tick shares (a state's `last_uj` is exactly what its `energy_uj`
 gained in this tick): an open workload's series grows by its own share, a rollup by the shares of the workloads

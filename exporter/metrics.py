@@ -339,7 +339,8 @@ SERIES_BUDGET = Family(
     "series_budget",
     "gauge",
     "max_series: the most workload series exported (0: no budget). Past nine tenths of it the weakest workloads "
-    'fold into rollups: series whose identity labels are empty (pod="", uid=""; a pod rollup keeps the namespace).',
+    'fold into rollups: series of the same families named "(folded)" (pod="(folded)", uid=""; a pod rollup keeps '
+    "the namespace, a container rollup the namespace and parent_kind).",
     ("node",),
 )
 WORKLOAD_SERIES = Family(

@@ -305,7 +305,7 @@ def test_engine_with_a_small_budget_conserves_every_zone_tick_by_tick(tmp_path) 
     folded = dict(snap.budget.folded)
     assert folded["pod"] >= 25 and folded["container"] >= 50
     pods = {w.labels for w in snap.workloads if w.kind == "pod"}
-    assert ("", "", "") in pods  # pods without names: the kind's namespace="" rollup
+    assert ("", "(folded)", "") in pods  # pods without names: the kind's namespace="" rollup
     uids = {labels[2] for labels in pods}
     for strong in (7, 50):  # the two pods that draw ten times the others have series of their own
         assert f"{strong:08x}-0000-4000-8000-{strong:012x}" in uids
@@ -317,7 +317,7 @@ def test_engine_with_a_small_budget_conserves_every_zone_tick_by_tick(tmp_path) 
     from exporter.snapshot_json import snapshot_document
 
     text = Renderer().render(snap).text.decode()
-    assert 'wattlens_pod_cpu_joules_total{namespace="",node="' in text
+    assert 'wattlens_pod_cpu_joules_total{namespace="",node="test-node",pod="(folded)",source="rapl",uid=""' in text
     assert compare(text, snapshot_document(snap)) >= FOLD_FAMILIES
     rollups = [w for w in snapshot_document(snap)["workloads"] if w["rollup"]]
     assert {w["kind"] for w in rollups} >= {"pod", "container"}

@@ -57,7 +57,7 @@ def test_points_carry_the_exposition_values() -> None:
 
 def test_workload_attributes_rollups_and_domains() -> None:
     snap = rich_snapshot(name="n1", pods=1)
-    rollup = WorkloadState("pod", ("shop", "", ""), (("package", 7_000_000),), (("package", 1),))
+    rollup = WorkloadState("pod", ("shop", "(folded)", ""), (("package", 7_000_000),), (("package", 1),))
     snap = replace(snap, workloads=(*snap.workloads, rollup))
     batch = {p.metric.name: dict(p.points) for p in Builder().points(snap)}
     pods = batch["wattlens.pod.energy"]
@@ -66,7 +66,8 @@ def test_workload_attributes_rollups_and_domains() -> None:
     assert pods[(("k8s.namespace.name", "ns-0"), ("k8s.pod.name", "n1-0"), ("k8s.pod.uid", "uid-0"),
                  ("hw.type", "gpu"), ("hw.id", "GPU-1234"))] == 3 / 1e6
     # The budget's rollup: empty identity left out, marked; the same joules as its Prometheus series.
-    assert pods[(("k8s.namespace.name", "shop"), (om.ROLLUP, True), ("hw.type", "cpu"), ("hw.name", "package"))] == 7.0
+    rolled = (("k8s.namespace.name", "shop"), ("k8s.pod.name", "(folded)"), (om.ROLLUP, True))
+    assert pods[(*rolled, ("hw.type", "cpu"), ("hw.name", "package"))] == 7.0
     containers = list(batch["wattlens.container.energy"])
     assert ("k8s.container.name", "app") in containers[0] and ("wattlens.parent_kind", "pod") in containers[0]
     assert batch["wattlens.service.energy"][(("wattlens.systemd.unit", "n1.service"), ("hw.type", "cpu"),

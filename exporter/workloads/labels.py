@@ -19,6 +19,10 @@ LABELS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The label that names a workload of each kind.
+NAME_LABEL = {"pod": "pod", "container": "container", "service": "unit", "vm": "vm", "user": "user_id", "job": "job_id"}
+
+
 def rollup_group(kind: str, labels: tuple[str, ...]) -> tuple[str, str]:
     """(namespace, parent_kind) of a workload: which rollup of its kind it folds into (the series budget). Pods
     and containers keep their namespace ("" where unknown), containers their parent_kind; other kinds have one
@@ -30,16 +34,21 @@ def rollup_group(kind: str, labels: tuple[str, ...]) -> tuple[str, str]:
     return "", ""
 
 
+FOLDED = "(folded)"  # the name of a rollup: no pod, container, unit, VM, user or job can be named so
+
+
 def rollup_labels(kind: str, namespace: str, parent_kind: str) -> tuple[str, ...]:
-    """Label values of a rollup series, in LABELS[kind] order: every identity label empty (a real workload always
-    has one: a pod its uid, a container its id or name, a service its unit...), the namespace of the pods or
-    containers it holds, and a container rollup's parent_kind, so PromQL that adds up top-level workloads
-    (parent_kind="") or one namespace still adds up exactly."""
+    """Label values of a rollup series (the series budget's), in LABELS[kind] order: the kind's name label is
+    FOLDED, its other identity labels empty; a pod rollup keeps the namespace of the pods it holds, a container
+    rollup their namespace and parent_kind. The name marks the series (a Grafana legend shows "shop/(folded)"),
+    and it keeps rollups of different kinds apart once PromQL drops the metric name (rate(), `or`): with every
+    identity label empty, a pod rollup and a service rollup would both be {node, zone, source}."""
     if kind == "pod":
-        return (namespace, "", "")
+        return (namespace, FOLDED, "")
     if kind == "container":
-        return (namespace, "", "", "", "", "", parent_kind)
-    return ("",) * len(LABELS[kind])
+        return (namespace, "", "", FOLDED, "", "", parent_kind)
+    names = LABELS[kind]
+    return tuple(FOLDED if name == NAME_LABEL[kind] else "" for name in names)
 
 
 def label_values(
