@@ -46,10 +46,12 @@ from common import (  # benchmarks/common.py; it also puts the repository root o
     timed,
 )
 
-from exporter.attribution import Usage, attribute
+from exporter.accounting import Weights
+from exporter.attribution import attribute
 from exporter.config import Config, load_config
-from exporter.engine import Engine, Snapshot, _DomainTick
+from exporter.engine import Engine
 from exporter.exposition import EndpointStats, Exposition, Renderer, families
+from exporter.snapshot import Snapshot
 from exporter.workloads.kubernetes import KubeletLogs
 from exporter.workloads.processes import ProcessTable, parse_pid_cgroup, parse_pid_stat
 from exporter.workloads.tree import UsageTracker, build_tree
@@ -86,6 +88,8 @@ def per_pods(shares: Sequence[tuple[T, int]], pods: int) -> list[T]:
 def processes_for(pods: int) -> int:
     """3,000 at 100 pods (30 per pod), of which a fixed 550 are kernel threads, services and the like."""
     return 550 + pods * 245 // 10
+
+
 SERVICES = (  # (unit path below system.slice, processes, CPUs used on average)
     ("containerd.service", 1, 0.20),  # + one containerd-shim-runc-v2 per pod, added below (as on real nodes)
     ("kubelet.service", 1, 0.35),
@@ -697,7 +701,7 @@ def bench_run(run: Run, node: Node, ticks: int, warmup: int, churn: int, now: fl
     engine = Engine.start(run.config)
     renderer = Renderer()
     thread_time, perf = time.thread_time, time.perf_counter
-    kubelet = engine.kubelet
+    kubelet = engine.workloads.kubelet
     assert kubelet is not None
     for _ in range(warmup):
         node.advance(TICK_S, process_metrics, churn)
@@ -779,20 +783,24 @@ def list_tree(root: Path) -> int:
 def tick_breakdown(engine: Engine, node: Node, reps: int) -> list[tuple[str, float]]:
     """The parts of one Engine.tick, each through its own entry point, on the engine's state after its last tick
     (private methods are called read-only, or on an engine that is only closed afterwards)."""
-    cgroups, kubelet, processes = engine.cgroups, engine.kubelet, engine.processes
+    cgroups, kubelet, view = engine.workloads.cgroups, engine.workloads.kubelet, engine.processes
+    processes = view.table if view is not None else None
     assert cgroups is not None
     assert kubelet is not None
     usages = cgroups.read()
     tracker = UsageTracker()
     tracker.deltas(usages)
     deltas = tracker.deltas(usages)
-    tree = engine._tree
+    tree = engine.workloads.tree
     pods = sum(w.kind == "pod" for w in tree.workloads.values())
     now = (engine._last_now or 0.0) + TICK_S
+    busy_us = sum(u.cpu_us for u in tree.top) + 1_000
+    weights = Weights(busy_us, tree.top, (500, 1000))
+    process_weights = view.weights(busy_us) if view is not None else Weights(busy_us, [])
     delta_uj = 1_000_000_000  # one zone, one tick: 200 W for 5 s
     entries = list_tree(node.cgroup)
     pieces: list[tuple[str, Callable[[], object]]] = [
-        ("/proc/stat read + parse", engine.proc_stat.read if engine.proc_stat is not None else lambda: None),
+        ("/proc/stat read + parse", engine.cpu.read),
         ("meter.read (RAPL, 4 zones)", lambda: engine.meter.read(0.0, None) if engine.meter else None),
         (f"CgroupTree.read: walk + read {len(usages)} cpu.stat", cgroups.read),
         ("  a full rescan instead (CgroupTree._full_walk; inotify makes it rare)", lambda: cgroups._full_walk(now)),
@@ -800,35 +808,40 @@ def tick_breakdown(engine: Engine, node: Node, reps: int) -> list[tuple[str, flo
         ("UsageTracker.deltas + build_tree", lambda: build_tree(usages, tracker.deltas(usages))),
         ("  of which build_tree", lambda: build_tree(usages, deltas)),
         (
-            f"Engine._split, x1 zone ({len(tree.top)} top-level"
-            + (f", {len(engine._process_us)} processes)" if processes is not None else ")"),
-            lambda: engine._split("package", _DomainTick(delta_uj), now, TICK_S, engine._last_cpu),
+            f"Accounting._split, x1 zone ({len(tree.top)} top-level)",
+            lambda: engine.accounting._split(
+                "package", "rapl", delta_uj, complete=True, weights=weights, now=now, dt=TICK_S
+            ),
         ),
         (
             f"  of which attribute(), {len(tree.top)} top-level workloads",
-            lambda: attribute(delta_uj, delta_uj // 3, engine._busy_us, tree.top),
+            lambda: attribute(delta_uj, delta_uj // 3, busy_us, tree.top),
         ),
     ]
-    if processes is not None:
-        process_usage = [Usage(k, us) for k, us in engine._process_us.items()]
-        shares = {k: {"dram": 1000 + us % 97, "package": 9000 + us % 89} for k, us in engine._process_us.items()}
+    if processes is not None and view is not None:
+        process_usage = list(process_weights.workloads)
+        shares = {u.key: {"dram": 1000 + u.cpu_us % 97, "package": 9000 + u.cpu_us % 89} for u in process_usage}
         pieces += [
             (
                 f"  of which attribute(), {len(process_usage)} processes",
-                lambda: attribute(delta_uj, delta_uj // 3, engine._busy_us, process_usage),
+                lambda: attribute(delta_uj, delta_uj // 3, busy_us, process_usage),
             ),
             (f"ProcessTable.read ({len(processes)} held fds, pread)", processes.read),
-            (f"TopProcesses.add_tick ({len(shares)} processes)", lambda: engine._top_processes.add_tick(now, shares)),
+            (f"TopProcesses.add_tick ({len(shares)} processes)", lambda: view.top.add_tick(now, shares)),
         ]
     pieces += [
         (
             f"kubelet names: KubeletLogs rescan ({pods} pods)",
             lambda: KubeletLogs(node.log).refresh(0.0, ["not-there"], []),
         ),
-        ("kubelet names: lookups + labels (Engine._workload_states)", engine._workload_states),
+        ("kubelet names: lookups + labels (Workloads.states)", engine.workloads.states),
         ("Engine.snapshot() (includes the line above)", engine.snapshot),
     ]
     return timed(pieces, reps, median=True)
+
+
+def _unattributed(snap: Snapshot, zone: str) -> int:
+    return next((d.unattributed_uj for d in snap.domains if d.zone == zone), 0)
 
 
 def render_breakdown(snap: Snapshot, reps: int) -> list[tuple[str, float]]:
@@ -930,7 +943,7 @@ def workload_sums(snap: Snapshot, pod_containers: set[str]) -> dict[tuple[str, s
     for w in snap.workloads:
         part = w.kind
         if w.kind == "container":
-            part = "pod container" if w.labels[3] in pod_containers else "standalone container"
+            part = "pod container" if w.label("container") in pod_containers else "standalone container"
         for zone, uj in w.energy_uj:
             out[(part, zone)] = out.get((part, zone), 0) + uj
     return out
@@ -950,7 +963,7 @@ def energy_check(run: Run, node: Node) -> list[tuple[bool, str]]:
         node_delta = total - zone_sums(first).get(zone, 0)
         idle = {d.zone: d.idle_uj for d in last.domains}[zone] - {d.zone: d.idle_uj for d in first.domains}[zone]
         active = {d.zone: d.active_uj for d in last.domains}[zone] - {d.zone: d.active_uj for d in first.domains}[zone]
-        unattributed = dict(last.unattributed).get(zone, 0) - dict(first.unattributed).get(zone, 0)
+        unattributed = _unattributed(last, zone) - _unattributed(first, zone)
         parts = {p: after.get((p, zone), 0) - before.get((p, zone), 0) for p in (*top_parts, "pod container")}
         top = sum(parts[p] for p in top_parts)
         ok = (
@@ -976,8 +989,8 @@ def identity_check(snap: Snapshot, node: Node) -> tuple[bool, str]:
     named_containers = named_pods = 0
     for w in snap.workloads:
         kinds[w.kind] = kinds.get(w.kind, 0) + 1
-        named_pods += w.kind == "pod" and bool(w.labels[1])
-        named_containers += w.kind == "container" and bool(w.labels[2])
+        named_pods += w.kind == "pod" and bool(w.label("pod"))
+        named_containers += w.kind == "container" and bool(w.label("container"))
     want = {"pod": len(node.pods), "container": PODS + APP_CONTAINERS, "service": len(node.services), "user": 1}
     ok = kinds == want and named_pods == PODS and named_containers == APP_CONTAINERS
     found = dict(sorted(kinds.items()))

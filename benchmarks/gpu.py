@@ -23,8 +23,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from nvml_stub.stub import StubState, build_stub, stub_env  # noqa: E402
 
+from exporter.accounting import Accounting, Weights  # noqa: E402
 from exporter.config import load_config  # noqa: E402
-from exporter.gpus import GpuAccounting  # noqa: E402
+from exporter.ledger import WorkloadLedger  # noqa: E402
 from exporter.meters.nvml import NvmlMeter  # noqa: E402
 
 GPUS = 8
@@ -54,7 +55,10 @@ def percentiles(values: list[float]) -> str:
 def measure(ticks: int, state_path: Path) -> None:
     state_at(0).write(state_path)
     meter = NvmlMeter.open(timeout_s=5.0)
-    accounting = GpuAccounting(meter, load_config({"gpu_idle_watts": "60"}, None, environ={}))
+    ledger: WorkloadLedger[str] = WorkloadLedger(600.0)
+    accounting = Accounting(load_config({"gpu_idle_watts": "60"}, None, environ={}), ledger, dict)
+    keys = [("pod:x", "")] + [(f"container:{10_000 + i * 100 + p}", "pod:x") for i in range(GPUS)
+                              for p in range(PROCESSES_PER_GPU)]
     read_ms, tick_ms = [], []
     for tick in range(1, ticks + 1):
         state_at(tick).write(state_path)  # outside the timed region
@@ -63,16 +67,19 @@ def measure(ticks: int, state_path: Path) -> None:
         meter.read(now)
         read_ms.append((time.perf_counter() - start) * 1000)
         state_at(tick).set_device(0, energy_mj=1_000_000 + tick * 2_500_000 + 7).write(state_path)
+        for key, parent in keys:
+            ledger.seen(now, key, key, parent)
         start = time.perf_counter()
-        accounting.tick(now + 0.001, 5.0, lambda pid: ("pod:x", f"container:{pid}"))
+        accounting.tick(now + 0.001, 5.0, node=[], cpu=Weights(0, []), accelerators=meter.read(now + 0.001),
+                        owner=lambda pid: ("pod:x", f"container:{pid}"))
         tick_ms.append((time.perf_counter() - start) * 1000)
-    accounting.close()
+    meter.close()
     print(
         f"wattlens GPU benchmark: {GPUS} stub GPUs x {PROCESSES_PER_GPU} processes, {ticks} ticks; "
         f"nproc {os.cpu_count()}, Python {platform.python_version()}"
     )
     print(f"  NvmlMeter.read (all {GPUS} GPUs), ms:     {percentiles(read_ms)}")
-    print(f"  GpuAccounting.tick (read + split), ms: {percentiles(tick_ms)}")
+    print(f"  read + Accounting.tick (split), ms:    {percentiles(tick_ms)}")
     budget = statistics.median(tick_ms)
     print(f"  target <= 5 ms per tick for 8 GPUs: median {budget:.3f} ms -> {'OK' if budget <= 5 else 'OVER'}")
 

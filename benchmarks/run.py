@@ -54,9 +54,10 @@ from common import (  # benchmarks/common.py; it also puts the repository root o
 )
 
 from exporter.config import Config, load_config
-from exporter.engine import Engine, Snapshot
+from exporter.engine import Engine
 from exporter.exposition import GZIP_LEVEL, EndpointStats, Exposition, Renderer, families, standard_families
 from exporter.idle import IdleBaseline
+from exporter.snapshot import Snapshot
 
 TICK_STEP_S = 5.0  # synthetic monotonic clock advance per tick
 # Plausible draw of a 2-socket Xeon under mixed load: package ~95-165 W per socket, DRAM ~8-22 W.
@@ -207,7 +208,7 @@ def tick_breakdown(engine: Engine, reps: int) -> list[tuple[str, float]]:
         (f"meter.read ({meter.name}, {len(meter.zones())} zones)", lambda: meter.read(0.0, None))
         if meter is not None
         else ("meter.read (no meter)", lambda: None),
-        ("/proc/stat read + parse", engine.proc_stat.read if engine.proc_stat is not None else lambda: None),
+        ("/proc/stat read + parse", engine.cpu.read),
         ("IdleBaseline.watts(), full window, x1 zone", full.watts),
         ("Engine.snapshot()", engine.snapshot),
     ]

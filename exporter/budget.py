@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from exporter.snapshot import BudgetStats, Labels
 from exporter.workloads.labels import rollup_group, rollup_labels
 
 Energy = tuple[tuple[str, int], ...]  # (domain, µJ): zone names and gpu:<uuid>
@@ -54,12 +55,12 @@ GPU_PREFIX = "gpu:"
 
 
 class WorkloadSeries(Protocol):
-    """What the budget reads of a workload's exported state (exporter.engine.WorkloadState)."""
+    """What the budget reads of a workload's exported state (exporter.snapshot.WorkloadState)."""
 
     @property
     def kind(self) -> str: ...
     @property
-    def labels(self) -> tuple[str, ...]: ...
+    def labels(self) -> Labels: ...
     @property
     def energy_uj(self) -> Energy: ...
     @property
@@ -68,18 +69,6 @@ class WorkloadSeries(Protocol):
 
 S = TypeVar("S", bound=WorkloadSeries)
 RollupKey = tuple[str, str, str]  # kind, namespace, parent_kind
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetStats:
-    """What the budget did, for the self-metrics. Counts by kind are (kind, count) pairs in kind order."""
-
-    max_series: int  # 0: no budget
-    series: int  # workload series exported in this tick (frozen ones included)
-    folded: tuple[tuple[str, int], ...] = ()  # workloads folded into rollups now
-    folds: tuple[tuple[str, int], ...] = ()  # times a workload's series folded, since start
-    unfolds: tuple[tuple[str, int], ...] = ()  # times a folded workload got a series, since start
-    dropped: int = 0  # series removed at once (without lingering) to stay within the budget, since start
 
 
 @dataclass(slots=True)
@@ -105,7 +94,7 @@ class _Unit:
 
 @dataclass(slots=True)
 class _Rollup:
-    labels: tuple[str, ...]
+    labels: Labels
     energy: dict[str, int] = field(default_factory=dict)
     last: dict[str, int] = field(default_factory=dict)  # this tick's shares, for watts
     fed_at: float = 0.0  # when a folded workload last fed it
@@ -138,7 +127,7 @@ class SeriesBudget(Generic[S]):
     def __init__(
         self,
         max_series: int,
-        make: Callable[[str, tuple[str, ...], Energy, Energy], S],
+        make: Callable[[str, Labels, Energy, Energy], S],
         linger_s: float,
         level: str = "containers",
         pod_extra: int = 0,

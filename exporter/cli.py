@@ -20,14 +20,14 @@ from typing import Any, NoReturn
 from exporter import __version__
 from exporter.config import Config, ConfigError, Setting, load_config, settings
 from exporter.daemon import StartupError, run
-from exporter.engine import Engine, Snapshot
+from exporter.engine import Engine
 from exporter.exposition import Renderer
 from exporter.logs import setup_logging
-from exporter.meters.base import MeterUnavailable
-from exporter.meters.nvml_loader import open_nvml
-from exporter.meters.select import select_meter
+from exporter.meters.select import MeterReport, open_accelerators, select_meter
 from exporter.nodeinfo import read_node_info
+from exporter.snapshot import Snapshot
 from exporter.snapshot_json import snapshot_document
+from exporter.zones import ZONES, role_of
 
 EXIT_CONFIG = 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a filter whose reader went away
@@ -199,59 +199,89 @@ def once(config: Config, wait: float, as_json: bool) -> int:
     return 0
 
 
-def _check_gpus(config: Config) -> None:
-    print("\nGPUs:")
-    if not config.gpus:
-        print("  off (gpus: false)")
-        return
-    try:
-        meter = open_nvml(config.nvml_timeout)
-    except MeterUnavailable as exc:
-        print(f"  [no ] nvml: {exc.reason}")
-        if exc.fix:
-            print(f"        fix: {exc.fix}")
-        return
-    print(f"  [ok ] nvml: {len(meter.gpus)} GPU(s), driver {meter.driver}")
-    for gpu in meter.gpus:
-        print(f"        GPU {gpu.index}: {gpu.model} {gpu.uuid}")
-    meter.close()
+def _print_reports(reports: list[MeterReport]) -> None:
+    for report in reports:
+        mark = "ok " if report.available else "no "
+        if not report.available:
+            what = report.reason
+        elif report.roles:
+            what = "available; measures " + ", ".join(ROLE_NAMES[r] for r in report.roles)
+        else:
+            what = "available; not needed here"
+        print(f"  [{mark}] {report.name}: {what}")
+        for note in report.notes:
+            print(f"        note: {note}")
+        if report.fix:
+            print(f"        fix: {report.fix}")
+
+
+ROLE_NAMES = {"cpu": "CPU energy", "module": "superchip modules", "platform": "the platform", "accelerator": "GPUs"}
 
 
 def check(config: Config, seconds: float) -> int:
-    """Human-readable diagnosis: every configured meter, why it does or does not work, and the fix."""
+    """Human-readable diagnosis: every meter, what it found, the role it serves, why the others do not work and
+    the fix; then a short measurement of every domain and how they nest."""
     info = read_node_info(config.node_name, config.proc_path, config.cgroup_root)
     print(
         f"wattlens {__version__} on {info.node}: {info.cpu_model}, {info.cpus} CPUs, "
         f"{info.sockets} socket(s), kernel {info.kernel}, cgroups {info.cgroup_version}"
     )
     probe, reports = select_meter(config, info.cpus, try_all=True)
+    chosen = probe.name if probe is not None else ""
     if probe is not None:
         probe.close()
     print(f"\nMeters, in the configured order ({', '.join(config.meters)}):")
-    for report in reports:
-        mark = "ok " if report.available else "no "
-        print(f"  [{mark}] {report.name}: " + ("available" if report.available else report.reason))
-        for note in report.notes:
-            print(f"        note: {note}")
-        if report.fix:
-            print(f"        fix: {report.fix}")
-    _check_gpus(config)
+    _print_reports(reports)
+    print("\nGPUs:")
+    if config.gpus:
+        accelerators, accelerator_reports = open_accelerators(config)
+        for meter in accelerators:
+            print(f"  [ok ] {meter.name}: {len(meter.devices)} GPU(s), driver {meter.driver}")
+            for device in meter.devices:
+                scope = " (its energy counter counts the whole module)" if device.scope else ""
+                print(f"        GPU {device.index}: {device.model} {device.uuid}{scope}")
+            meter.close()
+        _print_reports([r for r in accelerator_reports if not r.available])
+    else:
+        print("  off (gpus: false)")
     if probe is None:
         print("\nNo meter works: wattlens would serve no node energy. See the fixes above.")
         return 1
-    print(f"\nwattlens would measure with: {probe.name}. Measuring for {seconds:g} s ...")
+    print(f"\nwattlens would measure with: {chosen}. Measuring for {seconds:g} s ...")
     engine, snap = measure(config, seconds)
     engine.close()
-    for z in snap.zones:
-        where = f"socket {z.zone.socket}" if z.zone.socket else "node"
-        power = f"{z.watts:8.2f} W" if z.watts is not None else "   (no reading)"
-        print(f"  {z.zone.zone:8} {where:10} {z.zone.device:18} {power}")
-    for d in snap.domains:
-        idle = f"{d.idle_watts:.2f} W ({d.idle_method})" if d.idle_watts is not None else "unknown"
-        print(f"  idle baseline for {d.zone}: {idle}")
+    _print_domains(snap)
     _top_services(config, snap, seconds)
     _check_fds(engine, snap)
     return 0
+
+
+def _nesting(top_level: bool, parent: str) -> str:
+    if top_level:
+        return "top-level"
+    return f"inside {parent}" if parent else "the node's total"
+
+
+def _print_domains(snap: Snapshot) -> None:
+    print("\nDomains (top-level ones add up; the others are inside their parent):")
+    nesting = {(i.zone, i.source): _nesting(i.top_level, i.parent) for i in snap.zone_info}
+    for z in snap.zones:
+        power = f"{z.watts:8.2f} W" if z.watts is not None else "   (no reading)"
+        where = f"socket {z.zone.socket}" if z.zone.socket else "node"
+        place = nesting.get((z.zone.zone, z.zone.source), "")
+        print(f"  {z.zone.zone:9} {where:10} {z.zone.source:8} {role_of(z.zone.zone):12} {place:18} {power}")
+    for a in snap.accelerators:
+        power = f"{a.watts:8.2f} W" if a.watts is not None else "   (no reading)"
+        place = nesting.get(("gpu", a.source), "")
+        scope = " (counts its module)" if a.device.scope else ""
+        where = f"GPU {a.device.index}"
+        device = f"{a.device.model} {a.device.uuid}{scope}"
+        print(f"  {'gpu':9} {where:10} {a.source:8} {'accelerator':12} {place:18} {power}  {device}")
+    if snap.ready and snap.tick_seconds > 0:
+        print(f"  node total over the measurement: {snap.node.total_uj / 1e6 / snap.tick_seconds:.2f} W")
+    for d in snap.domains:
+        idle = f"{d.idle_watts:.2f} W ({d.idle_method})" if d.idle_watts is not None else "unknown"
+        print(f"  idle baseline for {d.zone}: {idle}")
 
 
 def _check_fds(engine: Engine, snap: Snapshot) -> None:
@@ -268,16 +298,16 @@ TOP_SERVICES = 10
 
 def _top_services(config: Config, snap: Snapshot, seconds: float) -> None:
     """The systemd services that drew the most power during the measurement: their energy in the measured
-    tick over its length, per zone, ranked by the sum of zones that do not overlap (psys, or package + dram;
-    core and uncore are inside package) plus their GPUs."""
+    tick over its length, per zone, ranked by the sum of the CPU zones no other CPU zone contains (psys, or
+    package + dram, or grace; core and uncore are inside package) plus their GPUs."""
     print(f"\nTop services by power over the last {seconds:g} s:")
     if not config.workloads:
         print("  off (workloads: false)")
         return
     length = snap.tick_seconds if snap.tick_seconds > 0 else seconds
-    zones = [d.zone for d in snap.domains]
-    summed = ["psys"] if "psys" in zones else [z for z in ("package", "dram") if z in zones] or zones[:1]
-    gpu_zones = {f"gpu:{g.gpu.uuid}" for g in snap.gpus}
+    outermost = (i.zone for i in snap.zone_info if i.role == "cpu" and (not i.parent or role_of(i.parent) != "cpu"))
+    summed = sorted(set(outermost), key=list(ZONES).index)  # in the zone table's order: package before dram
+    gpu_zones = {f"gpu:{g.device.uuid}" for g in snap.accelerators}
     rows = []
     for w in snap.workloads:
         if w.kind != "service" or not w.last_uj:
@@ -285,7 +315,7 @@ def _top_services(config: Config, snap: Snapshot, seconds: float) -> None:
         watts = {zone: uj / 1e6 / length for zone, uj in w.last_uj}
         gpu = sum(v for zone, v in watts.items() if zone in gpu_zones)
         total = sum(watts.get(zone, 0.0) for zone in summed) + gpu
-        rows.append((total, w.labels[0], [watts.get(zone, 0.0) for zone in summed], gpu))
+        rows.append((total, w.label("unit"), [watts.get(zone, 0.0) for zone in summed], gpu))
     if not rows:
         version = snap.info.cgroup_version
         hint = ""

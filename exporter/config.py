@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -41,12 +42,13 @@ from pydantic.fields import FieldInfo
 
 from exporter.budget import MIN_SERIES
 from exporter.files import CONFIG_FILE_LIMIT, read_operator_text
+from exporter.meters.registry import DEFAULT_ORDER, NODE_METERS
+from exporter.zones import ZONES
 
 ENV_PREFIX = "WATTLENS_"
 ENV_CONFIG_FILE = "WATTLENS_CONFIG"
 DEFAULT_PORT = 9875
-MeterName = Literal["rapl", "model"]
-ZONE_NAMES = ("package", "core", "uncore", "dram", "psys")
+ZONE_NAMES = tuple(name for name, kind in ZONES.items() if kind.role == "cpu")
 OTHER_GROUP = "Other"
 MAP_SETTINGS = frozenset({"idle_watts", "otlp_headers", "otlp_resource_attributes"})  # a layer replaces them whole
 SECRET_SETTINGS = frozenset({"otlp_headers"})  # never shown in an error
@@ -158,6 +160,98 @@ class ModelConfig(BaseModel):
         return value
 
 
+REDFISH = "Platform power"
+
+
+class RedfishConfig(BaseModel):
+    """The BMC whose chassis power is the node's platform domain (optional: off while `url` is empty)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(
+        "",
+        json_schema_extra=_hint(
+            REDFISH,
+            "the BMC's base URL, e.g. https://10.0.0.5 or https://{node}-bmc.example:8443 ({node}: the node name)",
+        ),
+    )
+    chassis: str = Field(
+        "",
+        json_schema_extra=_hint(REDFISH, "the Chassis Id to read (e.g. 1U), or empty for the only chassis the BMC has"),
+    )
+    username: str = Field(
+        "", max_length=256, json_schema_extra=_hint(REDFISH, "the BMC user name (or use redfish.username_file)")
+    )
+    username_file: Path | None = Field(
+        None,
+        validate_default=True,
+        json_schema_extra=_hint(
+            REDFISH, "a file holding the BMC user name (a mounted Secret's key), or set redfish.username"
+        ),
+    )
+    password_file: Path | None = Field(
+        None,
+        validate_default=True,
+        json_schema_extra=_hint(
+            REDFISH, "a file holding the BMC password (a mounted Secret's key); re-read at every login"
+        ),
+    )
+    auth: Literal["session", "basic"] = Field(
+        "session",
+        json_schema_extra=_hint(
+            REDFISH, "'session' (X-Auth-Token, one login) or 'basic' (credentials on every request)"
+        ),
+    )
+    ca_file: Path | None = Field(
+        None,
+        json_schema_extra=_hint(
+            REDFISH, "a PEM CA bundle that signed the BMC's certificate, or unset for the system's trust store"
+        ),
+    )
+    tls_insecure_skip_verify: bool = Field(
+        False,
+        json_schema_extra=_hint(REDFISH, "false (verify the BMC's certificate), or true to accept any certificate"),
+    )
+    timeout: Seconds = Field(
+        5.0,
+        ge=0.5,
+        le=60,
+        json_schema_extra=_hint(REDFISH, "how long one BMC request may take (5, 500ms), 0.5 to 60 s (default 5)"),
+    )
+    interval: Seconds | None = Field(
+        None,
+        ge=1,
+        le=600,
+        json_schema_extra=_hint(REDFISH, "time between BMC reads (10, 1m), 1 s to 10 min (default: the tick interval)"),
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be https://HOST[:PORT] (or http:// for a BMC without TLS)")
+        if parts.query or parts.fragment or parts.path.strip("/") or parts.username or parts.password:
+            raise ValueError("must be only the scheme, host and port: credentials go in username/password_file")
+        return value.rstrip("/")
+
+    @field_validator("username_file")
+    @classmethod
+    def _user_with_url(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if info.data.get("url") and value is None and not info.data.get("username"):
+            raise ValueError("redfish.url is set but neither redfish.username nor redfish.username_file is")
+        return value
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_with_url(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if info.data.get("url") and value is None:
+            raise ValueError("redfish.url is set but redfish.password_file is not")
+        return value
+
+
 class Config(BaseModel):
     """Everything wattlens can be told. Field names are the YAML keys and the WATTLENS_* names."""
 
@@ -202,10 +296,21 @@ class Config(BaseModel):
     cgroup_root: Path = Field(
         Path("/sys/fs/cgroup"), json_schema_extra=_hint("Host paths", "the host's cgroup mount, e.g. /sys/fs/cgroup")
     )
-    meters: tuple[MeterName, ...] = Field(
-        ("rapl", "model"),
+    meters: tuple[str, ...] = Field(
+        DEFAULT_ORDER,
         min_length=1,
-        json_schema_extra=_hint("Node energy", "a comma-separated list of meters to try in order, from: rapl, model"),
+        json_schema_extra=_hint(
+            "Node energy", "a comma-separated list of meters to try in order, from: " + ", ".join(NODE_METERS)
+        ),
+    )
+    meter_failover_after: Seconds = Field(
+        60.0,
+        ge=5,
+        le=86400,
+        json_schema_extra=_hint(
+            "Node energy",
+            "how long every CPU zone of the meter in use may be down before the next meter takes over (60, 5m)",
+        ),
     )
     idle_policy: Literal["baseline", "ratio"] = Field(
         "baseline", json_schema_extra=_hint("Node energy", "'baseline' (learned or configured idle watts) or 'ratio'")
@@ -232,6 +337,14 @@ class Config(BaseModel):
         gt=0,
         le=100000,
         json_schema_extra=_hint("Node energy", "the most watts one zone can draw; larger steps are counter resets"),
+    )
+    max_platform_watts: float = Field(
+        50000.0,
+        gt=0,
+        le=1000000,
+        json_schema_extra=_hint(
+            "Node energy", "the most watts the whole node (platform, module) can draw (default 50000)"
+        ),
     )
     idle_attribution: Literal["none", "cpu"] = Field(
         "none",
@@ -435,6 +548,10 @@ class Config(BaseModel):
         default_factory=ModelConfig,
         json_schema_extra=_hint("Power model", "a mapping of idle_watts_per_cpu, max_watts_per_cpu and cpus"),
     )
+    redfish: RedfishConfig = Field(
+        default_factory=RedfishConfig,
+        json_schema_extra=_hint(REDFISH, "a mapping of url, chassis, username(_file), password_file, auth, ..."),
+    )
 
     @field_validator("listen", "health_listen")
     @classmethod
@@ -452,7 +569,10 @@ class Config(BaseModel):
 
     @field_validator("meters")
     @classmethod
-    def _unique_meters(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _known_meters(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if name not in NODE_METERS:
+                raise ValueError(f"unknown meter '{name}'")
         if len(set(value)) != len(value):
             raise ValueError("a meter is listed twice")
         return value

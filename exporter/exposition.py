@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING
 
 from exporter import metrics as m
 from exporter.counters import MICRO
+from exporter.zones import role_of
 
 if TYPE_CHECKING:
-    from exporter.engine import Snapshot
     from exporter.otlp.push import PushStats
+    from exporter.snapshot import Labels, Snapshot, ZoneState
 
 GZIP_LEVEL = 1  # measured on a 100-pod OpenMetrics body: 1.2 ms vs 4.3 ms at level 6, for 15 % more bytes
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -77,16 +78,8 @@ def families(snap: Snapshot, endpoint: EndpointStats, render_s: float, workload_
     """Every family of the exposition with its samples, in the order they are rendered."""
     node = snap.info.node
     out: list[Rows] = []
-    joules, watts = _rows(m.NODE_CPU_JOULES), _rows(m.NODE_CPU_WATTS)
-    wraps, resets = _rows(m.COUNTER_WRAPS), _rows(m.COUNTER_RESETS)
-    for z in snap.zones:
-        zone_labels = (node, z.zone.zone, z.zone.socket, z.zone.die, z.zone.source)
-        joules.add(zone_labels, z.joules_uj / MICRO)
-        wraps.add(zone_labels, z.wraps)
-        resets.add(zone_labels, z.resets)
-        if z.watts is not None:
-            watts.add(zone_labels, z.watts)
-    out += (joules, watts, wraps, resets)
+    _zone_families(snap, out)
+    _node_energy_families(snap, out)
 
     idle, active = _rows(m.NODE_CPU_IDLE_JOULES), _rows(m.NODE_CPU_ACTIVE_JOULES)
     baseline = _rows(m.NODE_CPU_IDLE_WATTS)
@@ -98,14 +91,14 @@ def families(snap: Snapshot, endpoint: EndpointStats, render_s: float, workload_
     out += (idle, active, baseline)
 
     up, errors = _rows(m.SOURCE_UP), _rows(m.SOURCE_ERRORS)
-    for source, device, is_up in snap.sources:
-        up.add((node, source, device), 1.0 if is_up else 0.0)
-    for source, device, count in snap.errors:
-        errors.add((node, source, device), count)
+    for source in snap.sources:
+        up.add((node, source.source, source.device), 1.0 if source.up else 0.0)
+    for error in snap.errors:
+        errors.add((node, error.source, error.device), error.count)
     out += (up, errors)
 
     _workload_families(snap, out, workload_samples)
-    if snap.gpus:
+    if snap.accelerators:
         _gpu_families(snap, out)
     if snap.carbon_intensity is not None:
         carbon = _rows(m.GRID_CARBON_INTENSITY)
@@ -172,6 +165,70 @@ def _otlp_families(node: str, push: PushStats, out: list[Rows]) -> None:
         out.append(last)
 
 
+def _zone_families(snap: Snapshot, out: list[Rows]) -> None:
+    """Every node counter: CPU zones, superchip modules and the platform, each in its own families."""
+    node = snap.info.node
+    joules, watts = _rows(m.NODE_CPU_JOULES), _rows(m.NODE_CPU_WATTS)
+    wraps, resets = _rows(m.COUNTER_WRAPS), _rows(m.COUNTER_RESETS)
+    node_level = []
+    for z in snap.zones:
+        zone = z.zone
+        if role_of(zone.zone) != "cpu":
+            node_level.append(z)
+            continue
+        zone_labels = (node, zone.zone, zone.socket, zone.die, zone.source)
+        joules.add((*zone_labels, z.method), z.joules_uj / MICRO)
+        wraps.add(zone_labels, z.wraps)
+        resets.add(zone_labels, z.resets)
+        if z.watts is not None:
+            watts.add(zone_labels, z.watts)
+    out += (joules, watts, wraps, resets)
+    if node_level:  # most nodes have neither a superchip module nor a platform meter
+        _node_level_families(node, node_level, out)
+
+
+def _node_level_families(node: str, zones: list[ZoneState], out: list[Rows]) -> None:
+    module, module_watts = _rows(m.NODE_MODULE_JOULES), _rows(m.NODE_MODULE_WATTS)
+    platform, platform_watts = _rows(m.NODE_PLATFORM_JOULES), _rows(m.NODE_PLATFORM_WATTS)
+    platform_age = _rows(m.NODE_PLATFORM_READING_AGE)
+    for z in zones:
+        zone = z.zone
+        if zone.zone == "module":
+            module.add((node, zone.socket, zone.source, z.method), z.joules_uj / MICRO)
+            if z.watts is not None:
+                module_watts.add((node, zone.socket, zone.source), z.watts)
+            continue
+        platform.add((node, zone.source, zone.device, z.method), z.joules_uj / MICRO)
+        if z.watts is not None:
+            platform_watts.add((node, zone.source, zone.device), z.watts)
+        if z.reading_age_s is not None:
+            platform_age.add((node, zone.source, zone.device), z.reading_age_s)
+    if module.samples:
+        out += (module, module_watts)
+    if platform.samples:
+        out += (platform, platform_watts, platform_age)
+
+
+def _node_energy_families(snap: Snapshot, out: list[Rows]) -> None:
+    """The node's total, the rest of the node, how the zones nest, and runtime meter hand-overs."""
+    node = snap.info.node
+    total = _rows(m.NODE_JOULES)
+    total.add((node,), snap.node.total_uj / MICRO)
+    out.append(total)
+    if snap.node.rest_uj is not None:
+        rest = _rows(m.NODE_REST_JOULES)
+        rest.add((node,), snap.node.rest_uj / MICRO)
+        out.append(rest)
+    info = _rows(m.NODE_ZONE_INFO)
+    for i in snap.zone_info:
+        info.add((node, i.zone, i.source, i.role, i.parent, "true" if i.top_level else "false"), 1.0)
+    out.append(info)
+    if snap.meter_switches:  # only after a hand-over: most nodes never have one
+        switches = _rows(m.METER_SWITCHES)
+        switches.add((node,), snap.meter_switches)
+        out.append(switches)
+
+
 def _gpu_families(snap: Snapshot, out: list[Rows]) -> None:
     node = snap.info.node
     joules, watts = _rows(m.NODE_GPU_JOULES), _rows(m.NODE_GPU_WATTS)
@@ -179,8 +236,8 @@ def _gpu_families(snap: Snapshot, out: list[Rows]) -> None:
     baseline, resets = _rows(m.NODE_GPU_IDLE_WATTS), _rows(m.NODE_GPU_RESETS)
     splits, unattributed = _rows(m.GPU_ATTRIBUTION_TICKS), _rows(m.UNATTRIBUTED_GPU_JOULES)
     info = _rows(m.NODE_GPU_INFO)
-    for g in snap.gpus:
-        labels = (node, str(g.gpu.index), g.gpu.uuid, g.gpu.model)
+    for g in snap.accelerators:
+        labels = (node, str(g.device.index), g.device.uuid, g.device.model)
         joules.add((*labels, g.method), g.joules_uj / MICRO)
         idle.add(labels, g.idle_uj / MICRO)
         active.add(labels, g.active_uj / MICRO)
@@ -192,36 +249,38 @@ def _gpu_families(snap: Snapshot, out: list[Rows]) -> None:
             baseline.add((*labels, g.idle_method), g.idle_watts)
         for split, count in g.splits:
             splits.add((*labels[:3], split), count)
-        info.add((*labels, snap.gpu_driver, str(g.mig).lower()), 1.0)
+        info.add((*labels, snap.accelerator_driver, str(g.partitioned).lower()), 1.0)
     out += (joules, watts, idle, active, baseline, resets, info, splits, unattributed)
 
 
 def _workload_families(snap: Snapshot, out: list[Rows], samples: bool) -> None:
-    node, source = snap.info.node, snap.meter
+    node = snap.info.node
+    sources = {d.zone: d.source for d in snap.domains}
     joules = {kind: Rows(fam, fam.labels, workloads=True) for kind, fam in m.WORKLOAD_FAMILIES.items()}
     gpu_joules = {kind: _rows(fam) for kind, fam in m.WORKLOAD_GPU_FAMILIES.items()}
-    gpu_labels = {f"gpu:{g.gpu.uuid}": (str(g.gpu.index), g.gpu.uuid) for g in snap.gpus}
+    gpu_labels = {f"gpu:{g.device.uuid}": (str(g.device.index), g.device.uuid) for g in snap.accelerators}
     pod_watts = Rows(m.POD_CPU_WATTS, m.POD_CPU_WATTS.labels, workloads=True)
     tick_s = snap.tick_seconds
     watts = pod_watts.samples.append
     for w in snap.workloads if samples or gpu_labels else ():
         add = joules[w.kind].samples.append
+        values = tuple(value for _, value in w.labels)
         for zone, microjoules in w.energy_uj:
             if zone in gpu_labels:
-                gpu_joules[w.kind].add((node, *w.labels, *gpu_labels[zone]), microjoules / MICRO)
+                gpu_joules[w.kind].add((node, *values, *gpu_labels[zone]), microjoules / MICRO)
             elif samples:
-                add(((node, *w.labels, zone, source), microjoules / MICRO))
+                add(((node, *values, zone, sources.get(zone, snap.meter)), microjoules / MICRO))
         if samples and w.kind == "pod" and tick_s > 0:
             for zone, microjoules in w.last_uj:
                 if zone not in gpu_labels:
-                    watts(((node, *w.labels, zone, source), microjoules / MICRO / tick_s))
+                    watts(((node, *values, zone, sources.get(zone, snap.meter)), microjoules / MICRO / tick_s))
     out += joules.values()
-    if snap.gpus:
+    if snap.accelerators:
         out += gpu_joules.values()
     out.append(pod_watts)
     unattributed = _rows(m.UNATTRIBUTED_CPU_JOULES)
-    for zone, microjoules in snap.unattributed:
-        unattributed.add((node, zone, source), microjoules / MICRO)
+    for d in snap.domains:
+        unattributed.add((node, d.zone, d.source), d.unattributed_uj / MICRO)
     out.append(unattributed)
     _process_families(snap, out)
     _pod_watch_families(snap, out)
@@ -351,25 +410,28 @@ def _pod_watch_families(snap: Snapshot, out: list[Rows]) -> None:
     node = snap.info.node
     labels = Rows(m.POD_LABELS, (*m.POD_LABELS.labels, *map(label_name, snap.pod_label_keys)))
     for row in snap.pod_labels:
-        labels.add((node, *row), 1.0)
-    lists, watches, errors, _synced = snap.pod_watch
+        labels.add((node, row.namespace, row.pod, row.uid, row.owner_kind, row.owner_name, *row.values), 1.0)
+    watch = snap.pod_watch
     requests, failures = _rows(m.POD_WATCH_REQUESTS), _rows(m.POD_WATCH_ERRORS)
-    requests.add((node, "list"), lists)
-    requests.add((node, "watch"), watches)
-    failures.add((node,), errors)
+    requests.add((node, "list"), watch.lists)
+    requests.add((node, "watch"), watch.watches)
+    failures.add((node,), watch.errors)
     out += (labels, requests, failures)
 
 
 def _process_families(snap: Snapshot, out: list[Rows]) -> None:
     if not (snap.processes or snap.processes_other):
         return
-    node, source = snap.info.node, snap.meter
+    node = snap.info.node
+    sources = {d.zone: d.source for d in snap.domains}
     processes = _rows(m.PROCESS_CPU_JOULES)
-    for key, energy in snap.processes:
-        for zone, microjoules in energy:
-            processes.add((node, str(key.pid), key.comm, key.container_id, key.unit, zone, source), microjoules / MICRO)
+    for process in snap.processes:
+        key = process.key
+        for zone, microjoules in process.energy_uj:
+            labels = (node, str(key.pid), key.comm, key.container_id, key.unit, zone, sources.get(zone, snap.meter))
+            processes.add(labels, microjoules / MICRO)
     for zone, microjoules in snap.processes_other:
-        processes.add((node, "", "other", "", "", zone, source), microjoules / MICRO)
+        processes.add((node, "", "other", "", "", zone, sources.get(zone, snap.meter)), microjoules / MICRO)
     out.append(processes)
 
 
@@ -500,10 +562,10 @@ class Renderer:
         self._lock = threading.Lock()
         self.last_render_s = 0.0  # wall time spent rendering the previous tick's exposition
         self._current: Exposition | None = None
-        self._workload_context: tuple[str, str] = ("", "")
-        # id(label values) → (label values, family, {zone (or "watts:" + zone): label text})
-        self._workload_prefixes: dict[int, tuple[tuple[str, ...], str, dict[str, str]]] = {}
-        self._workload_by_value: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}  # the same, by value
+        self._workload_context: tuple[object, ...] = ()
+        # id(labels) → (labels, family, {zone (or "watts:" + zone): label text})
+        self._workload_prefixes: dict[int, tuple[Labels, str, dict[str, str]]] = {}
+        self._workload_by_value: dict[tuple[str, Labels], dict[str, str]] = {}  # the same, by value
 
     def render(self, snap: Snapshot, endpoint: EndpointStats | None = None) -> Exposition:
         """This tick's exposition; nothing is rendered until a variant is asked for."""
@@ -534,10 +596,13 @@ class Renderer:
     def _workload_lines(self, snap: Snapshot) -> dict[str, str]:
         """The lines of the CPU workload families, in the order `families` has their samples, from label text
         kept per workload (by its label values) and zone."""
-        node, source, tick_s = snap.info.node, snap.meter, snap.tick_seconds
-        if (node, source) != self._workload_context:  # never changes in a running daemon; tools may reuse us
-            self._workload_context, self._workload_prefixes, self._workload_by_value = (node, source), {}, {}
-        gpu_zones = {f"gpu:{g.gpu.uuid}" for g in snap.gpus}
+        node, tick_s = snap.info.node, snap.tick_seconds
+        sources = {d.zone: d.source for d in snap.domains}
+        # The node and each domain's meter: the same in a running daemon unless a meter is handed over.
+        context = (node, snap.meter, tuple(sources.items()))
+        if context != self._workload_context:
+            self._workload_context, self._workload_prefixes, self._workload_by_value = context, {}, {}
+        gpu_zones = {f"gpu:{g.device.uuid}" for g in snap.accelerators}
         names = {kind: fam.full_name for kind, fam in m.WORKLOAD_FAMILIES.items()}
         family_lines = {
             fam.full_name: self._families[(fam.full_name, fam.labels)] for fam in m.WORKLOAD_FAMILIES.values()
@@ -563,7 +628,8 @@ class Renderer:
                     continue
                 prefix = mine.get(zone)
                 if prefix is None:
-                    prefix = mine[zone] = family_lines[name].prefix((node, *w.labels, zone, source))
+                    values = (node, *(value for _, value in w.labels), zone, sources.get(zone, snap.meter))
+                    prefix = mine[zone] = family_lines[name].prefix(values)
                 joules = microjoules / MICRO
                 text = repr(joules)  # _value, inlined: this line runs for most series
                 dot = text.find(".")
@@ -574,7 +640,8 @@ class Renderer:
                         continue
                     prefix = mine.get("watts:" + zone)
                     if prefix is None:
-                        prefix = mine["watts:" + zone] = watts_family.prefix((node, *w.labels, zone, source))
+                        values = (node, *(value for _, value in w.labels), zone, sources.get(zone, snap.meter))
+                        prefix = mine["watts:" + zone] = watts_family.prefix(values)
                     watts.append(f"{prefix}{_value(microjoules / MICRO / tick_s)}\n")
         if len(prefixes) > 2 * len(snap.workloads) + 16 or len(by_value) > 2 * len(snap.workloads) + 16:
             live = {id(w.labels) for w in snap.workloads}  # workloads went: drop their label text

@@ -30,9 +30,11 @@ ZONE_LABELS = ("zone", "socket", "die", "source")
 NODE_CPU_JOULES = Family(
     "node_cpu_joules_total",
     "counter",
-    "Energy of one CPU energy zone (package, core, uncore, dram, psys) since wattlens started. "
-    "Zones overlap (psys contains package, package contains core): never add zones together.",
-    ("node", *ZONE_LABELS),
+    "Energy of one CPU energy zone (package, core, uncore, dram, psys; hwmon: grace, cpu, sysio, io) since wattlens "
+    "started: the hardware's counter (method energy_counter) or its power integrated (power_integration). Zones "
+    "overlap (psys contains package, package contains core, grace contains cpu and sysio): add only top-level zones "
+    '(wattlens_node_zone_info{top_level="true"}).',
+    ("node", *ZONE_LABELS, "method"),
 )
 NODE_CPU_WATTS = Family(
     "node_cpu_watts", "gauge", "Mean power of one CPU energy zone over the last tick.", ("node", *ZONE_LABELS)
@@ -67,6 +69,64 @@ COUNTER_RESETS = Family(
     "counter",
     "Hardware energy counter decreases or jumps no wrap explains (driver reload, hotplug); they add no energy.",
     ("node", *ZONE_LABELS),
+)
+NODE_MODULE_JOULES = Family(
+    "node_module_joules_total",
+    "counter",
+    "Energy of a superchip module (GH200: Grace + GPU + memory, the hwmon Module meter) since wattlens started. It "
+    "contains the socket's Grace zones and its GPU's counter: never add them to it.",
+    ("node", "socket", "source", "method"),
+)
+NODE_MODULE_WATTS = Family(
+    "node_module_watts", "gauge", "A superchip module's power over the last tick.", ("node", "socket", "source")
+)
+NODE_PLATFORM_JOULES = Family(
+    "node_platform_joules_total",
+    "counter",
+    "Energy of the whole node as its platform meter measures it (an ACPI power meter through hwmon, or the BMC "
+    "through Redfish; typically PSU input) since wattlens started. It contains every other domain.",
+    ("node", "source", "device", "method"),
+)
+NODE_PLATFORM_WATTS = Family(
+    "node_platform_watts",
+    "gauge",
+    "The node's power as its platform meter reports it (its own reading, or its energy over the last tick).",
+    ("node", "source", "device"),
+)
+NODE_PLATFORM_READING_AGE = Family(
+    "node_platform_reading_age_seconds",
+    "gauge",
+    "How old the platform reading a tick used was (a BMC is read in the background; past a limit it is down).",
+    ("node", "source", "device"),
+)
+NODE_REST_JOULES = Family(
+    "node_rest_joules_total",
+    "counter",
+    "The rest of the node: platform energy the top-level domains (CPU zones, modules, GPUs) do not explain (fans, "
+    "disks, NICs, PSU loss, ...), never negative; at node level only, attributed to no workload.",
+    ("node",),
+)
+NODE_JOULES = Family(
+    "node_joules_total",
+    "counter",
+    "The node's total energy: the platform meter's where there is one (while it reads), else the sum of the "
+    "top-level domains (CPU zones, modules, GPUs). The one figure to show as the node's energy.",
+    ("node",),
+)
+NODE_ZONE_INFO = Family(
+    "node_zone",
+    "info",
+    "Every measured zone, its role (cpu, module, platform, accelerator), the zone directly around it (parent) and "
+    'whether it is top-level: top_level="true" zones add up without double counting (docs/domains.md).',
+    ("node", "zone", "source", "role", "parent", "top_level"),
+)
+METER_SWITCHES = Family(
+    "meter_switches_total",
+    "counter",
+    "Times the meter of the node's CPU energy was handed over at runtime (to the next in `meters` after its zones "
+    "were down for meter_failover_after, or back); series carry the new meter's source. Present once a hand-over "
+    "has happened.",
+    ("node",),
 )
 SOURCE_UP = Family(
     "source_up",
@@ -424,6 +484,15 @@ CATALOGUE: tuple[Family, ...] = (
     NODE_CPU_IDLE_WATTS,
     COUNTER_WRAPS,
     COUNTER_RESETS,
+    NODE_MODULE_JOULES,
+    NODE_MODULE_WATTS,
+    NODE_PLATFORM_JOULES,
+    NODE_PLATFORM_WATTS,
+    NODE_PLATFORM_READING_AGE,
+    NODE_REST_JOULES,
+    NODE_JOULES,
+    NODE_ZONE_INFO,
+    METER_SWITCHES,
     *WORKLOAD_FAMILIES.values(),
     UNATTRIBUTED_CPU_JOULES,
     POD_CPU_WATTS,
@@ -498,6 +567,13 @@ CONDITIONAL: frozenset[str] = frozenset(
     for f in (
         PROCESS_CPU_JOULES,
         GRID_CARBON_INTENSITY,
+        NODE_MODULE_JOULES,
+        NODE_MODULE_WATTS,
+        NODE_PLATFORM_JOULES,
+        NODE_PLATFORM_WATTS,
+        NODE_PLATFORM_READING_AGE,
+        NODE_REST_JOULES,
+        METER_SWITCHES,
         TLS_CERT_EXPIRY,
         OTLP_PUSHES,
         OTLP_DROPPED,
@@ -529,7 +605,8 @@ def reference_markdown() -> str:
         "",
         "Generated from `exporter/metrics.py` by `python -m exporter.metrics > docs/metrics.md`; the test suite",
         "fails when this file and the code disagree. Families marked *conditional* appear only when their",
-        "source is there (GPUs, `process_metrics`, `kubernetes_api`, a carbon intensity, `otlp_endpoint`).",
+        "source is there (GPUs, `process_metrics`, `kubernetes_api`, a carbon intensity, a module or platform meter,",
+        "`otlp_endpoint`).",
         "",
         "| metric | type | labels | conditional | help |",
         "|---|---|---|---|---|",

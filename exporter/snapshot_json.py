@@ -1,9 +1,10 @@
 """`wattlens once --json`: one tick's Snapshot as a JSON document, for scripts and `jq`.
 
 It carries every value the exposition carries (tests/test_once_json.py checks each series of the exposition
-against it), grouped by what it describes rather than by metric family: zones, domains, workloads with their
-labels by name, GPUs, processes, sources. Joules are floats (µJ / 1e6), as in the exposition. Two values of
-the exposition describe the HTTP side, not a tick, and are not here: render time and scrapes served.
+against it), grouped by what it describes rather than by metric family: zones, how they nest, the node's total,
+domains, workloads with their labels by name, GPUs, processes, sources. Joules are floats (µJ / 1e6), as in the
+exposition. Two values of the exposition describe the HTTP side, not a tick, and are not here: render time and
+scrapes served.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from exporter.counters import MICRO
-from exporter.engine import Snapshot, WorkloadState
+from exporter.snapshot import Snapshot, WorkloadState
 from exporter.workloads.labels import LABELS, rollup_group, rollup_labels
 
 SCHEMA_VERSION = 1
@@ -21,7 +22,9 @@ def _joules(microjoules: int) -> float:
     return microjoules / MICRO
 
 
-def _workload(w: WorkloadState, source: str, gpu_labels: dict[str, tuple[str, str]], tick_s: float) -> dict[str, Any]:
+def _workload(
+    w: WorkloadState, sources: dict[str, str], gpu_labels: dict[str, tuple[str, str]], tick_s: float
+) -> dict[str, Any]:
     last = dict(w.last_uj)
     cpu, gpu = [], []
     for zone, microjoules in w.energy_uj:
@@ -30,10 +33,10 @@ def _workload(w: WorkloadState, source: str, gpu_labels: dict[str, tuple[str, st
             gpu.append({"gpu": index, "gpu_uuid": uuid, "joules": _joules(microjoules)})
             continue
         watts = _joules(last[zone]) / tick_s if zone in last and tick_s > 0 else None
-        cpu.append({"zone": zone, "source": source, "joules": _joules(microjoules), "watts": watts})
+        cpu.append({"zone": zone, "source": sources.get(zone, ""), "joules": _joules(microjoules), "watts": watts})
     return {
         "kind": w.kind,
-        "labels": dict(zip(LABELS[w.kind], w.labels, strict=True)),
+        "labels": dict(w.labels),
         "rollup": w.labels == rollup_labels(w.kind, *rollup_group(w.kind, w.labels)),  # the series budget's
         "ended": not w.last_uj,  # no share in this tick: ended, or its series frozen by the series budget
         "cpu": cpu,
@@ -42,8 +45,8 @@ def _workload(w: WorkloadState, source: str, gpu_labels: dict[str, tuple[str, st
 
 
 def snapshot_document(snap: Snapshot) -> dict[str, Any]:
-    source = snap.meter
-    gpu_labels = {f"gpu:{g.gpu.uuid}": (str(g.gpu.index), g.gpu.uuid) for g in snap.gpus}
+    sources = {d.zone: d.source for d in snap.domains}
+    gpu_labels = {f"gpu:{g.device.uuid}": (str(g.device.index), g.device.uuid) for g in snap.accelerators}
     counts = dict.fromkeys(LABELS, 0)
     for w in snap.workloads:
         counts[w.kind] += 1
@@ -76,14 +79,31 @@ def snapshot_document(snap: Snapshot) -> dict[str, Any]:
                 "die": z.zone.die,
                 "source": z.zone.source,
                 "device": z.zone.device,
+                "method": z.method,
                 "joules": _joules(z.joules_uj),
                 "watts": z.watts,
                 "up": z.up,
                 "wraps": z.wraps,
                 "resets": z.resets,
+                "reading_age_seconds": z.reading_age_s,
             }
             for z in snap.zones
         ],
+        "containment": [
+            {
+                "zone": i.zone,
+                "source": i.source,
+                "role": i.role,
+                "parent": i.parent,
+                "top_level": i.top_level,
+            }
+            for i in snap.zone_info
+        ],
+        "node_energy": {
+            "joules": _joules(snap.node.total_uj),
+            "rest_of_node_joules": None if snap.node.rest_uj is None else _joules(snap.node.rest_uj),
+        },
+        "meter_switches": snap.meter_switches,
         "domains": [
             {
                 "zone": d.zone,
@@ -96,30 +116,34 @@ def snapshot_document(snap: Snapshot) -> dict[str, Any]:
             for d in snap.domains
         ],
         "unattributed": [
-            {"zone": zone, "source": source, "joules": _joules(microjoules)} for zone, microjoules in snap.unattributed
+            {"zone": d.zone, "source": d.source, "joules": _joules(d.unattributed_uj)} for d in snap.domains
         ],
-        "workloads": [_workload(w, source, gpu_labels, snap.tick_seconds) for w in snap.workloads],
+        "workloads": [_workload(w, sources, gpu_labels, snap.tick_seconds) for w in snap.workloads],
         "workload_counts": counts,
         "processes": [
             {
-                "pid": key.pid,
-                "comm": key.comm,
-                "container_id": key.container_id,
-                "unit": key.unit,
-                "cpu": [{"zone": zone, "source": source, "joules": _joules(uj)} for zone, uj in energy],
+                "pid": p.key.pid,
+                "comm": p.key.comm,
+                "container_id": p.key.container_id,
+                "unit": p.key.unit,
+                "cpu": [
+                    {"zone": zone, "source": sources.get(zone, ""), "joules": _joules(uj)} for zone, uj in p.energy_uj
+                ],
             }
-            for key, energy in snap.processes
+            for p in snap.processes
         ],
         "processes_other": [
-            {"zone": zone, "source": source, "joules": _joules(uj)} for zone, uj in snap.processes_other
+            {"zone": zone, "source": sources.get(zone, ""), "joules": _joules(uj)} for zone, uj in snap.processes_other
         ],
         "gpus": [
             {
-                "gpu": str(g.gpu.index),
-                "gpu_uuid": g.gpu.uuid,
-                "gpu_model": g.gpu.model,
-                "driver": snap.gpu_driver,
-                "mig": g.mig,
+                "gpu": str(g.device.index),
+                "gpu_uuid": g.device.uuid,
+                "gpu_model": g.device.model,
+                "scope": g.device.scope,
+                "source": g.source,
+                "driver": snap.accelerator_driver,
+                "mig": g.partitioned,
                 "method": g.method,
                 "up": g.up,
                 "joules": _joules(g.joules_uj),
@@ -132,10 +156,10 @@ def snapshot_document(snap: Snapshot) -> dict[str, Any]:
                 "resets": g.resets,
                 "attribution_ticks": dict(g.splits),
             }
-            for g in snap.gpus
+            for g in snap.accelerators
         ],
-        "sources": [{"source": s, "device": device, "up": up} for s, device, up in snap.sources],
-        "source_errors": [{"source": s, "device": device, "count": count} for s, device, count in snap.errors],
+        "sources": [{"source": s.source, "device": s.device, "up": s.up} for s in snap.sources],
+        "source_errors": [{"source": e.source, "device": e.device, "count": e.count} for e in snap.errors],
         "cgroups": {
             "read_errors": snap.cgroup_read_errors,
             "walks_truncated": snap.cgroup_walks_truncated,
@@ -171,18 +195,21 @@ def _kubernetes(snap: Snapshot) -> dict[str, Any] | None:
     """The API watch (kubernetes_api: true): its request counters and each pod's owner and labels."""
     if snap.pod_watch is None:
         return None
-    lists, watches, errors, synced = snap.pod_watch
-    pods = []
-    for row in snap.pod_labels:
-        namespace, pod, uid, owner_kind, owner_name, *values = row
-        pods.append(
-            {
-                "namespace": namespace,
-                "pod": pod,
-                "uid": uid,
-                "owner_kind": owner_kind,
-                "owner_name": owner_name,
-                "labels": dict(zip(snap.pod_label_keys, values, strict=True)),
-            }
-        )
-    return {"requests": {"list": lists, "watch": watches}, "errors": errors, "synced": synced, "pods": pods}
+    watch = snap.pod_watch
+    pods = [
+        {
+            "namespace": row.namespace,
+            "pod": row.pod,
+            "uid": row.uid,
+            "owner_kind": row.owner_kind,
+            "owner_name": row.owner_name,
+            "labels": dict(zip(snap.pod_label_keys, row.values, strict=True)),
+        }
+        for row in snap.pod_labels
+    ]
+    return {
+        "requests": {"list": watch.lists, "watch": watch.watches},
+        "errors": watch.errors,
+        "synced": watch.synced,
+        "pods": pods,
+    }

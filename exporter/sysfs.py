@@ -7,11 +7,14 @@ task is gone instead of silently reading a reused PID.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import resource
 from pathlib import Path
 
 # Pseudo-files we read are small; anything larger than this is not what we expect and is cut off.
+log = logging.getLogger(__name__)
+
 MAX_PSEUDO_FILE_BYTES = 1 << 20
 _CHUNK = 1 << 16
 
@@ -27,6 +30,7 @@ class FdBudget:
         self.budget = max(0, limit - self.reserve)
         self.held = 0
         self.degraded: set[str] = set()  # readers that have been refused an fd
+        self._warned: set[str] = set()
 
     @classmethod
     def from_process_limit(cls) -> FdBudget:
@@ -42,6 +46,24 @@ class FdBudget:
 
     def give_back(self) -> None:
         self.held = max(0, self.held - 1)
+
+    def say_degradation(self) -> None:
+        """Log once per reader that it has been refused an fd, with the effect and the fix."""
+        for reader in sorted(self.degraded - self._warned):
+            self._warned.add(reader)
+            effect = (
+                "cgroup CPU files beyond it are opened, read and closed each tick"
+                if reader == "cgroups"
+                else "processes beyond it get no series"
+            )
+            log.warning(
+                "the fd budget (%d of the %d open files allowed; %d held) is spent: %s. Fix: raise the open-files "
+                "limit (LimitNOFILE= in the unit, ulimit -n)",
+                self.budget,
+                self.limit,
+                self.held,
+                effect,
+            )
 
 
 UNLIMITED = FdBudget(1 << 62)  # for tools and tests that read a few files

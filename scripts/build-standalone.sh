@@ -25,9 +25,11 @@ arch=$(uname -m)
 out=build/standalone
 name="wattlens-$version-linux-$arch"
 
+# Meters are imported by name when tried (exporter/meters/registry.py), which PyInstaller cannot follow: every
+# module of exporter.meters is collected, so a new meter needs no line here.
 "$python" -m PyInstaller --noconfirm --log-level WARN --onedir --strip --name wattlens \
     --distpath "$out/dist" --workpath "$out/work" --specpath "$out" --paths "$PWD" \
-    --hidden-import uvloop._noop \
+    --hidden-import uvloop._noop --collect-submodules exporter.meters \
     --exclude-module kubernetes_asyncio --exclude-module aiohttp --exclude-module tkinter \
     --exclude-module pytest --exclude-module _pytest --exclude-module hypothesis --exclude-module setuptools \
     --exclude-module pip --exclude-module mypy --exclude-module pydantic.mypy --exclude-module kubernetes_validate \

@@ -15,23 +15,28 @@ import sys
 from typing import Any
 
 from exporter.config import load_config
-from exporter.engine import Engine, Snapshot
+from exporter.engine import Engine
 from exporter.exposition import Renderer
+from exporter.snapshot import Snapshot
 from exporter.snapshot_json import snapshot_document
 
 
 def summary(snap: Snapshot) -> dict[str, Any]:
     return {
         "gpus": [
-            {"index": g.gpu.index, "uuid": g.gpu.uuid, "joules_uj": g.joules_uj, "idle_uj": g.idle_uj,
+            {"index": g.device.index, "uuid": g.device.uuid, "joules_uj": g.joules_uj, "idle_uj": g.idle_uj,
              "active_uj": g.active_uj, "unattributed_uj": g.unattributed_uj, "up": g.up, "resets": g.resets,
-             "method": g.method, "mig": g.mig, "splits": dict(g.splits), "idle_method": g.idle_method}
-            for g in snap.gpus
+             "method": g.method, "mig": g.partitioned, "splits": dict(g.splits), "idle_method": g.idle_method,
+             "scope": g.device.scope}
+            for g in snap.accelerators
         ],
-        "workloads": [{"kind": w.kind, "labels": list(w.labels), "energy_uj": dict(w.energy_uj)}
+        "workloads": [{"kind": w.kind, "labels": [value for _, value in w.labels], "energy_uj": dict(w.energy_uj)}
                       for w in snap.workloads],
-        "sources": [[s, d, up] for s, d, up in snap.sources],
+        "sources": [[s.source, s.device, s.up] for s in snap.sources],
         "zones": {z.zone.device: z.joules_uj for z in snap.zones},
+        "node_total_uj": snap.node.total_uj,
+        "rest_uj": snap.node.rest_uj,
+        "zone_info": [[i.zone, i.parent, i.top_level] for i in snap.zone_info],
     }
 
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
-from exporter.engine import Snapshot
 from exporter.exposition import EndpointStats, Rows, families
+from exporter.snapshot import Snapshot
 
 
 class Reference:

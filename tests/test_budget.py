@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.budget import FACTOR, MIN_SERIES, SeriesBudget
-from exporter.engine import WorkloadState
+from exporter.snapshot import Labels, WorkloadState
+from exporter.workloads.labels import LABELS
 
 ZONES = ("package", "dram")
 GPU = "gpu:GPU-0"
@@ -109,22 +110,30 @@ class Node:
 
     def states(self) -> tuple[list[WorkloadState], list[str], list[str]]:
         ordered = sorted(self.workloads.values(), key=lambda w: w.key)
-        states = [WorkloadState(w.kind, w.labels, tuple(w.energy.items()), tuple(w.last.items())) for w in ordered]
+        states = [
+            WorkloadState(w.kind, named(w.kind, w.labels), tuple(w.energy.items()), tuple(w.last.items()))
+            for w in ordered
+        ]
         return states, [w.key for w in ordered], [w.parent for w in ordered]
 
 
-def top_level(kind: str, labels: tuple[str, ...]) -> bool:
-    return kind != "container" or labels[6] == ""
+def named(kind: str, values: tuple[str, ...]) -> Labels:
+    """Label values as the engine hands them over: by name, in LABELS[kind] order."""
+    return tuple(zip(LABELS[kind], values, strict=True))
+
+
+def top_level(kind: str, labels: Labels) -> bool:
+    return kind != "container" or dict(labels)["parent_kind"] == ""
 
 
 @dataclass
 class Checker:
     """Follows the exported series the way Prometheus does: each series' increments, and resets."""
 
-    last: dict[tuple[str, tuple[str, ...], str], int] = field(default_factory=dict)  # its value when last seen
+    last: dict[tuple[str, Labels, str], int] = field(default_factory=dict)  # its value when last seen
 
     def check(self, out: tuple[WorkloadState, ...], states: list[WorkloadState]) -> None:
-        seen: set[tuple[str, tuple[str, ...], str]] = set()
+        seen: set[tuple[str, Labels, str]] = set()
         grew: dict[tuple[bool, str, str], int] = {}
         for w in out:
             for domain, value in w.energy_uj:
@@ -223,7 +232,7 @@ def test_membership_settles_and_no_folded_workload_outdraws_an_open_one_twice() 
         out = budget.apply(tick * TICK_S, states, keys, parents)
         changes.append(sum(n for _, n in budget.stats.folds) + sum(n for _, n in budget.stats.unfolds))
     assert changes[-1] == changes[-60], "membership still changing after 140 ticks of steady power"
-    opened = {w.labels[2] for w in out if w.kind == "pod" and w.labels[2]}
+    opened = {w.label("uid") for w in out if w.kind == "pod" and w.label("uid")}
     assert 20 <= len(opened) < len(pods)
     weakest_open = min(w.power for w in pods if w.labels[2] in opened)
     strongest_folded = max(w.power for w in pods if w.labels[2] not in opened)
@@ -267,7 +276,7 @@ def test_engine_with_a_small_budget_conserves_every_zone_tick_by_tick(tmp_path) 
                                       kubelet_log_path=tmp_path / "log", meters="rapl", max_series="100",
                                       idle_watts="package=20,dram=2", workload_ttl="20"))
     previous = engine.tick(0.0)
-    seen: dict[tuple[str, tuple[str, ...], str], int] = {}
+    seen: dict[tuple[str, Labels, str], int] = {}
     for n in range(1, 16):
         if n == 6:  # churn: a strong pod ends, new ones come
             cgroups.remove(container_path(3, 0))
@@ -299,14 +308,14 @@ def test_engine_with_a_small_budget_conserves_every_zone_tick_by_tick(tmp_path) 
         for zone, total in zone_totals(snap).items():
             delta = total - zone_totals(previous)[zone]
             idle = _domain(snap, zone, "idle") - _domain(previous, zone, "idle")
-            unattributed = dict(snap.unattributed).get(zone, 0) - dict(previous.unattributed).get(zone, 0)
+            unattributed = _domain(snap, zone, "unattributed") - _domain(previous, zone, "unattributed")
             assert idle + unattributed + grew.get(zone, 0) == delta, (n, zone)
         previous = snap
     folded = dict(snap.budget.folded)
     assert folded["pod"] >= 25 and folded["container"] >= 50
     pods = {w.labels for w in snap.workloads if w.kind == "pod"}
-    assert ("", "(folded)", "") in pods  # pods without names: the kind's namespace="" rollup
-    uids = {labels[2] for labels in pods}
+    assert named("pod", ("", "(folded)", "")) in pods  # pods without names: the kind's namespace="" rollup
+    uids = {dict(labels)["uid"] for labels in pods}
     for strong in (7, 50):  # the two pods that draw ten times the others have series of their own
         assert f"{strong:08x}-0000-4000-8000-{strong:012x}" in uids
     engine.close()

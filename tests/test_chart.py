@@ -74,6 +74,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "serviceMonitor.basicAuth": {"username": {"name": "wattlens-auth", "key": "user"},
                                      "password": {"name": "wattlens-auth", "key": "password"}},
     },
+    "redfish": {"redfish.secretName": "bmc-credentials",
+                "config": {"redfish": {"url": "https://{node}-bmc.mgmt.example", "auth": "basic"}}},
     # No plain health listener: the probes go to the metrics port, over TLS (the kubelet does not verify).
     "web-config-probes-on-metrics": {"webConfig.secretName": "wattlens-web", "healthPort": 0,
                                      "probes.port": "metrics", "probes.scheme": "HTTPS"},
@@ -284,10 +286,16 @@ def test_config_is_valid_for_wattlens_and_inside_the_mounts(name: str, tmp_path:
     if OPTIONS[name].get("webConfig.secretName"):
         assert config.web_config_file is not None
         assert any(Path(m) in config.web_config_file.parents for m in mounts)
+    if OPTIONS[name].get("redfish.secretName"):
+        secret = next(v for v in spec["volumes"] if v["name"] == "redfish")["secret"]["secretName"]
+        assert secret == OPTIONS[name]["redfish.secretName"]
+        for path in (config.redfish.username_file, config.redfish.password_file):
+            assert path is not None and any(Path(m) in path.parents for m in mounts), path
+        assert (config.redfish.url, config.redfish.auth) == ("https://{node}-bmc.mgmt.example", "basic")
     for key, given in OPTIONS[name].get("config", {}).items():
         # A duration with units in the values is seconds in the model.
         value = parse_duration(given) if key in {"interval", "workload_ttl"} else given
-        assert getattr(config, key) == value or key in {"idle_watts", "model"}, key
+        assert getattr(config, key) == value or key in {"idle_watts", "model", "redfish"}, key
     volume = next(v for v in spec["volumes"] if v["name"] == "config")
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
 

@@ -72,6 +72,22 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "model.idle_watts_per_cpu": ("0.5", 0.5),
     "model.max_watts_per_cpu": ("4.5", 4.5),
     "model.cpus": ("8", 8),
+    "meter_failover_after": ("5m", 300.0),
+    "max_platform_watts": ("12000", 12000.0),
+    "redfish.url": ("https://bmc.example:8443", "https://bmc.example:8443"),
+    "redfish.chassis": ("1U", "1U"),
+    "redfish.username": ("admin", "admin"),
+    "redfish.username_file": ("/run/bmc/username", Path("/run/bmc/username")),
+    "redfish.password_file": ("/run/bmc/password", Path("/run/bmc/password")),
+    "redfish.auth": ("basic", "basic"),
+    "redfish.ca_file": ("/run/bmc/ca.pem", Path("/run/bmc/ca.pem")),
+    "redfish.tls_insecure_skip_verify": ("true", True),
+    "redfish.timeout": ("2s", 2.0),
+    "redfish.interval": ("30s", 30.0),
+}
+# Settings that are only valid with others (a BMC URL needs its credentials), given alongside in each layer.
+COMPANIONS: dict[str, dict[str, str]] = {
+    "redfish.url": {"redfish.username": "admin", "redfish.password_file": "/run/bmc/password"},
 }
 
 
@@ -89,11 +105,14 @@ def test_every_setting_has_a_working_flag_and_variable() -> None:
     for setting in settings():
         text, expected = SAMPLES[setting.key]
         assert _value(default, setting.key) != expected, setting.key
+        companions = {s.flag: v for s in settings() for k, v in COMPANIONS.get(setting.key, {}).items() if s.key == k}
         for command in ("serve", "once", "check"):
-            args = build_parser().parse_args([command, f"{setting.flag}={text}"])
+            argv = [command, f"{setting.flag}={text}", *(f"{flag}={value}" for flag, value in companions.items())]
+            args = build_parser().parse_args(argv)
             flags = {s.key: getattr(args, s.key) for s in settings() if getattr(args, s.key) is not None}
             assert _value(load_config(flags, None, environ={}), setting.key) == expected, (command, setting.flag)
-        from_env = load_config({}, None, environ={setting.env: text})
+        env = {s.env: v for s in settings() for k, v in COMPANIONS.get(setting.key, {}).items() if s.key == k}
+        from_env = load_config({}, None, environ={setting.env: text, **env})
         assert _value(from_env, setting.key) == expected, setting.env
 
 

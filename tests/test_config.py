@@ -13,7 +13,7 @@ from exporter.config import Config, ConfigError, ModelConfig, load_config
 
 def test_defaults() -> None:
     config = load_config({}, None, environ={"NODE_NAME": "n1"})
-    assert (config.interval, config.listen_address(), config.meters) == (5.0, (None, 9875), ("rapl", "model"))
+    assert (config.interval, config.listen_address(), config.meters) == (5.0, (None, 9875), ("rapl", "hwmon", "model"))
     assert config.node_name == "n1"
     assert config.idle_policy == "baseline"
 
@@ -239,10 +239,12 @@ def test_other_unknown_variables_stay_errors(name: str, value: str) -> None:
 
 
 def test_every_setting_has_a_group_help_flag_and_variable() -> None:
-    from exporter.config import OTHER_GROUP, settings
+    from exporter.config import OTHER_GROUP, RedfishConfig, settings
 
     found = settings()
-    assert len(found) == len(Config.model_fields) - 1 + len(ModelConfig.model_fields)  # model.* instead of model
+    # model.* and redfish.* instead of model and redfish
+    assert len(found) == len(Config.model_fields) - 2 + len(ModelConfig.model_fields) + len(RedfishConfig.model_fields)
+    assert "redfish.password_file" in {s.key for s in found}
     for setting in found:
         assert setting.group != OTHER_GROUP, f"{setting.key} has no help group"
         assert setting.help, f"{setting.key} has no help text"

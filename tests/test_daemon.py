@@ -16,14 +16,17 @@ import pytest
 from helpers import FIXTURES, Daemon, RaplTree, make_config
 
 from exporter.daemon import Daemon as DaemonService
-from exporter.engine import Engine, Snapshot
+from exporter.engine import Engine
+from exporter.snapshot import Snapshot
 from exporter.workloads.procfs import CpuTimes, ProcStat, utilisation
 
-MODEL_JOULES = 'wattlens_node_cpu_joules_total{die="",node="e2e",socket="",source="model",zone="package"}'
+MODEL_JOULES = ('wattlens_node_cpu_joules_total{die="",method="power_integration",node="e2e",socket="",source="model",'
+                'zone="package"}')
 
 
 def zone_key(name: str, zone: str, socket: str, source: str = "rapl") -> str:
-    return f'wattlens_{name}{{die="",node="e2e",socket="{socket}",source="{source}",zone="{zone}"}}'
+    method = 'method="energy_counter",' if name == "node_cpu_joules_total" else ""
+    return f'wattlens_{name}{{die="",{method}node="e2e",socket="{socket}",source="{source}",zone="{zone}"}}'
 
 
 def _burn(seconds: float) -> None:
@@ -111,7 +114,8 @@ def test_endpoints_and_formats(tmp_path: Path) -> None:
         text = gzip.decompress(body).decode()
         assert text.endswith("# EOF\n")
         assert "# UNIT" not in text or "joules" in text
-        assert 'wattlens_node_cpu_joules_total{die="",node="e2e",socket="",source="rapl",zone="psys"}' in text
+        assert ('wattlens_node_cpu_joules_total{die="",method="energy_counter",node="e2e",socket="",source="rapl",'
+                'zone="psys"}') in text
         status, headers, body = daemon.get("/metrics")
         assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         assert b"intel-rapl-mmio" not in body

@@ -9,7 +9,8 @@ from helpers import ProcTree, RaplTree, make_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.engine import Engine, Snapshot
+from exporter.engine import Engine
+from exporter.snapshot import Snapshot
 
 INTEL = 262_143_328_850
 

@@ -93,12 +93,15 @@ def test_readme_documents_every_metric_and_setting() -> None:
     for family in metrics.CATALOGUE:
         name = family.full_name + ("_info" if family.kind == "info" else "")
         assert f"`{name}`" in readme, f"README metric table lacks {name}"
-    from exporter.config import Config, ModelConfig
+    from exporter.config import Config, ModelConfig, RedfishConfig
 
     for key in Config.model_fields:
-        assert f"`{key}`" in readme, f"README configuration table lacks {key}"
+        if key not in ("model", "redfish"):  # sections: their keys are checked below
+            assert f"`{key}`" in readme, f"README configuration table lacks {key}"
     for key in ModelConfig.model_fields:
         assert f"`model.{key}`" in readme, f"README configuration table lacks model.{key}"
+    for key in RedfishConfig.model_fields:
+        assert f"`redfish.{key}`" in readme, f"README configuration table lacks redfish.{key}"
     assert (FIXTURES.parent / "README.md").exists()
 
 

@@ -32,12 +32,25 @@ from prometheus_client.utils import floatToGoString
 from reference_exposition import reference_registry
 
 from exporter import exposition as ex
-from exporter.budget import BudgetStats
-from exporter.engine import DomainState, Snapshot, TickStats, WorkloadState, ZoneState
-from exporter.gpus import GpuState
-from exporter.meters.base import ZoneId
-from exporter.meters.nvml import Gpu
+from exporter.meters.base import Accelerator, ZoneId
 from exporter.nodeinfo import NodeInfo
+from exporter.otlp.push import PushStats
+from exporter.snapshot import (
+    AcceleratorState,
+    BudgetStats,
+    DomainState,
+    NodeEnergy,
+    PodLabels,
+    PodWatchStats,
+    ProcessState,
+    Snapshot,
+    SourceErrors,
+    SourceUp,
+    TickStats,
+    WorkloadState,
+    ZoneInfo,
+    ZoneState,
+)
 from exporter.workloads.labels import LABELS
 from exporter.workloads.processes import ProcessKey
 
@@ -46,48 +59,65 @@ NASTY = 'q"uo\\te\nnl ü \ufffd {x="y"} # EOF'
 
 def rich_snapshot(name: str = NASTY, pods: int = 3, value: float = 1.5) -> Snapshot:
     """A snapshot with every family of the catalogue, and label values that need escaping."""
-    gpu = Gpu(0, "GPU-1234", "NVIDIA H100 80GB HBM3")
+    gpu = Accelerator(0, "GPU-1234", "NVIDIA H100 80GB HBM3")
     workloads = []
+
+    def work(kind: str, values: tuple[str, ...], energy: tuple[tuple[str, int], ...],
+             last: tuple[tuple[str, int], ...]) -> WorkloadState:
+        return WorkloadState(kind, tuple(zip(LABELS[kind], values, strict=True)), energy, last)
+
     for i in range(pods):
         labels = (f"ns-{i}", f"{name}-{i}", f"uid-{i}")
         energy = (("dram", 10**6 * i + 7), ("gpu:GPU-1234", 3), ("package", 2**40))
-        workloads.append(WorkloadState("pod", labels, energy, (("dram", 5), ("package", 123456789))))
+        workloads.append(work("pod", labels, energy, (("dram", 5), ("package", 123456789))))
         container = (f"ns-{i}", f"{name}-{i}", f"uid-{i}", "app", f"{i:064x}", "containerd", "pod")
-        workloads.append(WorkloadState("container", container, (("package", 1),), ()))
+        workloads.append(work("container", container, (("package", 1),), ()))
     workloads += [
-        WorkloadState("service", (f"{name}.service",), (("package", 99),), (("package", 1),)),
-        WorkloadState("vm", ("vm1", "1", "qemu"), (("package", 0),), ()),
-        WorkloadState("user", ("1000",), (("package", 12345678901234),), ()),
-        WorkloadState("job", ("42", "1000", "slurm"), (("package", 5),), ()),
+        work("service", (f"{name}.service",), (("package", 99),), (("package", 1),)),
+        work("vm", ("vm1", "1", "qemu"), (("package", 0),), ()),
+        work("user", ("1000",), (("package", 12345678901234),), ()),
+        work("job", ("42", "1000", "slurm"), (("package", 5),), ()),
     ]
-    for w in workloads:
-        assert len(w.labels) == len(LABELS[w.kind]), w.kind
-    zones = (ZoneState(ZoneId("rapl", "intel-rapl:0", "package", "0", ""), 123456789012, 55.25, True, 2, 1),
-             ZoneState(ZoneId("rapl", "intel-rapl:0:0", "dram", "0", ""), 0, None, False, 0, 0))
+    zones = (ZoneState(ZoneId("package", "0", "", "rapl", "intel-rapl:0"), 123456789012, 55.25, True, 2, 1),
+             ZoneState(ZoneId("dram", "0", "", "rapl", "intel-rapl:0:0"), 0, None, False, 0, 0),
+             ZoneState(ZoneId("module", "0", "", "hwmon", "hwmon3/power1"), 5 * 10**8, 400.5, True, 0, 0,
+                       "power_integration"),
+             ZoneState(ZoneId("platform", "", "", "redfish", "Chassis/1"), 9 * 10**9, 700.0, True, 0, 1,
+                       "energy_counter", 2.5))
+    zone_info = (ZoneInfo("package", "rapl", "cpu", "", True), ZoneInfo("dram", "rapl", "cpu", "", True),
+                 ZoneInfo("module", "hwmon", "module", "platform", False),
+                 ZoneInfo("platform", "redfish", "platform", "", False))
     return Snapshot(
         info=NodeInfo(name, "Xeon \\ \"8\"", 64, 2, "6.1.0", "v2"),
         meter="rapl",
         zones=zones,
-        domains=(DomainState("package", "rapl", 10**7, 3 * 10**7, 40.0, "learned"),
-                 DomainState("dram", "rapl", 0, 0, None, "ratio")),
-        sources=(("rapl", "intel-rapl:0", True), ("model", "", False)),
-        errors=(("rapl", "intel-rapl:0:0", 3),),
+        domains=(DomainState("package", "cpu", "rapl", 10**7, 3 * 10**7, 2, 40.0, "learned"),
+                 DomainState("dram", "cpu", "rapl", 0, 0, 1, None, "ratio"),
+                 DomainState("module", "module", "hwmon", 10**8, 4 * 10**8, 4 * 10**8, 300.0, "learned")),
+        sources=(SourceUp("rapl", "intel-rapl:0", True), SourceUp("model", "", False)),
+        errors=(SourceErrors("rapl", "intel-rapl:0:0", 3),),
         ticks=TickStats(7, 1, 0.0123, 0.5, 1.7e9),
         ready=True,
+        zone_info=zone_info,
+        node=NodeEnergy(9 * 10**9, 10**9),
         workloads=tuple(workloads),
-        unattributed=(("dram", 1), ("package", 2)),
         tick_seconds=5.0,
         cgroup_read_errors=2,
         cgroup_walks_truncated=1,
-        gpus=(GpuState(gpu, "energy_counter", 10**9, 10**8, 9 * 10**8, 5, 300.5, 60.0, "learned", True, 0, False,
-                       (("sm_util", 3),)),),
-        gpu_driver="550.54",
+        cgroup_full_walks=3,
+        fd_budget=900,
+        fds_held=12,
+        fd_degraded=("kubelet",),
+        accelerators=(AcceleratorState(gpu, "nvml", "energy_counter", 10**9, 10**8, 9 * 10**8, 5, 300.5, 60.0,
+                                       "learned", True, 0, False, (("sm_util", 3),)),),
+        accelerator_driver="550.54",
         carbon_intensity=value,
         pod_label_keys=("app.kubernetes.io/name", "team"),
-        pod_labels=(("ns-0", f"{name}-0", "uid-0", "ReplicaSet", "web-1", name, ""),),
-        pod_watch=(1, 5, 0, True),
-        processes=((ProcessKey(42, 1, "(sd-pam) x", "", "cron.service"), (("package", 77),)),),
+        pod_labels=(PodLabels("ns-0", f"{name}-0", "uid-0", "ReplicaSet", "web-1", (name, "")),),
+        pod_watch=PodWatchStats(1, 5, 0, True),
+        processes=(ProcessState(ProcessKey(42, 1, "(sd-pam) x", "", "cron.service"), (("package", 77),)),),
         processes_other=(("package", 5),),
+        meter_switches=1,
         budget=BudgetStats(1500, 321, (("container", 7), ("pod", 3)), (("pod", 2),), (("pod", 1),), 4),
     )
 
@@ -105,7 +135,9 @@ def split_series(body: bytes) -> dict[str, str]:
 
 
 SCRAPES = ex.EndpointStats(
-    scrapes={("text", "gzip"): 4, ("openmetrics", "identity"): 2}, rejections={"evicted_idle": 3}, tls_not_after=2e9)
+    scrapes={("text", "gzip"): 4, ("openmetrics", "identity"): 2}, rejections={"evicted_idle": 3}, tls_not_after=2e9,
+    otlp=PushStats(pushes_ok=5, pushes_failed=2, dropped=1, points=900, queued=1, last_success_unix=1.7e9,
+                   last_duration_s=0.02))
 
 
 def ours(snap: Snapshot) -> ex.Exposition:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -249,3 +250,33 @@ def test_without_any_nvidia_library_it_runs_cpu_only_and_check_says_why(tmp_path
     assert result.returncode == 0, result.stderr
     assert "[no ] nvml: no NVIDIA GPUs: the NVIDIA driver library libnvidia-ml.so.1 is not installed" in result.stdout
     assert "NVIDIA_VISIBLE_DEVICES=all" in result.stdout
+
+
+def test_gh200_module_is_counted_once_and_grace_is_not_given_twice(tmp_path: Path, stub_dir: Path) -> None:
+    """A GH200 (hwmon-gh200: Module 612 W ⊃ Grace 151 W ⊃ CPU 97 W + SysIO 31 W) whose NVML energy counter,
+    like the hardware's, counts the whole module. The node's total is the module once (the sum a dashboard
+    shows: docs/domains.md); the GPU's split among its users is the module less Grace (Grace is split by CPU
+    time already); RAPL is absent, so hwmon measures the CPU."""
+    node = GpuNode(tmp_path, stub_dir)
+    shutil.copytree(REPO / "fixtures" / "sysfs" / "hwmon-gh200", tmp_path / "gh200", symlinks=True)
+    (tmp_path / "gh200" / "expected.yaml").unlink()
+    module_mj = 612 * 5 * 1000  # the NVML counter moves like the Module meter: 612 W over each 5 s tick
+    for step in range(3):
+        state = StubState().device(0, "NVIDIA GH200 480GB", energy_mj=1_000_000 + step * module_mj)
+        state.process(0, 101, mem=1 << 30).sample(0, 101, ts=(step + 1) * 5_000_000, sm=50)
+        node.step(step * 5.0, state)
+    ticks = node.run(sys_path=str(tmp_path / "gh200"), meters="rapl,hwmon,model")
+    last = ticks[-1]
+    tree = {zone: (parent, top) for zone, parent, top in last["zone_info"]}
+    assert tree["module"] == ("", True)
+    assert tree["gpu"] == ("module", False)  # the GPU's counter is the module, inside the Module meter
+    assert tree["grace"] == ("gpu", False)
+    assert tree["cpu"] == ("grace", False) and tree["sysio"] == ("grace", False)
+    # The node's total: the module, once (not + the GPU's 612 W + Grace 151 W + its rails).
+    assert last["node_total_uj"] == 2 * 612 * 5 * 1_000_000
+    assert last["rest_uj"] is None  # no platform meter
+    # The GPU's share for its users: module − Grace = 461 W over each tick; Grace is the CPU's domain.
+    g = gpu(last, 0)
+    assert g["idle_uj"] + g["active_uj"] == 2 * (612 - 151) * 5 * 1_000_000
+    assert g["joules_uj"] == 2 * 612 * 5 * 1_000_000  # the counter itself, as NVML reports it
+    assert g["scope"] == "module"

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from exporter.engine import Engine
 from exporter.exposition import Renderer
+from exporter.snapshot import SourceUp
 from exporter.workloads import cgroups as cgroups_module
 from exporter.workloads.cgroups import CgroupTree, parse_usage_us
 from exporter.workloads.classify import classify
@@ -43,7 +44,7 @@ def test_malformed_cpu_stat_is_counted_and_skipped(tmp_path: Path, content: str)
     proc.advance_usec(200_000, 0)
     rapl.advance("intel-rapl:0", 1_000_000)
     snap = engine.tick(5.0)
-    units = {w.labels[0]: dict(w.energy_uj) for w in snap.workloads}
+    units = {w.label("unit"): dict(w.energy_uj) for w in snap.workloads}
     assert units["good.service"]["package"] == 500_000
     assert snap.cgroup_read_errors >= 1
     Renderer().render(snap)
@@ -115,7 +116,7 @@ def test_hostile_names_are_escaped_not_fatal(tmp_path: Path) -> None:
     proc.advance_usec(40_000, 0)
     rapl.advance("intel-rapl:0", 1_000_000)
     snap = engine.tick(5.0)
-    units = {w.labels[0] for w in snap.workloads}
+    units = {w.label("unit") for w in snap.workloads}
     assert units == {*names, "bad\ufffd\ufffd.service"}
     text = Renderer().render(snap).text.decode()
     assert 'unit="we\\"ird\\\\name.service"' in text
@@ -130,10 +131,11 @@ def test_malformed_proc_stat_marks_procfs_down_and_keeps_going(tmp_path: Path) -
     (proc.root / "stat").write_text("garbage\n")
     rapl.advance("intel-rapl:0", 1_000_000)
     snap = engine.tick(5.0)
-    assert ("procfs", "stat", False) in snap.sources
-    assert dict(snap.unattributed)["package"] == 1_000_000  # no CPU time to split by: all unattributed
+    assert SourceUp("procfs", "stat", False) in snap.sources
+    package = next(d for d in snap.domains if d.zone == "package")
+    assert package.unattributed_uj == 1_000_000  # no CPU time to split by: all unattributed
     proc.write()
-    assert ("procfs", "stat", True) in engine.tick(10.0).sources
+    assert SourceUp("procfs", "stat", True) in engine.tick(10.0).sources
 
 
 @given(st.binary(max_size=200))

@@ -14,13 +14,12 @@ import pytest
 from helpers import CgroupFixture, ProcTree, RaplTree, make_config
 
 from exporter import sysfs
-from exporter.engine import Engine, Snapshot
+from exporter.engine import Engine
+from exporter.snapshot import Snapshot
 from exporter.workloads import cgroups as cgroups_module
 from exporter.workloads.cgroups import MAX_DELEGATED_DIRS, MAX_DELEGATED_WORKLOADS
-from exporter.workloads.labels import LABELS
 
 USER = "user.slice/user-1000.slice/user@1000.service"
-RUNTIME = LABELS["container"].index("runtime")
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +91,7 @@ class Node:
 
 
 def pods_of(snap: Snapshot) -> dict[str, int]:
-    return {w.labels[2]: dict(w.energy_uj).get("package", 0) for w in snap.workloads if w.kind == "pod"}
+    return {w.label("uid"): dict(w.energy_uj).get("package", 0) for w in snap.workloads if w.kind == "pod"}
 
 
 def flood(cgroups: CgroupFixture, under: str, count: int, used: int = 0, prefix: str = "") -> list[str]:
@@ -117,13 +116,13 @@ def test_a_delegated_subtree_flooded_with_empty_scopes_stays_bounded(shm: Path) 
     engine = node.start()
     burn = dict.fromkeys(node.pods, 100000)
     snap = node.tick(burn)
-    users_children = [w for w in snap.workloads if w.kind == "container" and w.labels[RUNTIME] == "podman"]
+    users_children = [w for w in snap.workloads if w.kind == "container" and w.label("runtime") == "podman"]
     assert len(pods_of(snap)) == 10
     assert len(users_children) <= MAX_DELEGATED_WORKLOADS
     assert len(snap.workloads) <= 10 + 10 + 1 + 1 + MAX_DELEGATED_WORKLOADS  # pods, containers, service, user
     assert snap.fds_held <= 10 + 10 + 2 + MAX_DELEGATED_WORKLOADS
-    assert engine.cgroups is not None
-    delegated = [n for n in engine.cgroups._walked() if n.delegation is not None]
+    assert engine.workloads.cgroups is not None
+    delegated = [n for n in engine.workloads.cgroups._walked() if n.delegation is not None]
     assert len(delegated) <= MAX_DELEGATED_DIRS
     assert snap.cgroup_walks_truncated >= 1
 
@@ -135,7 +134,7 @@ def test_a_delegated_subtree_flooded_with_empty_scopes_stays_bounded(shm: Path) 
             shutil.rmtree(node.cgroups.root / USER / "user.slice" / name)
         alive = alive[1000:] + flood(node.cgroups, f"{USER}/user.slice", 1000, used=1000, prefix=f"f{round_}")
         snap = node.tick(burn)
-        podman = [w for w in snap.workloads if w.kind == "container" and w.labels[RUNTIME] == "podman"]
+        podman = [w for w in snap.workloads if w.kind == "container" and w.label("runtime") == "podman"]
         assert len(podman) <= MAX_DELEGATED_WORKLOADS
         assert len(pods_of(snap)) == 10
     assert len(snap.workloads) <= 10 + 10 + 1 + 1 + MAX_DELEGATED_WORKLOADS
@@ -151,8 +150,8 @@ def test_a_users_own_rootless_containers_are_measured(shm: Path) -> None:
         node.cgroups.add(scope)
     node.start()
     snap = node.tick(dict.fromkeys(scopes, 50_000))
-    podman = {w.labels[RUNTIME - 1]: dict(w.energy_uj)["package"] for w in snap.workloads
-              if w.kind == "container" and w.labels[RUNTIME] == "podman"}
+    podman = {w.label("container_id"): dict(w.energy_uj)["package"] for w in snap.workloads
+              if w.kind == "container" and w.label("runtime") == "podman"}
     assert len(podman) == 5 and all(v > 0 for v in podman.values())
     users = [w for w in snap.workloads if w.kind == "user"]
     assert len(users) == 1 and dict(users[0].energy_uj)["package"] >= sum(podman.values())
@@ -188,8 +187,8 @@ def test_a_cgroup_missed_by_one_read_is_not_a_newborn(shm: Path, monkeypatch: py
     engine = node.start()
     burn = {a: 100_000, b: 100_000, "system.slice/big.service": 1_000_000}
     node.tick(burn)
-    assert engine.cgroups is not None
-    pod_a = next(n for n in engine.cgroups._workloads.values() if n.path.endswith(a.rsplit("/", 1)[-1]))
+    assert engine.workloads.cgroups is not None
+    pod_a = next(n for n in engine.workloads.cgroups._workloads.values() if n.path.endswith(a.rsplit("/", 1)[-1]))
     assert pod_a.stat is not None
     pod_a.stat.close()
     pod_a.stat, pod_a.fd = None, -1
@@ -222,9 +221,9 @@ def test_a_pod_listed_late_after_truncation_starts_from_a_baseline(shm: Path,
     first = node.tick(burn)
     assert len(pods_of(first)) < 2
     monkeypatch.setattr(cgroups_module, "MAX_DIRS", 50_000)
-    assert engine.cgroups is not None
-    engine.cgroups._workload_dirs.limit = 50_000
-    engine.cgroups._last_full = -1e9  # the next read is the periodic full rescan
+    assert engine.workloads.cgroups is not None
+    engine.workloads.cgroups._workload_dirs.limit = 50_000
+    engine.workloads.cgroups._last_full = -1e9  # the next read is the periodic full rescan
     node.tick(burn)
     snap = node.tick(burn)
     energy = pods_of(snap)

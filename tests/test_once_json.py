@@ -5,6 +5,7 @@ the HTTP side, not the tick, and are the only ones left out."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO, CgroupFixture, ProcTree, RaplTree, make_config
+from helpers import FIXTURES, REPO, CgroupFixture, ProcTree, RaplTree, make_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import metrics
@@ -26,6 +27,13 @@ from exporter.workloads.pod_watch import PodMeta, PodWatch
 NOT_IN_JSON = {"wattlens_render_duration_seconds", "wattlens_scrapes_total", "wattlens_http_rejections_total",
                "wattlens_tls_certificate_expiry_timestamp_seconds"}
 GPU_FAMILIES = {f.full_name for f in metrics.CATALOGUE if "gpu" in f.name}
+MODULE_FAMILIES = {metrics.NODE_MODULE_JOULES.full_name, metrics.NODE_MODULE_WATTS.full_name}
+SWITCHES = {metrics.METER_SWITCHES.full_name}  # after a runtime hand-over only (tests/test_meter_select.py)
+# Samples only where HTTP is served: the certificate (with TLS), connections refused.
+HTTP_ONLY = {metrics.TLS_CERT_EXPIRY.full_name, metrics.HTTP_REJECTIONS.full_name}
+# A BMC's reading age: hwmon's ACPI meter is read in the tick itself.
+BMC_ONLY = {metrics.NODE_PLATFORM_READING_AGE.full_name}
+OTLP_ONLY = {f.full_name for f in metrics.CATALOGUE if f.name.startswith("otlp_")}
 
 POD_UID = "0000000a-0000-4000-8000-00000000000a"
 POD = f"kubepods.slice/kubepods-pod{POD_UID.replace('-', '_')}.slice"
@@ -64,7 +72,28 @@ def _gpu(doc: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
 
 
 def _zone(doc: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
-    return _one(doc["zones"], **{k: labels[k] for k in ("zone", "socket", "die", "source")})
+    zone = _one(doc["zones"], **{k: labels[k] for k in ("zone", "socket", "die", "source")})
+    assert labels.get("method", zone["method"]) == zone["method"]
+    return zone
+
+
+def _module(doc: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    zone = _one(doc["zones"], zone="module", socket=labels["socket"], source=labels["source"])
+    assert labels.get("method", zone["method"]) == zone["method"]
+    return zone
+
+
+def _platform(doc: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    zone = _one(doc["zones"], zone="platform", source=labels["source"], device=labels["device"])
+    assert labels.get("method", zone["method"]) == zone["method"]
+    return zone
+
+
+def _containment(doc: dict[str, Any], labels: dict[str, str]) -> float:
+    place = _one(doc["containment"], zone=labels["zone"], source=labels["source"])
+    assert (labels["role"], labels["parent"], labels["top_level"]) == (
+        place["role"], place["parent"], str(place["top_level"]).lower())
+    return 1.0
 
 
 def _domain(doc: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
@@ -128,6 +157,15 @@ LOOKUP: dict[str, Callable[[dict[str, Any], dict[str, str]], float]] = {
     "wattlens_node_cpu_watts": lambda d, lb: _zone(d, lb)["watts"],
     "wattlens_node_cpu_energy_wraps_total": lambda d, lb: _zone(d, lb)["wraps"],
     "wattlens_node_cpu_energy_resets_total": lambda d, lb: _zone(d, lb)["resets"],
+    "wattlens_node_module_joules_total": lambda d, lb: _module(d, lb)["joules"],
+    "wattlens_node_module_watts": lambda d, lb: _module(d, lb)["watts"],
+    "wattlens_node_platform_joules_total": lambda d, lb: _platform(d, lb)["joules"],
+    "wattlens_node_platform_watts": lambda d, lb: _platform(d, lb)["watts"],
+    "wattlens_node_platform_reading_age_seconds": lambda d, lb: _platform(d, lb)["reading_age_seconds"],
+    "wattlens_node_rest_joules_total": lambda d, lb: d["node_energy"]["rest_of_node_joules"],
+    "wattlens_node_joules_total": lambda d, lb: d["node_energy"]["joules"],
+    "wattlens_node_zone_info": _containment,
+    "wattlens_meter_switches_total": lambda d, lb: d["meter_switches"],
     "wattlens_node_cpu_idle_joules_total": lambda d, lb: _domain(d, lb)["idle_joules"],
     "wattlens_node_cpu_active_joules_total": lambda d, lb: _domain(d, lb)["active_joules"],
     "wattlens_node_cpu_idle_baseline_watts": lambda d, lb: _domain(d, lb)["idle_watts"],
@@ -203,13 +241,15 @@ def _fake_process(proc: ProcTree, pid: int, comm: str, cgroup: str, cpu_ticks: i
 
 def test_the_json_carries_every_series_of_the_exposition(tmp_path: Path) -> None:
     rapl = RaplTree.copy("intel-2socket-server", tmp_path)
+    # and an ACPI power meter: the platform, the rest of the node
+    shutil.copytree(FIXTURES / "hwmon-acpi-power-meter-info", rapl.root, symlinks=True, dirs_exist_ok=True)
     proc = ProcTree(tmp_path / "proc")
     cgroups = CgroupFixture(tmp_path / "cgroup")
     for path in (CONTAINER, DOCKER, SERVICE, VM, USER, JOB):
         cgroups.add(path)
     (tmp_path / "carbon").write_text("250\n")  # then unreadable: the last value stays, an error is counted
     processes = {301: ("postgres", CONTAINER), 302: ("nginx", SERVICE), 303: ("kworker", "")}
-    config = make_config(sys_path=rapl.root, proc_path=proc.root, cgroup_root=cgroups.root, meters="rapl",
+    config = make_config(sys_path=rapl.root, proc_path=proc.root, cgroup_root=cgroups.root, meters="rapl,hwmon",
                          kubelet_log_path=tmp_path / "nolog", process_metrics="true", process_top_n="2",
                          carbon_intensity_file=tmp_path / "carbon", pod_labels="app,team", idle_watts="package=1",
                          node_name="j1", gpus="false")
@@ -236,12 +276,10 @@ def test_the_json_carries_every_series_of_the_exposition(tmp_path: Path) -> None
     kinds = {w["kind"] for w in snapshot_document(snapshot)["workloads"]}
     assert kinds == {"pod", "container", "service", "vm", "user", "job"}
     assert {lb["user_id"] for name, lb, _ in series(text) if name == "wattlens_user_cpu_joules_total"} == {"1000"}
-    # Without rejected connections or TLS (a plain render here) those two families have no series at all, nor the
-    # series budget's per-kind families before anything folded (tests/test_budget.py has them).
-    unexported = {"wattlens_http_rejections_total", "wattlens_tls_certificate_expiry_timestamp_seconds",
-                  *FOLD_FAMILIES}
-    everything_but_gpus = {f.full_name for f in metrics.CATALOGUE} - GPU_FAMILIES - unexported
-    assert seen == everything_but_gpus  # the GPU families: the next test
+    # Nor the series budget's per-kind families before anything folded (tests/test_budget.py has them), nor the
+    # OTLP push's (it runs in the daemon only: tests/test_otlp.py).
+    unexported = GPU_FAMILIES | MODULE_FAMILIES | HTTP_ONLY | FOLD_FAMILIES | OTLP_ONLY
+    assert seen == {f.full_name for f in metrics.CATALOGUE} - unexported - BMC_ONLY - SWITCHES  # next tests: GPUs
     assert snapshot.carbon_intensity == 250.0 and snapshot.errors
 
 
@@ -284,3 +322,19 @@ def test_once_json_on_the_command_line(tmp_path: Path) -> None:
                                                    "intel-rapl:1:0"}
     assert doc["ticks"]["total"] == 2
     assert {"workloads", "gpus", "processes", "sources", "kubernetes", "carbon_intensity_grams_per_kwh"} <= set(doc)
+
+
+def test_the_json_carries_the_superchip_module(tmp_path: Path) -> None:
+    tree = tmp_path / "gh200"
+    shutil.copytree(FIXTURES / "hwmon-gh200", tree, symlinks=True)
+    proc = ProcTree(tmp_path / "proc")
+    engine = Engine.start(make_config(sys_path=tree, proc_path=proc.root, workloads="false", gpus="false",
+                                      node_name="gh"))
+    engine.tick(0.0)
+    proc.advance(10, 90)
+    snapshot = engine.tick(5.0)
+    engine.close()
+    text = Renderer().render(snapshot).text.decode()
+    seen = compare(text, snapshot_document(snapshot))
+    assert seen >= MODULE_FAMILIES
+    assert snapshot_document(snapshot)["node_energy"]["joules"] == 612.0 * 5

@@ -21,11 +21,12 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metric
 from opentelemetry.sdk.metrics.export import MetricExportResult, MetricsData
 from test_exposition_renderer import rich_snapshot
 
-from exporter.engine import Snapshot, TickStats, WorkloadState
 from exporter.exposition import EndpointStats, families
 from exporter.otlp import mapping as om
 from exporter.otlp.build import Builder
 from exporter.otlp.push import OtlpPush, OtlpUnavailable, open_push, resource_attributes
+from exporter.snapshot import Snapshot, TickStats, WorkloadState
+from exporter.workloads.labels import rollup_labels
 
 
 def test_every_family_is_pushed_or_says_why_not() -> None:
@@ -57,7 +58,7 @@ def test_points_carry_the_exposition_values() -> None:
 
 def test_workload_attributes_rollups_and_domains() -> None:
     snap = rich_snapshot(name="n1", pods=1)
-    rollup = WorkloadState("pod", ("shop", "(folded)", ""), (("package", 7_000_000),), (("package", 1),))
+    rollup = WorkloadState("pod", rollup_labels("pod", "shop", ""), (("package", 7_000_000),), (("package", 1),))
     snap = replace(snap, workloads=(*snap.workloads, rollup))
     batch = {p.metric.name: dict(p.points) for p in Builder().points(snap)}
     pods = batch["wattlens.pod.energy"]
@@ -114,7 +115,8 @@ class FakeExporter:
 def snapshot(n: int, joules: int) -> Snapshot:
     """Tick n: one pod whose package counter reads `joules` J."""
     base = rich_snapshot(name="n1", pods=0)
-    pod = WorkloadState("pod", ("ns", "p", "u"), (("package", joules * 10**6),), (("package", 10**6),))
+    pod = WorkloadState("pod", (("namespace", "ns"), ("pod", "p"), ("uid", "u")), (("package", joules * 10**6),),
+                        (("package", 10**6),))
     return replace(base, workloads=(pod,), ticks=TickStats(n, 0, 0.01, 0.1, 1.7e9 + n), ready=True)
 
 

@@ -79,7 +79,8 @@ def test_root_only_energy_falls_back_to_model_with_the_reason(root_only_tree: Pa
         assert "measuring node energy with the model meter" in log
         first = daemon.metrics()
         later = daemon.wait_ticks(2)
-        model = 'wattlens_node_cpu_joules_total{die="",node="perm",socket="",source="model",zone="package"}'
+        model = ('wattlens_node_cpu_joules_total{die="",method="power_integration",node="perm",socket="",'
+                 'source="model",zone="package"}')
         assert later[model] > first[model] >= 0
         assert later['wattlens_source_up{device="",node="perm",source="rapl"}'] == 0
         assert 'meter="model"' in next(k for k in later if k.startswith("wattlens_node_info"))
@@ -127,5 +128,6 @@ def test_shipped_group_rule_lets_an_unprivileged_user_read_rapl(root_only_tree: 
         assert "measuring node energy with the rapl meter" in "".join(daemon.log)
         samples = daemon.metrics()
         assert samples['wattlens_source_up{device="intel-rapl:0",node="perm",source="rapl"}'] == 1
-        assert 'wattlens_node_cpu_joules_total{die="",node="perm",socket="0",source="rapl",zone="package"}' in samples
+        assert ('wattlens_node_cpu_joules_total{die="",method="energy_counter",node="perm",socket="0",source="rapl",'
+                'zone="package"}') in samples
         assert daemon.stop()[0] == 0

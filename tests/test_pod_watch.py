@@ -195,8 +195,8 @@ def test_an_unusable_api_is_one_line_source_down_retried_and_never_a_traceback(c
             assert samples['wattlens_source_up{device="",node="node-a",source="kubernetes-api"}'] == 0
             errors = samples['wattlens_pod_watch_errors_total{node="node-a"}']
             assert 2 <= errors <= 4, errors  # retried, and backing off rather than hammering
-            assert samples['wattlens_node_cpu_joules_total{die="",node="node-a",socket="0",source="rapl",'
-                           'zone="package"}'] >= 0
+            assert samples['wattlens_node_cpu_joules_total{die="",method="energy_counter",node="node-a",socket="0",'
+                           'source="rapl",zone="package"}'] >= 0
             code, log = daemon.stop()
     finally:
         if server is not None:

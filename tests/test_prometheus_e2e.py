@@ -448,6 +448,10 @@ def _total(prom: Prometheus, expr: str, at: float) -> float:
 def test_prometheus_end_to_end(node: Node, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     started = time.monotonic()
     rapl = RaplTree.copy("near-wrap", tmp_path)
+    # The server also has an ACPI power meter (hwmon): the platform, the rest of the node and the node's total.
+    shutil.copytree(REPO / "fixtures" / "sysfs" / "hwmon-acpi-power-meter-info", rapl.root, symlinks=True,
+                    dirs_exist_ok=True)
+    (rapl.root / "expected.yaml").unlink()
     gpu_pid = node.processes["pod"].pid
     proc = tmp_path / "proc"
     (proc / str(gpu_pid)).mkdir(parents=True)
@@ -537,6 +541,7 @@ def test_prometheus_end_to_end(node: Node, tmp_path: Path, tmp_path_factory: pyt
             check_run(prom, t_first, t_ended, t_last, metrics_at_end)
             check_labels_and_joins(prom, {**metrics_at_start, **metrics_at_end})
             check_rules_conserve(prom)
+            check_domains(prom)
             code, log = daemon.stop()
             assert code == 0
             assert not re.search(r" (WARNING|ERROR) ", log), log
@@ -680,6 +685,25 @@ def check_labels_and_joins(prom: Prometheus, exposition: dict[str, float]) -> No
         'sum by (uid, container) (rate(wattlens_container_cpu_joules_total{zone="package"}[1m]))'
         " * on (uid, container) group_left (image) kube_pod_container_info")
     assert list(by_container) == [f"container=vllm,image=vllm/vllm-openai:v0.9.0,uid={POD_UID}"], by_container
+
+
+def check_domains(prom: Prometheus) -> None:
+    """With an ACPI power meter (287 W) beside RAPL and a GPU: the node's total is the platform, and the rest of
+    the node is what the top-level domains (package, dram, GPU) leave of it, never negative."""
+    at = time.time() - 1
+    total = prom.value("sum(node:wattlens_node_joules:rate5m)", at)
+    platform = prom.value("sum(node_source:wattlens_node_platform_joules:rate5m)", at)
+    rest = prom.value("sum(node:wattlens_node_rest_joules:rate5m)", at)
+    parts = prom.value("sum(node:wattlens_node_cpu_joules:rate5m) + sum(node:wattlens_node_gpu_joules:rate5m)", at)
+    watts = prom.value("sum(wattlens_node_platform_watts)", at)
+    # rate()[5m] over a run shorter than 5 minutes is below the power (Prometheus divides by the window), alike
+    # for every series here: compare them with each other, and the power with the gauge.
+    print(f"domains: platform {watts:.2f} W; rate5m: platform {platform:.3f}, total {total:.3f}, parts {parts:.3f}, "
+          f"rest {rest:.3f}")
+    assert watts == 287.0 and abs(total - platform) <= 0.01 * platform
+    assert rest >= 0 and abs(rest - max(0.0, platform - parts)) <= 0.02 * platform
+    tops = {(r["metric"]["zone"], r["metric"]["top_level"]) for r in prom.query("wattlens_node_zone_info", at)}
+    assert ("platform", "false") in tops and ("package", "true") in tops and ("gpu", "true") in tops
 
 
 def check_rules_conserve(prom: Prometheus) -> None:

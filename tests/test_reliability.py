@@ -24,9 +24,10 @@ from hypothesis import strategies as st
 
 from exporter.config import Config, ConfigError, load_config
 from exporter.daemon import Daemon as DaemonService
-from exporter.engine import Engine, Snapshot
+from exporter.engine import Engine
 from exporter.exposition import Renderer
 from exporter.meters.rapl import RaplMeter
+from exporter.snapshot import Snapshot, SourceUp
 from exporter.sysfs import MAX_PSEUDO_FILE_BYTES, HeldFile
 from exporter.workloads.kubernetes import KubeletLogs
 from exporter.workloads.processes import parse_pid_cgroup
@@ -143,17 +144,18 @@ def test_energy_uj_eio_marks_the_zone_down_others_continue_and_it_recovers(
     tree.advance("intel-rapl:0", 1_000_000)
     tree.advance("intel-rapl:1", 2_000_000)
     snap = engine.tick(5.0)
-    assert ("rapl", "intel-rapl:0", False) in snap.sources
-    assert ("rapl", "intel-rapl:1", True) in snap.sources and ("rapl", "intel-rapl:0:0", True) in snap.sources
+    assert SourceUp("rapl", "intel-rapl:0", False) in snap.sources
+    assert SourceUp("rapl", "intel-rapl:1", True) in snap.sources
+    assert SourceUp("rapl", "intel-rapl:0:0", True) in snap.sources
     assert _by_device(snap)["intel-rapl:1"] == 2_000_000  # the other socket keeps counting, exactly
     assert _by_device(snap)["intel-rapl:0"] == 0
     assert b'wattlens_source_up{device="intel-rapl:0",node="test-node",source="rapl"} 0.0' in (
         Renderer().render(snap).text)
     tree.advance("intel-rapl:0", 5_000_000)  # energy while it is down: not guessed afterwards
     monkeypatch.undo()  # the device answers again
-    assert ("rapl", "intel-rapl:0", False) in engine.tick(5.5).sources  # inside the 1 s backoff: not retried
+    assert SourceUp("rapl", "intel-rapl:0", False) in engine.tick(5.5).sources  # inside the 1 s backoff: not retried
     snap = engine.tick(7.0)  # reopened: re-baselined, no delta for the gap
-    assert ("rapl", "intel-rapl:0", True) in snap.sources
+    assert SourceUp("rapl", "intel-rapl:0", True) in snap.sources
     assert _by_device(snap)["intel-rapl:0"] == 0
     tree.advance("intel-rapl:0", 3_000_000)
     snap = engine.tick(12.0)

@@ -132,8 +132,8 @@ def test_it_serves_metrics_on_a_host_without_python(tarball: Path, tmp_path: Pat
             time.sleep(0.05)
         print(f"start to ready: {time.monotonic() - started:.2f} s")
 
-        package = ('wattlens_node_cpu_joules_total{die="",node="standalone",socket="0",source="rapl",'
-                   'zone="package"}')
+        package = ('wattlens_node_cpu_joules_total{die="",method="energy_counter",node="standalone",socket="0",'
+                   'source="rapl",zone="package"}')
         ticks = 'wattlens_ticks_total{node="standalone"}'
 
         def after_ticks(count: int) -> dict[str, float]:

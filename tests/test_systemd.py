@@ -27,7 +27,8 @@ from nvml_stub.stub import LIB_NAME, StubState, build_stub
 
 from exporter import cli
 from exporter.config import Config
-from exporter.engine import Engine, Snapshot
+from exporter.engine import Engine
+from exporter.snapshot import Snapshot
 
 UNIT = REPO / "systemd" / "wattlens.service"
 DOC = REPO / "docs" / "bare-metal.md"

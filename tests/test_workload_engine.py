@@ -10,7 +10,8 @@ from helpers import CgroupFixture, ProcTree, RaplTree, make_config
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from exporter.engine import Engine, Snapshot
+from exporter.engine import Engine
+from exporter.snapshot import Snapshot
 
 TOP_KINDS = ("pod", "service")  # what the random trees make at top level
 
@@ -27,7 +28,7 @@ def service_path(i: int) -> str:
     return f"system.slice/svc{i}.service"
 
 
-def series(snap: Snapshot) -> dict[tuple[str, tuple[str, ...], str], int]:
+def series(snap: Snapshot) -> dict[tuple[str, tuple[tuple[str, str], ...], str], int]:
     out = {}
     for w in snap.workloads:
         for zone, uj in w.energy_uj:
@@ -96,7 +97,7 @@ def test_conservation_and_monotonicity_through_births_and_deaths(
             # With idle_attribution=cpu the idle energy is inside the workloads' shares; the idle counter
             # still reports the idle estimate.
             idle = 0 if spread_idle else _domain(snap, zone, "idle") - _domain(previous, zone, "idle")
-            unattributed = dict(snap.unattributed).get(zone, 0) - dict(previous.unattributed).get(zone, 0)
+            unattributed = _domain(snap, zone, "unattributed") - _domain(previous, zone, "unattributed")
             top = sum(v - before.get(k, 0) for k, v in after.items() if k[0] in TOP_KINDS and k[2] == zone)
             assert idle + unattributed + top == delta, (zone, idle, unattributed, top, delta)
             pods = sum(v - before.get(k, 0) for k, v in after.items() if k[0] == "pod" and k[2] == zone)
@@ -109,7 +110,7 @@ def test_conservation_and_monotonicity_through_births_and_deaths(
 def _domain(snap: Snapshot, zone: str, part: str) -> int:
     for d in snap.domains:
         if d.zone == zone:
-            return d.idle_uj if part == "idle" else d.active_uj
+            return {"idle": d.idle_uj, "active": d.active_uj, "unattributed": d.unattributed_uj}[part]
     return 0
 
 
@@ -125,11 +126,11 @@ def test_ended_workloads_keep_their_series_for_the_ttl(tmp_path: Path) -> None:
     proc.advance_usec(1_000_000, 0)
     rapl.advance("intel-rapl:0", 10_000_000)
     snap = engine.tick(5.0)
-    final = series(snap)[("service", ("svc1.service",), "package")]
+    final = series(snap)[("service", (("unit", "svc1.service"),), "package")]
     assert final == 5_000_000  # half the node's busy time → half of the 10 J
     cgroups.remove(service_path(1))
     for now in (10.0, 30.0, 65.0):
         snap = engine.tick(now)
-        assert series(snap)[("service", ("svc1.service",), "package")] == final
+        assert series(snap)[("service", (("unit", "svc1.service"),), "package")] == final
     snap = engine.tick(66.0)  # last seen at 5 s: 61 s > 60 s TTL
-    assert ("service", ("svc1.service",), "package") not in series(snap)
+    assert ("service", (("unit", "svc1.service"),), "package") not in series(snap)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from exporter.config import ModelConfig
+from exporter.config import Config, ModelConfig
 from exporter.counters import MICRO
-from exporter.meters.base import CounterSample, ZoneId
+from exporter.meters.base import POWER_INTEGRATION, CounterSample, ZoneId
 from exporter.workloads.procfs import CpuTimes, utilisation
 
 SOURCE = "model"
@@ -40,7 +40,7 @@ class ModelMeter:
 
     def read(self, now: float, cpu: CpuTimes | None) -> list[CounterSample]:
         if cpu is None:
-            return [CounterSample(ZONE, None, 0, "no /proc/stat reading")]
+            return [CounterSample(ZONE, None, 0, "no /proc/stat reading", POWER_INTEGRATION)]
         if self._last is not None:
             then, before = self._last
             dt = max(0.0, now - then)
@@ -50,10 +50,14 @@ class ModelMeter:
             self._fraction_uj = exact - whole
             self._energy_uj += whole
         self._last = (now, cpu)
-        return [CounterSample(ZONE, self._energy_uj, 0)]
+        return [CounterSample(ZONE, self._energy_uj, 0, method=POWER_INTEGRATION, watts=self.last_watts)]
 
     def idle_watts(self) -> dict[str, float]:
         return {ZONE.zone: self.idle_w}
 
     def close(self) -> None:
         self._last = None
+
+
+def open_meter(config: Config, cpus: int) -> ModelMeter:
+    return ModelMeter(config.model, cpus)

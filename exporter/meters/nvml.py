@@ -22,8 +22,9 @@ from typing import Any
 
 import pynvml
 
+from exporter.config import Config
 from exporter.counters import MICRO
-from exporter.meters.base import MeterUnavailable
+from exporter.meters.base import Accelerator, AcceleratorSample, MeterUnavailable
 from exporter.meters.nvml_loader import FIX, NOT_INSTALLED
 
 log = logging.getLogger(__name__)
@@ -36,29 +37,18 @@ _DEVICE_GONE = {pynvml.NVML_ERROR_GPU_IS_LOST, pynvml.NVML_ERROR_RESET_REQUIRED,
 _NVML_ERRORS = (pynvml.NVMLError, pynvml.NVMLLibraryMismatchError)
 
 
-@dataclass(frozen=True, slots=True)
-class Gpu:
-    index: int
-    uuid: str
-    model: str
+# NVML's energy counter of a GH200 counts the whole superchip module (Grace + Hopper + memory: zeus#172,
+# docs/research/hwmon.md): never board-only there. Other parts, GB200 included, count their board.
+MODULE_SCOPE_MODELS = ("GH200",)
 
 
-@dataclass(frozen=True, slots=True)
-class GpuSample:
-    """One GPU at one tick. `energy_uj` is cumulative (None if the read failed); `users` maps PIDs to weights."""
-
-    gpu: Gpu
-    energy_uj: int | None
-    method: str  # energy_counter | power_integration
-    users: tuple[tuple[int, int], ...] = ()
-    split: str = "none"  # sm_util | equal | mig_memory | none
-    mig: bool = False
-    error: str = ""
+def _scope(model: str) -> str:
+    return "module" if any(name in model for name in MODULE_SCOPE_MODELS) else ""
 
 
 @dataclass(slots=True)
 class _Device:
-    gpu: Gpu
+    gpu: Accelerator
     handle: Any
     energy_counter: bool = True
     integrated_uj: int = 0
@@ -86,16 +76,17 @@ def _describe(exc: BaseException) -> str:
 
 
 class NvmlMeter:
-    """Every GPU NVML reports; `read(now)` returns one GpuSample per GPU."""
+    """Every GPU NVML reports (an AcceleratorMeter); `read(now)` returns one AcceleratorSample per GPU."""
 
     name = SOURCE
+    kind = "NVIDIA GPU(s) through NVML"
 
     def __init__(self, devices: list[_Device], driver: str, timeout_s: float) -> None:
         self._devices = devices
         self.driver = driver
         self.timeout_s = timeout_s
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wattlens-nvml")
-        self._pending: concurrent.futures.Future[list[GpuSample]] | None = None
+        self._pending: concurrent.futures.Future[list[AcceleratorSample]] | None = None
 
     @classmethod
     def open(cls, timeout_s: float = 2.0) -> NvmlMeter:
@@ -114,7 +105,8 @@ class NvmlMeter:
             devices = []
             for index in range(int(pynvml.nvmlDeviceGetCount())):
                 handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-                gpu = Gpu(index, str(pynvml.nvmlDeviceGetUUID(handle)), str(pynvml.nvmlDeviceGetName(handle)))
+                model = str(pynvml.nvmlDeviceGetName(handle))
+                gpu = Accelerator(index, str(pynvml.nvmlDeviceGetUUID(handle)), model, SOURCE, _scope(model))
                 devices.append(_Device(gpu, handle))
         except _NVML_ERRORS as exc:
             pynvml.nvmlShutdown()
@@ -125,10 +117,10 @@ class NvmlMeter:
         return cls(devices, driver, timeout_s)
 
     @property
-    def gpus(self) -> list[Gpu]:
+    def devices(self) -> list[Accelerator]:
         return [d.gpu for d in self._devices]
 
-    def read(self, now: float) -> list[GpuSample]:
+    def read(self, now: float) -> list[AcceleratorSample]:
         """Read every GPU in the worker thread, waiting at most timeout_s; a call still stuck from an earlier
         tick makes every GPU read as failed until it returns."""
         if self._pending is not None and not self._pending.done():
@@ -139,17 +131,17 @@ class NvmlMeter:
         except concurrent.futures.TimeoutError:
             return [self._failed_sample(d, f"NVML did not answer within {self.timeout_s:g} s") for d in self._devices]
 
-    def _failed_sample(self, device: _Device, reason: str) -> GpuSample:
-        return GpuSample(device.gpu, None, self._method(device), error=reason)
+    def _failed_sample(self, device: _Device, reason: str) -> AcceleratorSample:
+        return AcceleratorSample(device.gpu, None, self._method(device), error=reason)
 
     @staticmethod
     def _method(device: _Device) -> str:
         return "energy_counter" if device.energy_counter else "power_integration"
 
-    def _read_all(self, now: float) -> list[GpuSample]:
+    def _read_all(self, now: float) -> list[AcceleratorSample]:
         return [self._read_device(device, now) for device in self._devices]
 
-    def _read_device(self, device: _Device, now: float) -> GpuSample:
+    def _read_device(self, device: _Device, now: float) -> AcceleratorSample:
         if device.down:
             if now < device.retry_at:
                 return self._failed_sample(device, device.error)
@@ -165,9 +157,9 @@ class NvmlMeter:
                 return self._lost(device, now, exc)
             return self._failed_sample(device, _describe(exc))
         device.down, device.backoff, device.error = False, RETRY_FIRST_S, ""
-        return GpuSample(device.gpu, energy, self._method(device), users, split, device.mig)
+        return AcceleratorSample(device.gpu, energy, self._method(device), users, split, device.mig)
 
-    def _lost(self, device: _Device, now: float, exc: BaseException) -> GpuSample:
+    def _lost(self, device: _Device, now: float, exc: BaseException) -> AcceleratorSample:
         device.down, device.error = True, f"GPU lost ({_describe(exc)})"
         device.retry_at = now + device.backoff
         device.backoff = min(device.backoff * 2, RETRY_MAX_S)
@@ -240,3 +232,7 @@ def _mig_enabled(handle: Any) -> bool:
     except _NVML_ERRORS:
         return False  # NOT_SUPPORTED on GPUs without MIG
     return bool(current == pynvml.NVML_DEVICE_MIG_ENABLE)
+
+
+def open_accelerator(config: Config) -> NvmlMeter:
+    return NvmlMeter.open(config.nvml_timeout)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 from typing import TYPE_CHECKING
 
+from exporter.config import Config
 from exporter.meters.base import MeterUnavailable
 
 if TYPE_CHECKING:
@@ -29,3 +30,7 @@ def open_nvml(timeout_s: float) -> NvmlMeter:
     from exporter.meters.nvml import NvmlMeter  # noqa: PLC0415 - only nodes with the NVIDIA library pay for pynvml
 
     return NvmlMeter.open(timeout_s)
+
+
+def open_accelerator(config: Config) -> NvmlMeter:
+    return open_nvml(config.nvml_timeout)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from exporter.config import Config
 from exporter.meters.base import CounterSample, MeterUnavailable, ZoneId
 from exporter.sysfs import HeldFile, read_small
 from exporter.workloads.procfs import CpuTimes
@@ -277,3 +278,7 @@ class RaplMeter:
             if reader.file is not None:
                 reader.file.close()
                 reader.file = None
+
+
+def open_meter(config: Config, cpus: int) -> RaplMeter:  # noqa: ARG001
+    return RaplMeter.open(config.sys_path)

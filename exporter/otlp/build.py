@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 from exporter.counters import MICRO
 from exporter.otlp import mapping as om
 from exporter.workloads.labels import rollup_group, rollup_labels
+from exporter.zones import role_of
 
 if TYPE_CHECKING:
-    from exporter.engine import Snapshot, WorkloadState
+    from exporter.snapshot import Labels, Snapshot, WorkloadState
 
 AttributeValue = str | int | bool
 Attributes = tuple[tuple[str, AttributeValue], ...]
@@ -39,7 +40,7 @@ class Builder:
     """Makes each tick's points; keeps the attribute tuples of workloads and domains across ticks."""
 
     def __init__(self) -> None:
-        self._workloads: dict[int, tuple[tuple[str, ...], Attributes]] = {}  # id(labels) → (labels, attributes)
+        self._workloads: dict[int, tuple[Labels, Attributes]] = {}  # id(labels) → (labels, attributes)
         self._domains: dict[str, Attributes] = {}
 
     def points(self, snap: Snapshot, dropped_pushes: int = 0) -> list[Points]:
@@ -50,8 +51,8 @@ class Builder:
         if snap.carbon_intensity is not None:
             out.append(Points(om.CARBON, (((), snap.carbon_intensity),)))
         up = tuple(
-            (_present((("wattlens.source", source), ("wattlens.device", device))), 1.0 if is_up else 0.0)
-            for source, device, is_up in snap.sources
+            (_present((("wattlens.source", s.source), ("wattlens.device", s.device))), 1.0 if s.up else 0.0)
+            for s in snap.sources
         )
         out.append(Points(om.SOURCE_UP, up))
         out.append(Points(om.TICKS, (((), float(snap.ticks.ticks)),)))
@@ -64,8 +65,16 @@ class Builder:
     def _node(self, snap: Snapshot) -> list[Points]:
         energy: list[tuple[Attributes, float]] = []
         power: list[tuple[Attributes, float]] = []
+        host: list[tuple[Attributes, float]] = []
+        host_power: list[tuple[Attributes, float]] = []
         for z in snap.zones:
             zone = z.zone
+            if role_of(zone.zone) == "platform":  # the whole host: hw.host.*, never added to hw.energy
+                attributes = _present((("hw.id", zone.device), ("wattlens.source", zone.source)))
+                host.append((attributes, z.joules_uj / MICRO))
+                if z.watts is not None:
+                    host_power.append((attributes, z.watts))
+                continue
             attributes = _present(
                 (
                     ("hw.id", zone.device),
@@ -82,30 +91,34 @@ class Builder:
                 power.append((attributes, z.watts))
         idle: list[tuple[Attributes, float]] = []
         active: list[tuple[Attributes, float]] = []
+        unattributed: list[tuple[Attributes, float]] = []
         for d in snap.domains:
             attributes = (("hw.type", om.hw_type(d.zone)), ("hw.name", d.zone), ("wattlens.source", d.source))
             idle.append((attributes, d.idle_uj / MICRO))
             active.append((attributes, d.active_uj / MICRO))
-        unattributed: list[tuple[Attributes, float]] = [
-            ((("hw.type", om.hw_type(zone)), ("hw.name", zone), ("wattlens.source", snap.meter)), uj / MICRO)
-            for zone, uj in snap.unattributed
-        ]
-        for g in snap.gpus:
-            gpu = self._domain(f"{GPU_PREFIX}{g.gpu.uuid}")
-            device = (*gpu, ("hw.name", g.gpu.model), ("wattlens.gpu.index", str(g.gpu.index)))
+            unattributed.append((attributes, d.unattributed_uj / MICRO))
+        for g in snap.accelerators:
+            gpu = self._domain(f"{GPU_PREFIX}{g.device.uuid}")
+            device = (*gpu, ("hw.name", g.device.model), ("wattlens.gpu.index", str(g.device.index)))
             energy.append((device, g.joules_uj / MICRO))
             if g.watts is not None:
                 power.append((device, g.watts))
             idle.append((gpu, g.idle_uj / MICRO))
             active.append((gpu, g.active_uj / MICRO))
             unattributed.append((gpu, g.unattributed_uj / MICRO))
-        return [
+        out = [
             Points(om.HW_ENERGY, tuple(energy)),
             Points(om.HW_POWER, tuple(power)),
+            Points(om.HOST_ENERGY, tuple(host)),
+            Points(om.HOST_POWER, tuple(host_power)),
+            Points(om.NODE_ENERGY, (((), snap.node.total_uj / MICRO),)),
             Points(om.IDLE, tuple(idle)),
             Points(om.ACTIVE, tuple(active)),
             Points(om.UNATTRIBUTED, tuple(unattributed)),
         ]
+        if snap.node.rest_uj is not None:
+            out.append(Points(om.REST, (((), snap.node.rest_uj / MICRO),)))
+        return out
 
     def _domain(self, domain: str) -> Attributes:
         """A CPU zone (hw.type, hw.name) or a GPU (hw.type gpu, hw.id its UUID)."""
@@ -123,9 +136,9 @@ class Builder:
         if entry is not None and entry[0] is w.labels:
             return entry[1]
         names = om.WORKLOAD_ATTRIBUTES[w.kind]
-        if w.kind == "container" and w.labels[6] == "pod":
+        if w.kind == "container" and w.label("parent_kind") == "pod":
             names = (*names[:3], om.POD_CONTAINER_NAME, *names[4:])
-        attributes = _present(tuple(zip(names, w.labels, strict=True)))
+        attributes = _present(tuple(zip(names, (value for _, value in w.labels), strict=True)))
         if w.labels == rollup_labels(w.kind, *rollup_group(w.kind, w.labels)):
             attributes += ((om.ROLLUP, True),)
         self._workloads[id(w.labels)] = (w.labels, attributes)  # holds the tuple: its id is not reused meanwhile
@@ -145,7 +158,8 @@ class Builder:
 
     def _processes(self, snap: Snapshot) -> Points:
         points: list[tuple[Attributes, float]] = []
-        for key, energy in snap.processes:
+        for process in snap.processes:
+            key = process.key
             base = _present(
                 (
                     ("process.pid", key.pid),
@@ -154,7 +168,7 @@ class Builder:
                     ("wattlens.systemd.unit", key.unit),
                 )
             )
-            points += [(base + self._domain(zone), uj / MICRO) for zone, uj in energy]
+            points += [(base + self._domain(zone), uj / MICRO) for zone, uj in process.energy_uj]
         points += [(((om.ROLLUP, True), *self._domain(zone)), uj / MICRO) for zone, uj in snap.processes_other]
         return Points(om.PROCESS, tuple(points))
 

@@ -33,9 +33,10 @@ HW_ENERGY = OtlpMetric(
     "hw.energy",
     "sum",
     "J",
-    "Energy consumed by the component. CPU zones overlap (psys contains package, package contains core and "
-    "uncore): hw.parent names the counter a core or uncore zone is part of; package + dram (+ GPUs) add up.",
-    (m.NODE_CPU_JOULES, m.NODE_GPU_JOULES),
+    "Energy consumed by the component: CPU zones, superchip modules (hw.type module) and GPUs. Zones overlap (psys "
+    "contains package, package contains core and uncore, a module its Grace zones and GPU): hw.parent names the "
+    "counter a core or uncore zone is part of; wattlens.node.energy is the node's total.",
+    (m.NODE_CPU_JOULES, m.NODE_MODULE_JOULES, m.NODE_GPU_JOULES),
     semconv=True,
 )
 HW_POWER = OtlpMetric(
@@ -43,8 +44,39 @@ HW_POWER = OtlpMetric(
     "gauge",
     "W",
     "Instantaneous power of the component: the mean over wattlens' last tick (prefer hw.energy).",
-    (m.NODE_CPU_WATTS, m.NODE_GPU_WATTS),
+    (m.NODE_CPU_WATTS, m.NODE_MODULE_WATTS, m.NODE_GPU_WATTS),
     semconv=True,
+)
+HOST_ENERGY = OtlpMetric(
+    "hw.host.energy",
+    "sum",
+    "J",
+    "Energy of the entire physical host, as its platform meter (ACPI power meter, BMC) measures it; absent "
+    "without one (the conventions reserve it for the whole host).",
+    (m.NODE_PLATFORM_JOULES,),
+    semconv=True,
+)
+HOST_POWER = OtlpMetric(
+    "hw.host.power",
+    "gauge",
+    "W",
+    "Power of the entire physical host, as its platform meter reports it (prefer hw.host.energy).",
+    (m.NODE_PLATFORM_WATTS,),
+    semconv=True,
+)
+NODE_ENERGY = OtlpMetric(
+    "wattlens.node.energy",
+    "sum",
+    "J",
+    "The node's total energy: the platform meter's where there is one, else the sum of the top-level domains.",
+    (m.NODE_JOULES,),
+)
+REST = OtlpMetric(
+    "wattlens.node.rest.energy",
+    "sum",
+    "J",
+    "Platform energy the top-level domains do not explain (fans, disks, NICs, PSU loss), never negative.",
+    (m.NODE_REST_JOULES,),
 )
 IDLE = OtlpMetric(
     "wattlens.hw.energy.idle",
@@ -124,6 +156,10 @@ DROPPED = OtlpMetric(
 METRICS: tuple[OtlpMetric, ...] = (
     HW_ENERGY,
     HW_POWER,
+    HOST_ENERGY,
+    HOST_POWER,
+    NODE_ENERGY,
+    REST,
     IDLE,
     ACTIVE,
     UNATTRIBUTED,
@@ -148,6 +184,7 @@ PULL_ONLY: dict[str, str] = {
     m.POD_LABELS.full_name: "pod labels belong in the receiver's k8sattributes-style enrichment",
     m.POD_WATCH_REQUESTS.full_name: "exporter self-metrics stay on /metrics",
     m.POD_WATCH_ERRORS.full_name: "as above",
+    m.NODE_ZONE_INFO.full_name: "how the zones nest (docs/domains.md), on /metrics",
     **{
         f.full_name: "the exporter's own health, on /metrics"
         for f in (
@@ -162,6 +199,8 @@ PULL_ONLY: dict[str, str] = {
             m.HTTP_REJECTIONS,
             m.TLS_CERT_EXPIRY,
             m.RENDER_DURATION,
+            m.NODE_PLATFORM_READING_AGE,
+            m.METER_SWITCHES,
             m.WORKLOADS,
             m.SERIES_BUDGET,
             m.WORKLOAD_SERIES,
@@ -210,8 +249,11 @@ RESOURCE = ("service.name", "service.version", "service.instance.id", "host.name
 
 
 def hw_type(zone: str) -> str:
-    """hw.type of a CPU energy zone: dram is memory, every other zone (package, core, uncore, psys) cpu."""
-    return "memory" if zone == "dram" else "cpu"
+    """hw.type of an energy zone: dram is memory, a superchip module "module", every other CPU-role zone (package,
+    core, uncore, psys, Grace rails...) cpu."""
+    if zone == "dram":
+        return "memory"
+    return "module" if zone == "module" else "cpu"
 
 
 def hw_parent(zone: str, device: str) -> str:

@@ -31,7 +31,7 @@ from exporter.otlp.build import Attributes, Builder, Points, count
 
 if TYPE_CHECKING:
     from exporter.config import Config
-    from exporter.engine import Snapshot
+    from exporter.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 SDK_LOGGER = "opentelemetry.exporter.otlp"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.sysfs import HeldFile
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +74,55 @@ class ProcStat:
 
 def clock_ticks_per_second() -> int:
     return os.sysconf("SC_CLK_TCK")
+
+
+class NodeCpu:
+    """The node's CPU time each tick: a failed read is logged once, counted, and the tick goes on without it."""
+
+    def __init__(self, proc_path: Path) -> None:
+        self.path = proc_path / "stat"
+        self.up = True
+        self.errors = 0
+        self.last: CpuTimes | None = None  # the previous tick's reading
+        try:
+            self._stat: ProcStat | None = ProcStat(proc_path)
+        except OSError as exc:
+            log.warning("cannot open %s (%s): CPU utilisation unavailable", self.path, exc.strerror)
+            self._stat = None
+
+    @property
+    def present(self) -> bool:
+        return self._stat is not None
+
+    def read(self) -> CpuTimes | None:
+        if self._stat is None:
+            return None
+        try:
+            cpu = self._stat.read()
+        except (OSError, ValueError) as exc:
+            self.errors += 1
+            if self.up:
+                log.warning("reading %s failed: %s", self.path, exc)
+            self.up = False
+            return None
+        if not self.up:
+            log.info("reading %s works again", self.path)
+        self.up = True
+        return cpu
+
+    def busy_us(self, cpu: CpuTimes | None) -> int:
+        """CPU µs the node was busy since the previous tick (0 without two readings)."""
+        if cpu is None or self.last is None:
+            return 0
+        return max(0, cpu.busy - self.last.busy) * 1_000_000 // clock_ticks_per_second()
+
+    def idle_share(self, cpu: CpuTimes | None) -> tuple[int, int] | None:
+        """(idle, all) CPU ticks since the previous tick, for the ratio split; None without two readings."""
+        if cpu is None or self.last is None:
+            return None
+        idle = cpu.idle - self.last.idle
+        return idle, (cpu.busy - self.last.busy) + idle
+
+    def close(self) -> None:
+        if self._stat is not None:
+            self._stat.close()

@@ -69,6 +69,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if .Values.webConfig.secretName -}}
 {{- $_ := set $owned "web_config_file" "/etc/wattlens/web/web-config.yml" -}}
 {{- end -}}
+{{- if .Values.redfish.secretName -}}
+{{- $_ := set $owned "redfish" (dict "username_file" "/etc/wattlens/redfish/username" "password_file" "/etc/wattlens/redfish/password") -}}
+{{- end -}}
 {{- if .Values.healthPort -}}
 {{- $_ := set $owned "health_listen" (printf ":%d" (int .Values.healthPort)) -}}
 {{- end -}}

@@ -1,0 +1,195 @@
+"""Who used the machine this tick: the cgroup tree, the ledger of every workload's energy, and their names.
+
+Each tick walks the cgroup tree (cgroups.py), turns cumulative CPU time into this tick's top-level workloads and
+children (tree.py), and marks them seen in the ledger; GPU users' PIDs are resolved against the same tree.
+Names come from the kubelet's log directories, else from the optional API watch; a workload's labels, by name,
+are exported as long as it has a series (exporter/snapshot.py). Once per tick the series budget
+(exporter/budget.py) turns every workload's state into the series exported: the strongest workloads' own, the
+rest folded into rollups.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from exporter.budget import SeriesBudget
+from exporter.config import Config
+from exporter.ledger import WorkloadLedger
+from exporter.snapshot import BudgetStats, Labels, PodLabels, WorkloadState
+from exporter.sysfs import UNLIMITED, FdBudget
+from exporter.workloads.cgroups import CgroupTree
+from exporter.workloads.classify import Classified
+from exporter.workloads.kubernetes import ContainerName, KubeletLogs, PodName
+from exporter.workloads.labels import LABELS, label_values
+from exporter.workloads.pod_watch import PodWatch
+from exporter.workloads.processes import cgroup_path
+from exporter.workloads.tree import TreeBuilder, UsageTracker, WorkloadTree, owner_of
+
+log = logging.getLogger(__name__)
+
+EMPTY_TREE = WorkloadTree((), {}, {})
+
+
+@dataclass(frozen=True, slots=True)
+class _Labels:
+    """A workload's labels by name: made again only when the names the node knows change. The same tuple is
+    handed out every tick meanwhile, so the renderer keeps its label text by the tuple's identity."""
+
+    workload: Classified
+    parent: str  # its top-level workload's key ("" if it is one): a label of some kinds
+    names: tuple[object, ...]  # which name sources they were made from
+    labels: Labels
+
+
+class Workloads:
+    """The workload side of a tick. Without `workloads: true` there is no tree: GPU users stay unattributed."""
+
+    def __init__(self, config: Config, cgroups: CgroupTree | None = None, kubelet: KubeletLogs | None = None):
+        self.config = config
+        self.cgroups = cgroups
+        self.kubelet = kubelet
+        self.pod_watch: PodWatch | None = None
+        self.ledger: WorkloadLedger[Classified] = WorkloadLedger(config.workload_ttl)
+        self.tree = EMPTY_TREE
+        self._usage = UsageTracker()
+        self._trees = TreeBuilder()
+        self._now = 0.0
+        self._labels: dict[str, _Labels] = {}
+        self._name_sources: tuple[object, ...] = (None, None, None)
+        self._named_records: object = None
+        self.budget: SeriesBudget[WorkloadState] | None = None  # with a cgroup tree: its series go through it
+        if cgroups is not None:
+            extra = 1 if config.kubernetes_api else 0  # a pod's wattlens_pod_labels series
+            self.budget = SeriesBudget(
+                config.max_series, WorkloadState, config.workload_ttl, config.series_level, pod_extra=extra
+            )
+        self.exported: tuple[WorkloadState, ...] = ()  # this tick's workload series, after the series budget
+        self._keyed_records: object = None
+        self._keys: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+
+    @classmethod
+    def open(cls, config: Config, budget: FdBudget = UNLIMITED) -> Workloads:
+        if not config.walks_workloads:  # series_level "node": no workload series, no walk
+            return cls(config)
+        cgroups = CgroupTree(config.cgroup_root, budget, hold_s=config.workload_ttl)
+        log.info(
+            "attributing to workloads from the %s cgroup hierarchy at %s", cgroups.layout.version, cgroups.layout.root
+        )
+        return cls(config, cgroups, KubeletLogs(config.kubelet_log_path))
+
+    def read(self, now: float) -> WorkloadTree:
+        """Walk the cgroups, turn CPU readings into this tick's tree and mark its workloads as seen."""
+        self._now = now
+        if self.cgroups is None:
+            return self.tree
+        usages = self.cgroups.read(now)
+        tree = self.tree = self._trees.build(usages, self._usage.deltas(usages, self.cgroups.ended, now))
+        self.ledger.seen_all(now, tree.members)
+        return tree
+
+    def owner_of_pid(self, pid: int) -> tuple[str, str | None] | None:
+        """The workload of a host PID (GPU users), through /proc/<pid>/cgroup and this tick's tree."""
+        try:
+            with open(self.config.proc_path / str(pid) / "cgroup", "rb") as handle:
+                data = handle.read(65536)
+        except OSError:
+            return None  # gone, or not visible (the exporter needs the host's PID namespace)
+        # Hybrid hosts name a process's cgroup in both hierarchies; either may be the one walked.
+        return owner_of(cgroup_path(data), self.tree) or owner_of(cgroup_path(data, v1=True), self.tree)
+
+    def expire(self, now: float) -> None:
+        self.ledger.expire(now)
+
+    def export(self) -> None:
+        """This tick's workload series: every workload's state through the series budget (once per tick, after
+        expire)."""
+        if self.budget is None:
+            return
+        records = self.ledger.records()
+        if records is not self._keyed_records:  # the same list while no workload comes or goes
+            self._keyed_records = records
+            self._keys = (tuple(key for key, _ in records), tuple(r.parent for _, r in records))
+        self.exported = self.budget.apply(self._now, self.states(), *self._keys)
+
+    @property
+    def budget_stats(self) -> BudgetStats | None:
+        return self.budget.stats if self.budget is not None else None
+
+    def _names(self, pod_uid: str, container_id: str) -> tuple[PodName | None, ContainerName | None]:
+        """Names from the kubelet's log directories, else from the API watch when it runs."""
+        kubelet, watch = self.kubelet, self.pod_watch
+        pod = kubelet.pod(pod_uid) if kubelet and pod_uid else None
+        container = kubelet.container(container_id) if kubelet and container_id else None
+        meta = watch.pods.get(pod_uid) if watch and pod_uid else None
+        if meta is not None:
+            pod = pod or PodName(meta.namespace, meta.name)
+            name = dict(meta.containers).get(container_id) if container_id else None
+            if container is None and name:
+                container = ContainerName(meta.namespace, meta.name, name)
+        return pod, container
+
+    def states(self) -> tuple[WorkloadState, ...]:
+        """Every workload with a series: its labels by name, and its energy per domain."""
+        records = self.ledger.records()
+        kubelet, now = self.kubelet, self._now
+        # The same records (the list is kept while none comes or goes): only a due rescan can change names.
+        if kubelet is not None and (records is not self._named_records or kubelet.rescan_due(now)):
+            pods = [r.workload.uid for _, r in records if r.workload.kind == "pod"]
+            containers = [r.workload.container_id for _, r in records if r.workload.kind == "container"]
+            kubelet.refresh(now, pods, containers)
+            self._named_records = records
+        memo = self._labels
+        if len(memo) > len(records):  # workloads expired: forget their labels
+            self._labels = memo = {key: memo[key] for key, _ in records if key in memo}
+        # Names change only when the kubelet's index is rebuilt or the pod watch replaces its mapping.
+        sources = (
+            kubelet.pods_index if kubelet is not None else None,
+            kubelet.containers_index if kubelet is not None else None,
+            self.pod_watch.pods if self.pod_watch is not None else None,
+        )
+        if any(source is not was for source, was in zip(sources, self._name_sources, strict=True)):
+            self._name_sources = sources  # a new tuple: every workload's labels are made again
+        names = self._name_sources
+        states = []
+        for key, record in records:
+            workload = record.workload
+            known = memo.get(key)
+            if (
+                known is None
+                or known.names is not names
+                or known.workload is not workload
+                or known.parent != record.parent
+            ):
+                pod_uid = workload.uid if workload.kind == "pod" else ""
+                if record.parent.startswith("pod:"):
+                    pod_uid = record.parent[4:]
+                pod, container = self._names(pod_uid, workload.container_id)
+                values = label_values(workload, pod, container, record.parent)
+                labels = tuple(zip(LABELS[workload.kind], values, strict=True))
+                known = memo[key] = _Labels(workload, record.parent, names, labels)
+            # Domains in the order the ledger first saw them: the same every tick, no sorting needed. Only a
+            # workload seen in this tick has a share in it (the budget and pod watts rely on that).
+            energy = tuple(record.energy_uj.items())
+            last = tuple(record.last_uj.items()) if record.last_seen == now else ()
+            states.append(WorkloadState(workload.kind, known.labels, energy, last))
+        return tuple(states)
+
+    def pod_labels(self) -> tuple[PodLabels, ...]:
+        """Owners and allow-listed labels of the pods with series of their own (with the API watch only)."""
+        if self.pod_watch is None:
+            return ()
+        pods, keys = self.pod_watch.pods, self.config.pod_labels
+        exported = {w.label("uid") for w in self.exported if w.kind == "pod"}  # folded pods have no row
+        rows = []
+        for _, record in self.ledger.records():
+            meta = pods.get(record.workload.uid) if record.workload.kind == "pod" else None
+            if meta is not None and meta.uid in exported:
+                labels = dict(meta.labels)
+                values = tuple(labels.get(k, "") for k in keys)
+                rows.append(PodLabels(meta.namespace, meta.name, meta.uid, meta.owner_kind, meta.owner_name, values))
+        return tuple(rows)
+
+    def close(self) -> None:
+        if self.cgroups is not None:
+            self.cgroups.close()
