@@ -400,14 +400,16 @@ def measure(args: argparse.Namespace, tmp: Path) -> Figures:
         figures.block_samples, figures.block_series = block.samples, block.series
         figures.bytes_per_sample = block.chunks / max(1, block.samples)
         feeder.stop.set()
-        check_federation(prom, vm, figures)
+        # rate()[5m] over less than its window extrapolates each series from its own first sample (a workload's
+        # series starts a tick after the node's): exact only once the window is full.
+        check_federation(prom, vm, figures, 1e-6 if wall > 300 + 2 * args.scrape_interval else 1e-3)
         check_otlp(vm, exporters[: args.otlp_nodes], figures)
         figures.remote_write_rows = vm.self_metric('vm_rows_inserted_total{type="promremotewrite"}')
         figures.otlp_rows = vm.self_metric('vm_rows_inserted_total{type="opentelemetry"}')
     return figures
 
 
-def check_federation(prom: Prometheus, vm: VictoriaMetrics, figures: Figures) -> None:
+def check_federation(prom: Prometheus, vm: VictoriaMetrics, figures: Figures, tolerance: float) -> None:
     """The global store got the aggregates, and they conserve: node = idle + unattributed + workloads."""
     deadline = time.monotonic() + 30
     while True:
@@ -430,9 +432,9 @@ def check_federation(prom: Prometheus, vm: VictoriaMetrics, figures: Figures) ->
     node, rest = parts["node_cpu_joules"], sum(v for k, v in parts.items() if k != "node_cpu_joules")
     gap = abs(node - rest) / node if node else float("nan")
     line = (f"cluster package {node:.1f} W = idle + unattributed + workloads {rest:.1f} W in the global store"
-            f" (off by {gap:.2e})")
+            f" (off by {gap:.2e}, tolerance {tolerance:g})")
     figures.checks.append(line)
-    if not gap < 1e-6:
+    if not gap < tolerance:
         raise Failed(line)
     local = prom.scalar('sum(cluster_zone:wattlens_node_cpu_joules:rate5m{zone="package"})')
     figures.checks.append(f"the same in the cluster's Prometheus: {local:.1f} W")
