@@ -153,6 +153,18 @@ class PodWatchStats:
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetStats:
+    """What the budget did, for the self-metrics. Counts by kind are (kind, count) pairs in kind order."""
+
+    max_series: int  # 0: no budget
+    series: int  # workload series exported in this tick (frozen ones included)
+    folded: tuple[tuple[str, int], ...] = ()  # workloads folded into rollups now
+    folds: tuple[tuple[str, int], ...] = ()  # times a workload's series folded, since start
+    unfolds: tuple[tuple[str, int], ...] = ()  # times a folded workload got a series, since start
+    dropped: int = 0  # series removed at once (without lingering) to stay within the budget, since start
+
+
+@dataclass(frozen=True, slots=True)
 class TickStats:
     ticks: int = 0
     skipped: int = 0
@@ -190,3 +202,4 @@ class Snapshot:
     processes: tuple[ProcessState, ...] = ()
     processes_other: tuple[tuple[str, int], ...] = ()
     meter_switches: int = 0  # times the CPU meter was handed over at runtime (failover or back)
+    budget: BudgetStats | None = None  # what the series budget folded (None: no workload series at all)
