@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 
 from exporter.accounting import Accounting, Weights
-from exporter.carbon.file import CarbonFile
+from exporter.carbon.source import GridIntensity, carbon_state
 from exporter.config import Config
 from exporter.meters.base import AcceleratorMeter
 from exporter.meters.select import MeterReport, NodeMeters, open_accelerators, select_meter
@@ -60,7 +60,7 @@ class Engine:
         self.accelerator_reports = accelerator_reports
         self.fd_budget = fd_budget or FdBudget(1 << 20)
         self.processes = ProcessView(config, self.fd_budget) if config.process_metrics else None
-        self.carbon = CarbonFile(config)
+        self.carbon = GridIntensity(config)
         self.accounting = Accounting(config, workloads.ledger, meter.idle_watts if meter else dict)
         self._last_now: float | None = None
         self._dt = 0.0
@@ -113,6 +113,7 @@ class Engine:
         self.workloads.pod_watch = watch
 
     def close(self) -> None:
+        self.carbon.close()
         for accelerator in self.accelerators:
             accelerator.close()
         if self.processes is not None:
@@ -129,7 +130,7 @@ class Engine:
         cpu = self.cpu.read()
         dt = None if self._last_now is None else now - self._last_now
         samples = self.meter.read(now, cpu) if self.meter is not None else []
-        self.carbon.read()
+        intensity = self.carbon.read()
         tree = self.workloads.read(now)
         busy_us = self.cpu.busy_us(cpu)
         processes = self.processes.weights(busy_us) if self.processes is not None else None
@@ -141,6 +142,7 @@ class Engine:
             accelerators=[sample for meter in self.accelerators for sample in meter.read(now)],
             owner=self.workloads.owner_of_pid,
             processes=processes,
+            intensity=intensity.grams_per_kwh if intensity is not None else None,
         )
         if dt is not None and dt > 0:
             self._ready, self._dt = True, dt
@@ -187,10 +189,11 @@ class Engine:
                 errors.append(SourceErrors("procfs", "stat", self.cpu.errors))
         if self.pod_watch is not None:
             up.append(SourceUp("kubernetes-api", "", self.pod_watch.up))
-        if self.carbon.path is not None:
-            up.append(SourceUp("carbon", str(self.carbon.path), self.carbon.up))
-            if self.carbon.errors:
-                errors.append(SourceErrors("carbon", str(self.carbon.path), self.carbon.errors))
+        reading = self.carbon.reading
+        if reading is not None and reading.source:  # the file, or the API (a configured value cannot fail)
+            up.append(SourceUp("carbon", reading.source, reading.up))
+            if reading.errors:
+                errors.append(SourceErrors("carbon", reading.source, reading.errors))
         return up, errors
 
     def snapshot(self) -> Snapshot:
@@ -220,7 +223,8 @@ class Engine:
             fd_degraded=tuple(sorted(self.fd_budget.degraded)),
             accelerators=accelerators,
             accelerator_driver=", ".join(m.driver for m in self.accelerators),
-            carbon_intensity=self.carbon.value,
+            carbon_intensity=self.carbon.reading.grams_per_kwh if self.carbon.reading else None,
+            carbon=carbon_state(self.carbon.reading, self.accounting.carbon),
             pod_label_keys=self.config.pod_labels if watch else (),
             pod_labels=self.workloads.pod_labels(),
             pod_watch=PodWatchStats(watch.lists, watch.watches, watch.errors, watch.synced) if watch else None,

@@ -42,6 +42,8 @@ class WorkloadRecord(Generic[W]):
     energy_uj: dict[str, int] = field(default_factory=dict)
     last_uj: dict[str, int] = field(default_factory=dict)  # this tick's share, for watts
     last_seen: float = 0.0
+    operational_ng: int = 0  # grams CO2e (ng) of its energy at the grid intensity (exporter/carbon/ledger.py)
+    embodied_ng: int = 0  # its share of the hardware's embodied carbon (ng)
 
 
 class WorkloadLedger(Generic[W]):
@@ -90,6 +92,18 @@ class WorkloadLedger(Generic[W]):
             energy, last = record.energy_uj, record.last_uj
             energy[zone] = energy.get(zone, 0) + microjoules
             last[zone] = last.get(zone, 0) + microjoules
+
+    def add_operational(self, shares: dict[str, int]) -> None:
+        """Operational carbon (ng) of one domain's tick, per workload (top-level and children)."""
+        records = self._records
+        for key, nanograms in shares.items():
+            records[key].operational_ng += nanograms
+
+    def add_embodied(self, shares: dict[str, int]) -> None:
+        """Embodied carbon (ng) of one piece of hardware's tick, per workload (top-level and children)."""
+        records = self._records
+        for key, nanograms in shares.items():
+            records[key].embodied_ng += nanograms
 
     def expire(self, now: float) -> int:
         """Drop workloads unseen for longer than the TTL; returns how many went."""

@@ -143,7 +143,9 @@ class Workloads:
                 known = memo[key] = _Labels(workload, record.parent, names, labels)
             # Domains in the order the ledger first saw them: the same every tick, no sorting needed.
             energy, last = tuple(record.energy_uj.items()), tuple(record.last_uj.items())
-            states.append(WorkloadState(workload.kind, known.labels, energy, last))
+            states.append(
+                WorkloadState(workload.kind, known.labels, energy, last, record.operational_ng, record.embodied_ng)
+            )
         return tuple(states)
 
     def pod_labels(self) -> tuple[PodLabels, ...]:
