@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 
 from exporter.accounting import Accounting, Weights
-from exporter.carbon.source import GridIntensity, carbon_state
+from exporter.carbon.source import STATIC, GridIntensity, carbon_state
 from exporter.config import Config
 from exporter.meters.base import AcceleratorMeter
 from exporter.meters.select import MeterReport, NodeMeters, open_accelerators, select_meter
@@ -190,7 +190,7 @@ class Engine:
         if self.pod_watch is not None:
             up.append(SourceUp("kubernetes-api", "", self.pod_watch.up))
         reading = self.carbon.reading
-        if reading is not None and reading.source:  # the file, or the API (a configured value cannot fail)
+        if reading is not None and reading.source != STATIC:  # the file or the API (a value cannot fail)
             up.append(SourceUp("carbon", reading.source, reading.up))
             if reading.errors:
                 errors.append(SourceErrors("carbon", reading.source, reading.errors))

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from exporter import metrics as m
+from exporter.carbon.ledger import NG_PER_GRAM
 from exporter.counters import MICRO
 from exporter.zones import role_of
 
@@ -98,10 +99,7 @@ def families(snap: Snapshot, endpoint: EndpointStats, render_s: float, workload_
     _workload_families(snap, out, workload_samples)
     if snap.accelerators:
         _gpu_families(snap, out)
-    if snap.carbon_intensity is not None:
-        carbon = _rows(m.GRID_CARBON_INTENSITY)
-        carbon.add((node,), snap.carbon_intensity)
-        out.append(carbon)
+    _carbon_families(snap, out)
 
     build, info = _rows(m.BUILD_INFO), _rows(m.NODE_INFO)
     build.add((node, snap.info.version, snap.info.python_version), 1.0)
@@ -263,6 +261,41 @@ def _workload_families(snap: Snapshot, out: list[Rows], samples: bool) -> None:
         workloads.add((node, kind), count)
     out.append(workloads)
     _walk_families(snap, out)
+
+
+def _carbon_families(snap: Snapshot, out: list[Rows]) -> None:
+    """The intensity in force, the node's carbon by domain and part, and every workload's grams."""
+    node, carbon = snap.info.node, snap.carbon
+    if snap.carbon_intensity is not None:
+        intensity = _rows(m.GRID_CARBON_INTENSITY)
+        intensity.add((node, carbon.source, carbon.kind), snap.carbon_intensity)
+        out.append(intensity)
+        if carbon.age_s is not None:
+            age = _rows(m.GRID_CARBON_INTENSITY_AGE)
+            age.add((node, carbon.source), carbon.age_s)
+            out.append(age)
+    for domains, fam, extra, by_kind in (
+        (carbon.operational, m.NODE_OPERATIONAL_CARBON, (carbon.kind,), m.WORKLOAD_OPERATIONAL_CARBON),
+        (carbon.embodied, m.NODE_EMBODIED_CARBON, (), m.WORKLOAD_EMBODIED_CARBON),
+    ):
+        if not domains:
+            continue
+        rows = _rows(fam)
+        for d in domains:
+            for part, nanograms in (
+                ("idle", d.idle_ng),
+                ("unattributed", d.unattributed_ng),
+                ("workloads", d.workloads_ng),
+            ):
+                rows.add((node, d.domain, part, *extra), nanograms / NG_PER_GRAM)
+        out.append(rows)
+        workloads = {kind: _rows(f) for kind, f in by_kind.items()}
+        operational = fam is m.NODE_OPERATIONAL_CARBON
+        for w in snap.workloads:
+            values = tuple(value for _, value in w.labels)
+            nanograms = w.operational_ng if operational else w.embodied_ng
+            workloads[w.kind].add((node, *values, *extra), nanograms / NG_PER_GRAM)
+        out += workloads.values()
 
 
 def _walk_families(snap: Snapshot, out: list[Rows]) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from exporter.carbon.ledger import NG_PER_GRAM
 from exporter.counters import MICRO
-from exporter.snapshot import Snapshot, WorkloadState
+from exporter.snapshot import CarbonDomain, Snapshot, WorkloadState
 from exporter.workloads.labels import LABELS
 
 SCHEMA_VERSION = 1
@@ -40,7 +41,21 @@ def _workload(
         "ended": not w.last_uj,
         "cpu": cpu,
         "gpu": gpu,
+        "operational_carbon_grams": w.operational_ng / NG_PER_GRAM,
+        "embodied_carbon_grams": w.embodied_ng / NG_PER_GRAM,
     }
+
+
+def _carbon(domains: tuple[CarbonDomain, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "domain": d.domain,
+            "idle_grams": d.idle_ng / NG_PER_GRAM,
+            "unattributed_grams": d.unattributed_ng / NG_PER_GRAM,
+            "workloads_grams": d.workloads_ng / NG_PER_GRAM,
+        }
+        for d in domains
+    ]
 
 
 def snapshot_document(snap: Snapshot) -> dict[str, Any]:
@@ -171,6 +186,13 @@ def snapshot_document(snap: Snapshot) -> dict[str, Any]:
         },
         "kubernetes": _kubernetes(snap),
         "carbon_intensity_grams_per_kwh": snap.carbon_intensity,
+        "carbon": {
+            "source": snap.carbon.source,
+            "kind": snap.carbon.kind,
+            "age_seconds": snap.carbon.age_s,
+            "operational": _carbon(snap.carbon.operational),
+            "embodied": _carbon(snap.carbon.embodied),
+        },
     }
 
 

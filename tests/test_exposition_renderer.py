@@ -36,6 +36,8 @@ from exporter.meters.base import Accelerator, ZoneId
 from exporter.nodeinfo import NodeInfo
 from exporter.snapshot import (
     AcceleratorState,
+    CarbonDomain,
+    CarbonState,
     DomainState,
     NodeEnergy,
     PodLabels,
@@ -62,7 +64,8 @@ def rich_snapshot(name: str = NASTY, pods: int = 3, value: float = 1.5) -> Snaps
 
     def work(kind: str, values: tuple[str, ...], energy: tuple[tuple[str, int], ...],
              last: tuple[tuple[str, int], ...]) -> WorkloadState:
-        return WorkloadState(kind, tuple(zip(LABELS[kind], values, strict=True)), energy, last)
+        grams = sum(uj for _, uj in energy)  # ng of carbon: any values, some not whole grams
+        return WorkloadState(kind, tuple(zip(LABELS[kind], values, strict=True)), energy, last, grams, 3 * grams + 1)
 
     for i in range(pods):
         labels = (f"ns-{i}", f"{name}-{i}", f"uid-{i}")
@@ -110,6 +113,9 @@ def rich_snapshot(name: str = NASTY, pods: int = 3, value: float = 1.5) -> Snaps
                                        "learned", True, 0, False, (("sm_util", 3),)),),
         accelerator_driver="550.54",
         carbon_intensity=value,
+        carbon=CarbonState(name, "marginal", 12.5,
+                           (CarbonDomain("package", 10**9, 7, 123456789), CarbonDomain("gpu:GPU-1234", 0, 1, 2)),
+                           (CarbonDomain("host", 5, 6, 10**12 + 1),)),
         pod_label_keys=("app.kubernetes.io/name", "team"),
         pod_labels=(PodLabels("ns-0", f"{name}-0", "uid-0", "ReplicaSet", "web-1", (name, "")),),
         pod_watch=PodWatchStats(1, 5, 0, True),

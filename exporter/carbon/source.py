@@ -23,10 +23,14 @@ if TYPE_CHECKING:
     from exporter.carbon.intensity import HttpIntensity
 
 
+STATIC = "static"
+
+
 @dataclass(frozen=True, slots=True)
 class IntensityReading:
     """What the tick uses and exports: gCO2e/kWh (None before the first value), the source's name (the `device`
-    of its source_up), average or marginal, the value's age in seconds (None where it cannot age) and health."""
+    of its source_up; "static" for a configured value, which cannot fail and has none), average or marginal, the
+    value's age in seconds (None where it cannot age) and health."""
 
     grams_per_kwh: float | None
     source: str
@@ -70,7 +74,7 @@ class GridIntensity:
             )
         elif self._file is not None and self.configured:
             value = self._file.read()
-            path = str(self._file.path) if self._file.path is not None else ""
+            path = str(self._file.path) if self._file.path is not None else STATIC
             self.reading = IntensityReading(value, path, self.kind, None, self._file.up, self._file.errors)
         return self.reading
 
