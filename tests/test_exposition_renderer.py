@@ -274,8 +274,9 @@ def test_label_text_is_escaped_once_per_series_and_dropped_when_the_series_goes(
         assert len(escapes) == first  # same series, new values: nothing escaped again
         assert renderer.render(rich_snapshot(pods=4)).text
         born = len(escapes) - first
-        # Only the new pod's series: 2 CPU zones x 6 labels, 1 GPU x 6, 2 x 6 watts, and its container's 10.
-        assert born == 2 * 6 + 6 + 2 * 6 + 10
+        # Only the new pod's series: 2 CPU zones x 6 labels, 1 GPU x 6, 2 x 6 watts, and its container's 10;
+        # carbon: the pod's operational (5 labels) and embodied (4), its container's (9 and 8).
+        assert born == 2 * 6 + 6 + 2 * 6 + 10 + 5 + 4 + 9 + 8
     finally:
         ex.escape_label_value = real  # type: ignore[assignment]
     def cached_pods() -> int:  # label texts kept for pod joules series
