@@ -321,9 +321,11 @@ class CarbonConfig(BaseModel):
     )
     poll_interval: Seconds = Field(
         300.0,
-        ge=10,
+        ge=1,
         le=86400,
-        json_schema_extra=_hint(CARBON, "time between polls of the intensity API (300, 5m), 10 s to 1 d"),
+        json_schema_extra=_hint(
+            CARBON, "time between polls of the intensity API (300, 5m), 1 s (a local endpoint) to 1 d (default 5m)"
+        ),
     )
     timeout: Seconds = Field(
         10.0,
@@ -335,7 +337,11 @@ class CarbonConfig(BaseModel):
         600.0,
         ge=1,
         le=86400,
-        json_schema_extra=_hint(CARBON, "the longest wait between retries after failures (600, 10m), 1 s to 1 d"),
+        json_schema_extra=_hint(
+            CARBON,
+            "the longest wait between retries after failures (600, 10m), 1 s to 1 d; the first is an eighth "
+            "of it, at most 5 s",
+        ),
     )
     embodied: bool = Field(
         True,

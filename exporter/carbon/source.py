@@ -119,7 +119,7 @@ def open_provider(carbon: CarbonConfig) -> HttpIntensity:
     timing = api.PollTiming(
         interval_s=carbon.poll_interval,
         timeout_s=carbon.timeout,
-        min_backoff_s=min(5.0, carbon.max_backoff),
+        min_backoff_s=min(5.0, carbon.max_backoff / 8),  # then doubling, jittered, up to max_backoff
         max_backoff_s=carbon.max_backoff,
     )
     if carbon.provider == "electricity_maps":
