@@ -49,6 +49,7 @@ class Engine:
         accelerators: list[AcceleratorMeter],
         accelerator_reports: list[MeterReport],
         fd_budget: FdBudget | None = None,
+        carbon: GridIntensity | None = None,
     ) -> None:
         self.config = config
         self.meter = meter
@@ -60,7 +61,7 @@ class Engine:
         self.accelerator_reports = accelerator_reports
         self.fd_budget = fd_budget or FdBudget(1 << 20)
         self.processes = ProcessView(config, self.fd_budget) if config.process_metrics else None
-        self.carbon = GridIntensity(config)
+        self.carbon = carbon or GridIntensity(config)
         self.accounting = Accounting(config, workloads.ledger, meter.idle_watts if meter else dict)
         self._last_now: float | None = None
         self._dt = 0.0
@@ -71,6 +72,7 @@ class Engine:
     @classmethod
     def start(cls, config: Config) -> Engine:
         """Discover every source (once) and log what was chosen and why."""
+        carbon = GridIntensity(config)  # first: an unreadable credential is a config error before anything runs
         cpu = NodeCpu(config.proc_path)
         info = read_node_info(config.node_name, config.proc_path, config.cgroup_root)
         meter, reports = select_meter(config, info.cpus)
@@ -102,6 +104,7 @@ class Engine:
             accelerators=accelerators,
             accelerator_reports=accelerator_reports,
             fd_budget=budget,
+            carbon=carbon,
         )
 
     @property

@@ -64,14 +64,9 @@ class GridIntensity:
     def read(self) -> IntensityReading | None:
         if self._http is not None:
             status = self._http.latest()
-            self.reading = IntensityReading(
-                status.grams_per_kwh,
-                status.source,
-                status.kind,
-                status.age_seconds(time.time()),
-                status.up,
-                status.errors,
-            )
+            age = status.age_seconds(time.time())
+            up = status.up and status.grams_per_kwh is not None  # down until the first value
+            self.reading = IntensityReading(status.grams_per_kwh, status.source, status.kind, age, up, status.errors)
         elif self._file is not None and self.configured:
             value = self._file.read()
             path = str(self._file.path) if self._file.path is not None else STATIC
