@@ -86,7 +86,7 @@ def test_recording_rule_names_follow_level_metric_operations() -> None:
         level, metric, operations = name.split(":")
         # The level names the labels the result is aggregated by.
         assert set(level.split("_")) <= {"node", "zone", "source", "socket", "gpu", "namespace", "pod", "unit",
-                                         "owner"}, name
+                                         "owner", "part"}, name
         assert metric.startswith(("wattlens_", "vllm_")), name
         assert not metric.endswith("_total"), f"{name}: drop _total once rate/increase has been applied"
         assert operations.endswith(("rate5m", "increase5m")), name
