@@ -7,12 +7,12 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from fake_intensity import FakeIntensityServer, Reply
 from helpers import CgroupFixture, Daemon, ProcTree, RaplTree, make_config
+from test_carbon_intensity import wait_until
 from test_once_json import compare
 
 from exporter.config import ConfigError, load_config
@@ -23,15 +23,6 @@ from exporter.snapshot_json import snapshot_document
 
 EM_PATH = "/v3/carbon-intensity/latest"
 POD = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0a1b2c3d_0000_4000_8000_000000000001.slice"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 def em(grams: float) -> Reply:
