@@ -435,7 +435,9 @@ WORKLOAD_FAMILIES: dict[str, Family] = {
     "user": USER_CPU_JOULES,
     "job": JOB_CPU_JOULES,
 }
-_WORKLOAD_NAMES = {"pod": "pod", "container": "container", "service": "systemd service", "vm": "virtual machine",
+_WORKLOAD_NAMES = {"pod": "pod (its containers' included)",
+                   "container": 'top-level container (parent_kind="": one inside a pod is in the pod\'s)',
+                   "service": "systemd service", "vm": "virtual machine",
                    "user": "user's sessions", "job": "batch job"}  # fmt: skip
 # A workload's carbon families: its joules family's labels without zone and source (grams span every domain).
 WORKLOAD_OPERATIONAL_CARBON: dict[str, Family] = {

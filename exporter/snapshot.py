@@ -114,6 +114,11 @@ class WorkloadState:
     def label(self, name: str) -> str:
         return next(value for key, value in self.labels if key == name)
 
+    @property
+    def top_level(self) -> bool:
+        """Top-level (it has carbon series); a container inside a pod, user or service is part of that one."""
+        return self.kind != "container" or not self.label("parent_kind")
+
 
 @dataclass(frozen=True, slots=True)
 class CarbonDomain:

@@ -41,8 +41,9 @@ def _workload(
         "ended": not w.last_uj,
         "cpu": cpu,
         "gpu": gpu,
-        "operational_carbon_grams": w.operational_ng / NG_PER_GRAM,
-        "embodied_carbon_grams": w.embodied_ng / NG_PER_GRAM,
+        # Carbon is per top-level workload: a pod's containers are in their pod's grams (null here).
+        "operational_carbon_grams": w.operational_ng / NG_PER_GRAM if w.top_level else None,
+        "embodied_carbon_grams": w.embodied_ng / NG_PER_GRAM if w.top_level else None,
     }
 
 

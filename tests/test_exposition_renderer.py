@@ -275,13 +275,13 @@ def test_label_text_is_escaped_once_per_series_and_dropped_when_the_series_goes(
         assert renderer.render(rich_snapshot(pods=4)).text
         born = len(escapes) - first
         # Only the new pod's series: 2 CPU zones x 6 labels, 1 GPU x 6, 2 x 6 watts, and its container's 10;
-        # carbon: the pod's operational (5 labels) and embodied (4), its container's (9 and 8).
-        assert born == 2 * 6 + 6 + 2 * 6 + 10 + 5 + 4 + 9 + 8
+        # carbon: the pod's operational (5 labels) and embodied (4); its container's grams are in the pod's.
+        assert born == 2 * 6 + 6 + 2 * 6 + 10 + 5 + 4
     finally:
         ex.escape_label_value = real  # type: ignore[assignment]
     def cached_pods() -> int:  # label texts kept for pod joules series
         return sum(1 for (name, _), zones in renderer._workload_by_value.items()
-                   if name == "wattlens_pod_cpu_joules_total" for zone in zones if not zone.startswith("watts:"))
+                   if name == "wattlens_pod_cpu_joules_total" for zone in zones if not zone.startswith(("watts:", "co2:")))
 
     assert cached_pods() == 4 * 2  # 4 pods x 2 CPU zones
     for n in range(40, 0, -1):  # pods go: the label text of the gone ones is dropped, bounded by the live ones

@@ -2,7 +2,7 @@
 
 Grams are kept as integer nanograms (ng). Per domain and tick, exactly like energy:
 
-    domain grams = idle + unattributed + Σ top-level workloads,   top-level = Σ children + residual
+    domain grams = idle + unattributed + Σ top-level workloads
 
 - **Operational**: a domain's tick energy at the grid intensity in force during that tick,
   `ng = µJ × mg/kWh / 3.6e6` (1 kWh = 3.6e12 µJ), the remainder of the division carried to the domain's next
@@ -12,6 +12,9 @@ Grams are kept as integer nanograms (ng). Per domain and tick, exactly like ener
 - **Embodied**: a piece of hardware's embodied carbon over its lifetime, `ng = TE × Δt / EL` per tick (again with
   the remainder carried), split by its users' share of it: the host by CPU time over the node's capacity (the
   unused capacity is idle, like idle energy), an accelerator like its energy in that tick.
+
+Grams go to top-level workloads (pods, top-level containers, services, VMs, users, jobs): a pod's containers are
+inside their pod's grams, as its children are inside its joules.
 """
 
 from __future__ import annotations
@@ -75,30 +78,13 @@ def embodied_ng(rate: Rate, dt_us: int, carry: int) -> tuple[int, int]:
 
 def split_like(total: int, shares: ZoneShares[str], top: Sequence[Usage[str]]) -> ZoneShares[str]:
     """`total` split in the proportions of an energy split: idle, unattributed and each top-level workload by their
-    µJ, then each top-level workload's part among its children and residual by theirs. All of it is idle when the
-    split had no energy at all; a top-level part stays in its residual when its children had none."""
+    µJ (all of it idle when the split had no energy). Only top-level workloads get carbon: a pod's containers are
+    in their pod's grams (one series per top-level workload, not per child)."""
     weights = [shares.idle_uj, shares.unattributed_uj, *(shares.workloads[u.key] for u in top)]
     if sum(weights) == 0:
-        return ZoneShares(total, 0, {u.key: 0 for u in _every(top)}, {})
+        return ZoneShares(total, 0, dict.fromkeys((u.key for u in top), 0), {})
     idle, unattributed, *parts = apportion(total, weights)
-    workloads: dict[str, int] = {}
-    residuals: dict[str, int] = {}
-    for usage, part in zip(top, parts, strict=True):
-        workloads[usage.key] = part
-        if not usage.children:
-            continue
-        child_weights = [shares.workloads[c.key] for c in usage.children]
-        child_weights.append(shares.residual_uj.get(usage.key, 0))
-        none = sum(child_weights) == 0
-        child_parts = [0] * len(usage.children) + [part] if none else apportion(part, child_weights)
-        *children, residuals[usage.key] = child_parts
-        for child, child_part in zip(usage.children, children, strict=True):
-            workloads[child.key] = child_part
-    return ZoneShares(idle, unattributed, workloads, residuals)
-
-
-def _every(top: Sequence[Usage[str]]) -> list[Usage[str]]:
-    return [u for usage in top for u in (usage, *usage.children)]
+    return ZoneShares(idle, unattributed, {u.key: part for u, part in zip(top, parts, strict=True)}, {})
 
 
 class CarbonLedger:
@@ -144,7 +130,8 @@ class CarbonLedger:
         parts = self.embodied.setdefault(domain, CarbonParts())
         grams, parts.carry = embodied_ng(rate, dt_us, parts.carry)
         idle = split_by_ratio(grams, *(idle_share or (0, 0))).idle_uj
-        return self._book(parts, "embodied", attribute(grams, idle, busy_us, top, spread_idle=spread_idle), top)
+        tops = [Usage(u.key, u.cpu_us) for u in top]  # top-level only, as for operational grams
+        return self._book(parts, "embodied", attribute(grams, idle, busy_us, tops, spread_idle=spread_idle), tops)
 
     def _book(
         self, parts: CarbonParts, which: str, split: ZoneShares[str], top: Sequence[Usage[str]]
