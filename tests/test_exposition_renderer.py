@@ -281,7 +281,8 @@ def test_label_text_is_escaped_once_per_series_and_dropped_when_the_series_goes(
         ex.escape_label_value = real  # type: ignore[assignment]
     def cached_pods() -> int:  # label texts kept for pod joules series
         return sum(1 for (name, _), zones in renderer._workload_by_value.items()
-                   if name == "wattlens_pod_cpu_joules_total" for zone in zones if not zone.startswith(("watts:", "co2:")))
+                   if name == "wattlens_pod_cpu_joules_total"
+                   for zone in zones if not zone.startswith(("watts:", "co2:")))
 
     assert cached_pods() == 4 * 2  # 4 pods x 2 CPU zones
     for n in range(40, 0, -1):  # pods go: the label text of the gone ones is dropped, bounded by the live ones
