@@ -116,8 +116,14 @@ def sweep_cost(proc: Path, reps: int) -> float:
     return med(samples)
 
 
-def measure(size: Size, node: Node, ticks: int, warmup: int, reps: int, max_series: str | None = None) -> None:
+# Carbon accounting (docs/carbon.md): as shipped (embodied only), off, or with a grid intensity (operational too).
+CARBON_FLAGS = {"embodied": {}, "off": {"carbon.embodied": False}, "all": {"carbon_intensity": 300.0}}
+
+
+def measure(size: Size, node: Node, ticks: int, warmup: int, reps: int, max_series: str | None = None,
+            carbon: str = "embodied") -> None:
     flags = {
+        **CARBON_FLAGS[carbon],
         "node_name": "bench-node",
         "sys_path": str(node.sys),
         "proc_path": str(node.proc),
@@ -327,6 +333,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-daemon", action="store_true", help="skip the real daemon's RSS")
     p.add_argument("--max-series", help="the series budget (default: the default max_series; 0: none)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--carbon", choices=sorted(CARBON_FLAGS), default="embodied",
+                   help="carbon accounting: embodied (as shipped), off, or all (with a grid intensity)")
     return p.parse_args(argv)
 
 
@@ -343,7 +351,7 @@ def bench(args: argparse.Namespace) -> int:
                 node = Node(Path(tmp), args.seed, pods=pods)
                 built = time.perf_counter() - t0
                 size = Size(pods)
-                measure(size, node, args.ticks, args.warmup, args.reps, args.max_series)
+                measure(size, node, args.ticks, args.warmup, args.reps, args.max_series, args.carbon)
                 if not args.no_daemon:
                     size.rss_kib, size.held_fds = daemon_rss(node, 3.0)
                 sizes.append(size)

@@ -52,6 +52,8 @@ MIN_SERIES = 100  # below this the rollups alone may not fit
 DORMANT_S = 86400.0
 MAX_DORMANT = 4096
 GPU_PREFIX = "gpu:"
+CARBON_PREFIX = "carbon:"  # a workload's grams, carried like a domain (exporter/workloads/tracker.py)
+NO_WATTS = (GPU_PREFIX, CARBON_PREFIX)  # domains without a pod watts series
 
 
 class WorkloadSeries(Protocol):
@@ -157,7 +159,7 @@ class SeriesBudget(Generic[S]):
         """The series a workload exports: one per domain, a pod's watts per CPU zone in this tick, pod_extra."""
         if state.kind != "pod":
             return len(state.energy_uj)
-        watts = sum(1 for domain, _ in state.last_uj if not domain.startswith(GPU_PREFIX))
+        watts = sum(1 for domain, _ in state.last_uj if not domain.startswith(NO_WATTS))
         return len(state.energy_uj) + watts + self.pod_extra
 
     def apply(self, now: float, states: Sequence[S], keys: Sequence[str], parents: Sequence[str]) -> tuple[S, ...]:
@@ -226,7 +228,7 @@ class SeriesBudget(Generic[S]):
         scale = 1e-6 / dt if dt > 0 else 0.0
         members = []
         for state, key in zip(states, keys, strict=True):
-            watts = sum(v for _, v in state.last_uj) * scale
+            watts = sum(v for d, v in state.last_uj if not d.startswith(CARBON_PREFIX)) * scale
             member = known.get(key)
             if member is None:
                 opened = key in previous
@@ -352,7 +354,7 @@ class SeriesBudget(Generic[S]):
             state = states[i]
             domains[key].update(domain for domain, _ in state.energy_uj)
             if state.kind == "pod":
-                watts.setdefault(key, set()).update(d for d, _ in state.last_uj if not d.startswith(GPU_PREFIX))
+                watts.setdefault(key, set()).update(d for d, _ in state.last_uj if not d.startswith(NO_WATTS))
         total = sum(u.cost for u in open_units) + sum(f.cost for f in self._frozen.values())
         return total + sum(map(len, domains.values())) + sum(map(len, watts.values()))
 

@@ -168,16 +168,16 @@ def _main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"wattlens: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.command == "once":
-        setup_logging(config.log_level if config.log_level != "info" else "warning", config.log_format)
-        return once(config, args.wait, args.json)
-    if args.command == "check":
-        setup_logging("error", config.log_format)
-        return check(config, args.seconds)
-    setup_logging(config.log_level, config.log_format)
-    try:
+    try:  # a setting that names a file found unusable at start (a credential) is a config error too
+        if args.command == "once":
+            setup_logging(config.log_level if config.log_level != "info" else "warning", config.log_format)
+            return once(config, args.wait, args.json)
+        if args.command == "check":
+            setup_logging("error", config.log_format)
+            return check(config, args.seconds)
+        setup_logging(config.log_level, config.log_format)
         return run(config)
-    except StartupError as exc:
+    except (StartupError, ConfigError) as exc:
         print(f"wattlens: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 

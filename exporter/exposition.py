@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from exporter import metrics as m
+from exporter.carbon.ledger import NG_PER_GRAM
 from exporter.counters import MICRO
 from exporter.zones import role_of
 
 if TYPE_CHECKING:
     from exporter.otlp.push import PushStats
-    from exporter.snapshot import Labels, Snapshot, ZoneState
+    from exporter.snapshot import Labels, Snapshot, WorkloadState, ZoneState
 
 GZIP_LEVEL = 1  # measured on a 100-pod OpenMetrics body: 1.2 ms vs 4.3 ms at level 6, for 15 % more bytes
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -100,10 +101,7 @@ def families(snap: Snapshot, endpoint: EndpointStats, render_s: float, workload_
     _workload_families(snap, out, workload_samples)
     if snap.accelerators:
         _gpu_families(snap, out)
-    if snap.carbon_intensity is not None:
-        carbon = _rows(m.GRID_CARBON_INTENSITY)
-        carbon.add((node,), snap.carbon_intensity)
-        out.append(carbon)
+    _carbon_families(snap, out, workload_samples)
 
     build, info = _rows(m.BUILD_INFO), _rows(m.NODE_INFO)
     build.add((node, snap.info.version, snap.info.python_version), 1.0)
@@ -317,6 +315,44 @@ def _budget_families(snap: Snapshot, out: list[Rows]) -> None:
         for kind, count in counts:  # only kinds that have folded (3 series per node, not 21, where none has)
             rows.add((node, kind), count)
     out += (limit, series, folded, folds, unfolds, dropped)
+
+
+def _carbon_families(snap: Snapshot, out: list[Rows], samples: bool) -> None:
+    """The intensity in force, the node's carbon by domain and part, and every workload's grams (workload
+    families, whose lines the renderer makes with the joules', unless `samples`)."""
+    node, carbon = snap.info.node, snap.carbon
+    if snap.carbon_intensity is not None:
+        intensity = _rows(m.GRID_CARBON_INTENSITY)
+        intensity.add((node, carbon.source, carbon.kind), snap.carbon_intensity)
+        out.append(intensity)
+        if carbon.age_s is not None:
+            age = _rows(m.GRID_CARBON_INTENSITY_AGE)
+            age.add((node, carbon.source), carbon.age_s)
+            out.append(age)
+    for domains, fam, extra, by_kind in (
+        (carbon.operational, m.NODE_OPERATIONAL_CARBON, (carbon.kind,), m.WORKLOAD_OPERATIONAL_CARBON),
+        (carbon.embodied, m.NODE_EMBODIED_CARBON, (), m.WORKLOAD_EMBODIED_CARBON),
+    ):
+        if not domains:
+            continue
+        rows = _rows(fam)
+        for d in domains:
+            for part, nanograms in (
+                ("idle", d.idle_ng),
+                ("unattributed", d.unattributed_ng),
+                ("workloads", d.workloads_ng),
+            ):
+                rows.add((node, d.domain, part, *extra), nanograms / NG_PER_GRAM)
+        out.append(rows)
+        workloads = {kind: Rows(f, f.labels, workloads=True) for kind, f in by_kind.items()}
+        operational = fam is m.NODE_OPERATIONAL_CARBON
+        for w in snap.workloads if samples else ():
+            if not w.top_level:
+                continue
+            values = tuple(value for _, value in w.labels)
+            nanograms = w.operational_ng if operational else w.embodied_ng
+            workloads[w.kind].add((node, *values, *extra), nanograms / NG_PER_GRAM)
+        out += workloads.values()
 
 
 def _walk_families(snap: Snapshot, out: list[Rows]) -> None:
@@ -607,7 +643,7 @@ class Renderer:
         node, tick_s = snap.info.node, snap.tick_seconds
         sources = {d.zone: d.source for d in snap.domains}
         # The node and each domain's meter: the same in a running daemon unless a meter is handed over.
-        context = (node, snap.meter, tuple(sources.items()))
+        context = (node, snap.meter, tuple(sources.items()), snap.carbon.kind)
         if context != self._workload_context:
             self._workload_context, self._workload_prefixes, self._workload_by_value = context, {}, {}
         gpu_zones = {f"gpu:{g.device.uuid}" for g in snap.accelerators}
@@ -618,6 +654,7 @@ class Renderer:
         watts_family = self._families[(m.POD_CPU_WATTS.full_name, m.POD_CPU_WATTS.labels)]
         out: dict[str, list[str]] = {name: [] for name in (*names.values(), m.POD_CPU_WATTS.full_name)}
         watts = out[m.POD_CPU_WATTS.full_name]
+        carbon = self._carbon_lines(snap, out)
         # By the identity of a workload's label values: the engine keeps that tuple while the names stay, so
         # a lookup hashes an int. The entry holds the tuple, so its id cannot be reused while it is cached.
         prefixes, by_value = self._workload_prefixes, self._workload_by_value
@@ -651,11 +688,57 @@ class Renderer:
                         values = (node, *(value for _, value in w.labels), zone, sources.get(zone, snap.meter))
                         prefix = mine["watts:" + zone] = watts_family.prefix(values)
                     watts.append(f"{prefix}{_value(microjoules / MICRO / tick_s)}\n")
+            _carbon_workload_lines(node, w, mine, carbon)
         if len(prefixes) > 2 * len(snap.workloads) + 16 or len(by_value) > 2 * len(snap.workloads) + 16:
             live = {id(w.labels) for w in snap.workloads}  # workloads went: drop their label text
             self._workload_prefixes = {key: value for key, value in prefixes.items() if key in live}
             self._workload_by_value = {(n, labels): zones for labels, n, zones in self._workload_prefixes.values()}
         return {name: "".join(lines) for name, lines in out.items()}
+
+    def _carbon_lines(self, snap: Snapshot, out: dict[str, list[str]]) -> list[_CarbonLines]:
+        """The workload carbon families this tick has: per kind their label text and line list (in `out`)."""
+        carbon = []
+        for key, on, by_kind, extra, grams in (
+            ("co2:op", snap.carbon.operational, m.WORKLOAD_OPERATIONAL_CARBON, (snap.carbon.kind,), _operational),
+            ("co2:emb", snap.carbon.embodied, m.WORKLOAD_EMBODIED_CARBON, (), _embodied),
+        ):
+            if on:
+                lines = {kind: (self._families[(f.full_name, f.labels)], out.setdefault(f.full_name, []))
+                         for kind, f in by_kind.items()}  # fmt: skip
+                carbon.append(_CarbonLines(key, lines, extra, grams))
+        return carbon
+
+
+@dataclass(frozen=True, slots=True)
+class _CarbonLines:
+    """One carbon family per workload kind: where its lines go, its label text, the extra label values."""
+
+    key: str  # the workload's label-text cache key
+    lines: dict[str, tuple[_FamilyLines, list[str]]]
+    extra: tuple[str, ...]
+    grams: Callable[[WorkloadState], int]  # nanograms
+
+
+def _carbon_workload_lines(node: str, w: WorkloadState, mine: dict[str, str], carbon: list[_CarbonLines]) -> None:
+    child = mine.get("co2:child")
+    if child is None:
+        child = mine["co2:child"] = "" if w.top_level else "yes"  # a pod's containers: in their pod's grams
+    if child:
+        return
+    for family in carbon:  # operational, embodied: one series each
+        lines, out = family.lines[w.kind]
+        prefix = mine.get(family.key)
+        if prefix is None:
+            prefix = mine[family.key] = lines.prefix((node, *(value for _, value in w.labels), *family.extra))
+        out.append(f"{prefix}{_value(family.grams(w) / NG_PER_GRAM)}\n")
+
+
+def _operational(w: WorkloadState) -> int:
+    return w.operational_ng
+
+
+def _embodied(w: WorkloadState) -> int:
+    return w.embodied_ng
 
 
 Variant = tuple[bool, bool]  # (openmetrics, gzipped)

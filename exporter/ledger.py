@@ -42,6 +42,10 @@ class WorkloadRecord(Generic[W]):
     energy_uj: dict[str, int] = field(default_factory=dict)
     last_uj: dict[str, int] = field(default_factory=dict)  # this tick's share, for watts
     last_seen: float = 0.0
+    operational_ng: int = 0  # grams CO2e (ng) of its energy at the grid intensity (exporter/carbon/ledger.py)
+    embodied_ng: int = 0  # its share of the hardware's embodied carbon (ng)
+    last_operational_ng: int = 0  # this tick's shares of those (the series budget folds them like energy)
+    last_embodied_ng: int = 0
 
 
 class WorkloadLedger(Generic[W]):
@@ -61,6 +65,7 @@ class WorkloadLedger(Generic[W]):
             self._sorted = None
         record.workload, record.parent, record.last_seen = workload, parent, now
         record.last_uj.clear()
+        record.last_operational_ng = record.last_embodied_ng = 0
 
     def add(self, key: str, zone: str, microjoules: int) -> None:
         if microjoules < 0:
@@ -79,6 +84,7 @@ class WorkloadLedger(Generic[W]):
                 self._sorted = None
             record.workload, record.parent, record.last_seen = workload, parent, now
             record.last_uj.clear()
+            record.last_operational_ng = record.last_embodied_ng = 0
 
     def add_all(self, zone: str, shares: dict[str, int]) -> None:
         """`add` for every workload of one zone's split (one call per zone and tick, not per workload)."""
@@ -90,6 +96,22 @@ class WorkloadLedger(Generic[W]):
             energy, last = record.energy_uj, record.last_uj
             energy[zone] = energy.get(zone, 0) + microjoules
             last[zone] = last.get(zone, 0) + microjoules
+
+    def add_operational(self, shares: dict[str, int]) -> None:
+        """Operational carbon (ng) of one domain's tick, per workload (top-level and children)."""
+        records = self._records
+        for key, nanograms in shares.items():
+            record = records[key]
+            record.operational_ng += nanograms
+            record.last_operational_ng += nanograms
+
+    def add_embodied(self, shares: dict[str, int]) -> None:
+        """Embodied carbon (ng) of one piece of hardware's tick, per workload (top-level and children)."""
+        records = self._records
+        for key, nanograms in shares.items():
+            record = records[key]
+            record.embodied_ng += nanograms
+            record.last_embodied_ng += nanograms
 
     def expire(self, now: float) -> int:
         """Drop workloads unseen for longer than the TTL; returns how many went."""

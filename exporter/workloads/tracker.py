@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from exporter.budget import SeriesBudget
+from exporter.budget import CARBON_PREFIX, SeriesBudget
 from exporter.config import Config
 from exporter.ledger import WorkloadLedger
 from exporter.meters.base import AcceleratorUser
@@ -121,7 +121,7 @@ class Workloads:
         if records is not self._keyed_records:  # the same list while no workload comes or goes
             self._keyed_records = records
             self._keys = (tuple(key for key, _ in records), tuple(r.parent for _, r in records))
-        self.exported = self.budget.apply(self._now, self.states(), *self._keys)
+        self.exported = tuple(map(_carbon_fields, self.budget.apply(self._now, self.states(), *self._keys)))
 
     @property
     def budget_stats(self) -> BudgetStats | None:
@@ -183,6 +183,10 @@ class Workloads:
             # workload seen in this tick has a share in it (the budget and pod watts rely on that).
             energy = tuple(record.energy_uj.items())
             last = tuple(record.last_uj.items()) if record.last_seen == now else ()
+            if record.operational_ng or record.embodied_ng:  # top-level workloads only (carbon/ledger.py)
+                energy += _carbon_domains(record.operational_ng, record.embodied_ng)
+                if record.last_seen == now:
+                    last += _carbon_domains(record.last_operational_ng, record.last_embodied_ng)
             states.append(WorkloadState(workload.kind, known.labels, energy, last))
         return tuple(states)
 
@@ -204,3 +208,28 @@ class Workloads:
     def close(self) -> None:
         if self.cgroups is not None:
             self.cgroups.close()
+
+
+# A workload's carbon goes through the series budget as two more domains: each is one series, and folding,
+# freezing and rollups then keep its grams exact the way they keep its joules (exporter/budget.py). They are
+# taken out again before anything renders the states.
+OPERATIONAL_DOMAIN, EMBODIED_DOMAIN = CARBON_PREFIX + "operational", CARBON_PREFIX + "embodied"
+
+
+def _carbon_domains(operational_ng: int, embodied_ng: int) -> tuple[tuple[str, int], ...]:
+    return tuple((d, ng) for d, ng in ((OPERATIONAL_DOMAIN, operational_ng), (EMBODIED_DOMAIN, embodied_ng)) if ng)
+
+
+def _carbon_fields(state: WorkloadState) -> WorkloadState:
+    """A budget's output state with its carbon domains back in the carbon fields."""
+    if not any(domain.startswith(CARBON_PREFIX) for domain, _ in state.energy_uj):
+        return state
+    carbon = dict(d for d in state.energy_uj if d[0].startswith(CARBON_PREFIX))
+    return WorkloadState(
+        state.kind,
+        state.labels,
+        tuple(d for d in state.energy_uj if not d[0].startswith(CARBON_PREFIX)),
+        tuple(d for d in state.last_uj if not d[0].startswith(CARBON_PREFIX)),
+        carbon.get(OPERATIONAL_DOMAIN, 0),
+        carbon.get(EMBODIED_DOMAIN, 0),
+    )
