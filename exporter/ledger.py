@@ -42,6 +42,9 @@ class WorkloadRecord(Generic[W]):
     energy_uj: dict[str, int] = field(default_factory=dict)
     last_uj: dict[str, int] = field(default_factory=dict)  # this tick's share, for watts
     last_seen: float = 0.0
+    # Set when energy_uj may have changed (a non-zero share, a new domain); the reader that copies the record
+    # clears it, and copies it again only when it is set or last_uj differs: most ticks, for an idle workload.
+    changed: bool = True
 
 
 class WorkloadLedger(Generic[W]):
@@ -60,7 +63,7 @@ class WorkloadLedger(Generic[W]):
             record = self._records[key] = WorkloadRecord(workload, parent)
             self._sorted = None
         record.workload, record.parent, record.last_seen = workload, parent, now
-        record.last_uj.clear()
+        record.last_uj = {}
 
     def add(self, key: str, zone: str, microjoules: int) -> None:
         if microjoules < 0:
@@ -68,6 +71,7 @@ class WorkloadLedger(Generic[W]):
         record = self._records[key]
         record.energy_uj[zone] = record.energy_uj.get(zone, 0) + microjoules
         record.last_uj[zone] = record.last_uj.get(zone, 0) + microjoules
+        record.changed = True
 
     def seen_all(self, now: float, members: Iterable[tuple[str, W, str]]) -> None:
         """`seen` for every (key, workload, parent) of a tick."""
@@ -78,7 +82,7 @@ class WorkloadLedger(Generic[W]):
                 record = records[key] = WorkloadRecord(workload, parent)
                 self._sorted = None
             record.workload, record.parent, record.last_seen = workload, parent, now
-            record.last_uj.clear()
+            record.last_uj = {}  # a new dict, so that a reader can compare it with the one it copied
 
     def add_all(self, zone: str, shares: dict[str, int]) -> None:
         """`add` for every workload of one zone's split (one call per zone and tick, not per workload)."""
@@ -88,7 +92,9 @@ class WorkloadLedger(Generic[W]):
                 raise ValueError(f"negative energy {microjoules} µJ for {key}")
             record = records[key]
             energy, last = record.energy_uj, record.last_uj
-            energy[zone] = energy.get(zone, 0) + microjoules
+            if microjoules or zone not in energy:
+                energy[zone] = energy.get(zone, 0) + microjoules
+                record.changed = True
             last[zone] = last.get(zone, 0) + microjoules
 
     def expire(self, now: float) -> int:

@@ -55,6 +55,8 @@ class Workloads:
         self._labels: dict[str, _Labels] = {}
         self._name_sources: tuple[object, ...] = (None, None, None)
         self._named_records: object = None
+        # Each workload's last state and the last_uj it was made from: handed out again while neither changed.
+        self._states: dict[str, tuple[WorkloadState, dict[str, int]]] = {}
 
     @classmethod
     def open(cls, config: Config, budget: FdBudget = UNLIMITED) -> Workloads:
@@ -112,9 +114,11 @@ class Workloads:
             containers = [r.workload.container_id for _, r in records if r.workload.kind == "container"]
             kubelet.refresh(now, pods, containers)
             self._named_records = records
-        memo = self._labels
+        memo, made = self._labels, self._states
         if len(memo) > len(records):  # workloads expired: forget their labels
             self._labels = memo = {key: memo[key] for key, _ in records if key in memo}
+        if len(made) > len(records):
+            self._states = made = {key: made[key] for key, _ in records if key in made}
         # Names change only when the kubelet's index is rebuilt or the pod watch replaces its mapping.
         sources = (
             kubelet.pods_index if kubelet is not None else None,
@@ -141,9 +145,15 @@ class Workloads:
                 values = label_values(workload, pod, container, record.parent)
                 labels = tuple(zip(LABELS[workload.kind], values, strict=True))
                 known = memo[key] = _Labels(workload, record.parent, names, labels)
+            last = record.last_uj
+            previous, was = made.get(key) or (None, None)
+            if previous is not None and not record.changed and previous.labels is known.labels and last == was:
+                states.append(previous)  # an idle workload: the same state as last tick
+                continue
             # Domains in the order the ledger first saw them: the same every tick, no sorting needed.
-            energy, last = tuple(record.energy_uj.items()), tuple(record.last_uj.items())
-            states.append(WorkloadState(workload.kind, known.labels, energy, last))
+            state = WorkloadState(workload.kind, known.labels, tuple(record.energy_uj.items()), tuple(last.items()))
+            made[key], record.changed = (state, dict(last)), False
+            states.append(state)
         return tuple(states)
 
     def pod_labels(self) -> tuple[PodLabels, ...]:
