@@ -114,10 +114,12 @@ def attribute(
 
 
 def _split(total: int, weights: list[int]) -> list[int]:
-    """apportion, except that with no weight at all everything goes to the last (catch-all) slot."""
-    if sum(weights) == 0:
+    """apportion of non-negative weights, except that with no weight at all everything goes to the last
+    (catch-all) slot."""
+    whole = sum(weights)
+    if whole == 0:
         return [0] * (len(weights) - 1) + [total]
-    return apportion(total, weights)
+    return _hamilton(total, weights, whole)
 
 
 def _hamilton(total: int, weights: Sequence[int], whole: int) -> list[int]:

@@ -145,10 +145,14 @@ class Workloads:
                 values = label_values(workload, pod, container, record.parent)
                 labels = tuple(zip(LABELS[workload.kind], values, strict=True))
                 known = memo[key] = _Labels(workload, record.parent, names, labels)
-            last = record.last_uj
-            previous, was = made.get(key) or (None, None)
-            if previous is not None and not record.changed and previous.labels is known.labels and last == was:
-                states.append(previous)  # an idle workload: the same state as last tick
+            last, previous = record.last_uj, made.get(key)
+            if (  # an idle workload: the same state as last tick
+                previous is not None
+                and not record.changed
+                and previous[0].labels is known.labels
+                and last == previous[1]
+            ):
+                states.append(previous[0])
                 continue
             # Domains in the order the ledger first saw them: the same every tick, no sorting needed.
             state = WorkloadState(workload.kind, known.labels, tuple(record.energy_uj.items()), tuple(last.items()))
