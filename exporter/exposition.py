@@ -521,7 +521,9 @@ class Renderer:
         # id(labels) → (labels, family, {zone (or "watts:" + zone): label text})
         self._workload_prefixes: dict[int, tuple[Labels, str, dict[str, str]]] = {}
         self._workload_by_value: dict[tuple[str, Labels], dict[str, str]] = {}  # the same, by value
-        self._workload_rendered: dict[int, _Rendered] = {}  # id(state) → its lines, by identity too
+        # id(state) → (state, joules lines, watts lines, the tick length they hold for: None any, _ANY_TICK any
+        # positive one, else that one), by identity too.
+        self._workload_rendered: dict[int, tuple[WorkloadState, str, str, float | None]] = {}
 
     def render(self, snap: Snapshot, endpoint: EndpointStats | None = None) -> Exposition:
         """This tick's exposition; nothing is rendered until a variant is asked for."""
@@ -554,43 +556,51 @@ class Renderer:
         state is the one of the previous render (the engine hands out the same record while its energy does not
         change: an idle workload) reuses its lines as they were; the others are made from label text kept per
         workload (by its label values) and zone."""
+        node, meter, tick_s = snap.info.node, snap.meter, snap.tick_seconds
         sources = {d.zone: d.source for d in snap.domains}
         gpu_zones = frozenset(f"gpu:{g.device.uuid}" for g in snap.accelerators)
         # The node, each domain's meter and the accelerators: the same in a running daemon unless one changes.
-        context = (snap.info.node, snap.meter, tuple(sources.items()), gpu_zones)
+        context = (node, meter, tuple(sources.items()), gpu_zones)
         if context != self._workload_context:
             self._workload_context, self._workload_prefixes, self._workload_by_value = context, {}, {}
             self._workload_rendered = {}
-        make = _WorkloadLines(
-            snap.info.node,
-            snap.meter,
-            sources,
-            gpu_zones,
-            snap.tick_seconds,
-            {fam.full_name: self._families[(fam.full_name, fam.labels)] for fam in m.WORKLOAD_FAMILIES.values()},
-            self._families[(m.POD_CPU_WATTS.full_name, m.POD_CPU_WATTS.labels)],
-        )
         names = {kind: fam.full_name for kind, fam in m.WORKLOAD_FAMILIES.items()}
+        family_lines = {
+            fam.full_name: self._families[(fam.full_name, fam.labels)] for fam in m.WORKLOAD_FAMILIES.values()
+        }
+        watts = _PodWatts(node, meter, sources, gpu_zones, tick_s, self._families[_WATTS_KEY])
         out: dict[str, list[str]] = {name: [] for name in (*names.values(), m.POD_CPU_WATTS.full_name)}
         watts_out = out[m.POD_CPU_WATTS.full_name]
         # By the identity of a workload's label values: the engine keeps that tuple while the names stay, so
         # a lookup hashes an int. The entry holds the tuple, so its id cannot be reused while it is cached.
         prefixes, by_value = self._workload_prefixes, self._workload_by_value
-        rendered, kept, tick_s = self._workload_rendered, {}, snap.tick_seconds
+        rendered, kept = self._workload_rendered, {}
         for w in snap.workloads:
             name = names[w.kind]
-            done = rendered.get(id(w))
-            if done is None or done.state is not w or not done.holds_for(tick_s):
+            done = rendered.get(id(w))  # (state, joules lines, watts lines, the tick length they hold for)
+            if done is None or done[0] is not w or not (done[3] is None or done[3] == tick_s or done[3] < 0 < tick_s):
                 entry = prefixes.get(id(w.labels))
                 if entry is None or entry[0] is not w.labels:  # a new workload, or new names: by value then
                     zones = by_value.get((name, w.labels))
                     if zones is None:
                         zones = by_value[(name, w.labels)] = {}
                     entry = prefixes[id(w.labels)] = (w.labels, name, zones)
-                done = make.lines(w, name, entry[2])
+                mine, lines = entry[2], []
+                for zone, microjoules in w.energy_uj:
+                    if zone in gpu_zones:
+                        continue
+                    prefix = mine.get(zone)
+                    if prefix is None:
+                        values = (node, *(value for _, value in w.labels), zone, sources.get(zone, meter))
+                        prefix = mine[zone] = family_lines[name].prefix(values)
+                    joules = microjoules / MICRO
+                    text = repr(joules)  # _value, inlined: this line runs for most series
+                    dot = text.find(".")
+                    lines.append(f"{prefix}{text if 0 <= dot <= 6 or joules <= 0 < dot else go_float(joules)}\n")
+                done = (w, "".join(lines), *watts.lines(w, mine)) if w.kind == "pod" else (w, "".join(lines), "", None)
             kept[id(w)] = done
-            out[name].append(done.joules)
-            watts_out.append(done.watts)
+            out[name].append(done[1])
+            watts_out.append(done[2])
         self._workload_rendered = kept
         if len(prefixes) > 2 * len(snap.workloads) + 16 or len(by_value) > 2 * len(snap.workloads) + 16:
             live = {id(w.labels) for w in snap.workloads}  # workloads went: drop their label text
@@ -599,63 +609,38 @@ class Renderer:
         return {name: "".join(lines) for name, lines in out.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class _Rendered:
-    """One workload's lines, kept while the engine hands out the same state. `tick_s`: the tick length its
-    watts lines were divided by (None: it has none; _ANY_TICK: every one is 0, whatever the tick's length)."""
-
-    state: WorkloadState
-    joules: str
-    watts: str
-    tick_s: float | None
-
-    def holds_for(self, tick_s: float) -> bool:
-        made = self.tick_s
-        return made is None or made == tick_s or made < 0 < tick_s
+_WATTS_KEY = (m.POD_CPU_WATTS.full_name, m.POD_CPU_WATTS.labels)
 
 
 @dataclass(frozen=True, slots=True)
-class _WorkloadLines:
-    """What a render needs to make one workload's lines."""
+class _PodWatts:
+    """What a render needs to make a pod's watts lines."""
 
     node: str
     meter: str
     sources: dict[str, str]
     gpu_zones: frozenset[str]
     tick_s: float
-    families: dict[str, _FamilyLines]
-    watts_family: _FamilyLines
+    family: _FamilyLines
 
-    def lines(self, w: WorkloadState, name: str, mine: dict[str, str]) -> _Rendered:
-        """`mine`: the workload's label text by zone (and "watts:" + zone), filled in as zones come."""
-        gpu_zones, lines = self.gpu_zones, []
-        for zone, microjoules in w.energy_uj:
-            if zone in gpu_zones:
-                continue
-            prefix = mine.get(zone)
-            if prefix is None:
-                prefix = mine[zone] = self.families[name].prefix(self._values(w, zone))
-            joules = microjoules / MICRO
-            text = repr(joules)  # _value, inlined: this line runs for most series
-            dot = text.find(".")
-            lines.append(f"{prefix}{text if 0 <= dot <= 6 or joules <= 0 < dot else go_float(joules)}\n")
+    def lines(self, w: WorkloadState, mine: dict[str, str]) -> tuple[str, float]:
+        """The pod's watts lines, and the tick length they hold for: _ANY_TICK when every one is 0 (or there is
+        none), else this tick's. `mine`: its label text by "watts:" + zone, filled in as zones come."""
         tick_s = self.tick_s
-        if w.kind != "pod" or tick_s <= 0:
-            return _Rendered(w, "".join(lines), "", None if w.kind != "pod" else tick_s)
-        watts, made = [], _ANY_TICK
+        if tick_s <= 0:
+            return "", tick_s
+        lines, made = [], _ANY_TICK
         for zone, microjoules in w.last_uj:
-            if zone in gpu_zones:
+            if zone in self.gpu_zones:
                 continue
             prefix = mine.get("watts:" + zone)
             if prefix is None:
-                prefix = mine["watts:" + zone] = self.watts_family.prefix(self._values(w, zone))
-            watts.append(f"{prefix}{_value(microjoules / MICRO / tick_s)}\n")
+                values = (self.node, *(value for _, value in w.labels), zone, self.sources.get(zone, self.meter))
+                prefix = mine["watts:" + zone] = self.family.prefix(values)
+            lines.append(f"{prefix}{_value(microjoules / MICRO / tick_s)}\n")
             if microjoules:
                 made = tick_s
-        return _Rendered(w, "".join(lines), "".join(watts), made)
-
-    def _values(self, w: WorkloadState, zone: str) -> tuple[str, ...]:
-        return (self.node, *(value for _, value in w.labels), zone, self.sources.get(zone, self.meter))
+        return "".join(lines), made
 
 
 Variant = tuple[bool, bool]  # (openmetrics, gzipped)
