@@ -518,12 +518,9 @@ class Renderer:
         self.last_render_s = 0.0  # wall time spent rendering the previous tick's exposition
         self._current: Exposition | None = None
         self._workload_context: tuple[object, ...] = ()
-        # id(labels) → (labels, family, {zone (or "watts:" + zone): label text})
-        self._workload_prefixes: dict[int, tuple[Labels, str, dict[str, str]]] = {}
+        # id(labels) → its label text by zone (or "watts:" + zone) and its last lines
+        self._workload_prefixes: dict[int, _WorkloadText] = {}
         self._workload_by_value: dict[tuple[str, Labels], dict[str, str]] = {}  # the same, by value
-        # id(state) → (state, joules lines, watts lines, the tick length they hold for: None any, _ANY_TICK any
-        # positive one, else that one), by identity too.
-        self._workload_rendered: dict[int, tuple[WorkloadState, str, str, float | None]] = {}
 
     def render(self, snap: Snapshot, endpoint: EndpointStats | None = None) -> Exposition:
         """This tick's exposition; nothing is rendered until a variant is asked for."""
@@ -563,7 +560,6 @@ class Renderer:
         context = (node, meter, tuple(sources.items()), gpu_zones)
         if context != self._workload_context:
             self._workload_context, self._workload_prefixes, self._workload_by_value = context, {}, {}
-            self._workload_rendered = {}
         names = {kind: fam.full_name for kind, fam in m.WORKLOAD_FAMILIES.items()}
         family_lines = {
             fam.full_name: self._families[(fam.full_name, fam.labels)] for fam in m.WORKLOAD_FAMILIES.values()
@@ -573,19 +569,18 @@ class Renderer:
         watts_out = out[m.POD_CPU_WATTS.full_name]
         # By the identity of a workload's label values: the engine keeps that tuple while the names stay, so
         # a lookup hashes an int. The entry holds the tuple, so its id cannot be reused while it is cached.
-        prefixes, by_value = self._workload_prefixes, self._workload_by_value
-        rendered, kept = self._workload_rendered, {}
+        known, by_value = self._workload_prefixes, self._workload_by_value
         for w in snap.workloads:
             name = names[w.kind]
-            done = rendered.get(id(w))  # (state, joules lines, watts lines, the tick length they hold for)
-            if done is None or done[0] is not w or not (done[3] is None or done[3] == tick_s or done[3] < 0 < tick_s):
-                entry = prefixes.get(id(w.labels))
-                if entry is None or entry[0] is not w.labels:  # a new workload, or new names: by value then
-                    zones = by_value.get((name, w.labels))
-                    if zones is None:
-                        zones = by_value[(name, w.labels)] = {}
-                    entry = prefixes[id(w.labels)] = (w.labels, name, zones)
-                mine, lines = entry[2], []
+            kept = known.get(id(w.labels))
+            if kept is None or kept.labels is not w.labels:  # a new workload, or new names: by value then
+                zones = by_value.get((name, w.labels))
+                if zones is None:
+                    zones = by_value[(name, w.labels)] = {}
+                kept = known[id(w.labels)] = _WorkloadText(w.labels, name, zones)
+            made = kept.tick_s
+            if kept.state is not w or not (made is None or made == tick_s or made < 0 < tick_s):
+                mine, lines = kept.zones, []
                 for zone, microjoules in w.energy_uj:
                     if zone in gpu_zones:
                         continue
@@ -597,16 +592,31 @@ class Renderer:
                     text = repr(joules)  # _value, inlined: this line runs for most series
                     dot = text.find(".")
                     lines.append(f"{prefix}{text if 0 <= dot <= 6 or joules <= 0 < dot else go_float(joules)}\n")
-                done = (w, "".join(lines), *watts.lines(w, mine)) if w.kind == "pod" else (w, "".join(lines), "", None)
-            kept[id(w)] = done
-            out[name].append(done[1])
-            watts_out.append(done[2])
-        self._workload_rendered = kept
-        if len(prefixes) > 2 * len(snap.workloads) + 16 or len(by_value) > 2 * len(snap.workloads) + 16:
+                kept.state, kept.joules = w, "".join(lines)
+                kept.watts, kept.tick_s = watts.lines(w, mine) if w.kind == "pod" else ("", None)
+            out[name].append(kept.joules)
+            if kept.watts:
+                watts_out.append(kept.watts)
+        if len(known) > 2 * len(snap.workloads) + 16 or len(by_value) > 2 * len(snap.workloads) + 16:
             live = {id(w.labels) for w in snap.workloads}  # workloads went: drop their label text
-            self._workload_prefixes = {key: value for key, value in prefixes.items() if key in live}
-            self._workload_by_value = {(n, labels): zones for labels, n, zones in self._workload_prefixes.values()}
+            self._workload_prefixes = {key: value for key, value in known.items() if key in live}
+            self._workload_by_value = {(t.family, t.labels): t.zones for t in self._workload_prefixes.values()}
         return {name: "".join(lines) for name, lines in out.items()}
+
+
+@dataclass(slots=True)
+class _WorkloadText:
+    """A workload's label text by zone (and "watts:" + zone), and the lines last made for it: kept while its
+    state is the one they were made from. `tick_s`: the tick length its watts lines were divided by (None: it
+    has none; _ANY_TICK: every one is 0, whatever the tick's length)."""
+
+    labels: Labels
+    family: str
+    zones: dict[str, str]
+    state: WorkloadState | None = None
+    joules: str = ""
+    watts: str = ""
+    tick_s: float | None = None
 
 
 _WATTS_KEY = (m.POD_CPU_WATTS.full_name, m.POD_CPU_WATTS.labels)
