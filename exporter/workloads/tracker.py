@@ -9,7 +9,7 @@ are exported as long as it has a series (exporter/snapshot.py).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exporter.config import Config
 from exporter.ledger import WorkloadLedger
@@ -28,15 +28,18 @@ log = logging.getLogger(__name__)
 EMPTY_TREE = WorkloadTree((), {}, {})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Labels:
     """A workload's labels by name: made again only when the names the node knows change. The same tuple is
-    handed out every tick meanwhile, so the renderer keeps its label text by the tuple's identity."""
+    handed out every tick meanwhile, so the renderer keeps its label text by the tuple's identity. With them,
+    the workload's last state and the last_uj it was made from: handed out again while neither changed."""
 
     workload: Classified
     parent: str  # its top-level workload's key ("" if it is one): a label of some kinds
     names: tuple[object, ...]  # which name sources they were made from
     labels: Labels
+    state: WorkloadState | None = None
+    last_uj: dict[str, int] = field(default_factory=dict)
 
 
 class Workloads:
@@ -55,8 +58,6 @@ class Workloads:
         self._labels: dict[str, _Labels] = {}
         self._name_sources: tuple[object, ...] = (None, None, None)
         self._named_records: object = None
-        # Each workload's last state and the last_uj it was made from: handed out again while neither changed.
-        self._states: dict[str, tuple[WorkloadState, dict[str, int]]] = {}
 
     @classmethod
     def open(cls, config: Config, budget: FdBudget = UNLIMITED) -> Workloads:
@@ -114,11 +115,9 @@ class Workloads:
             containers = [r.workload.container_id for _, r in records if r.workload.kind == "container"]
             kubelet.refresh(now, pods, containers)
             self._named_records = records
-        memo, made = self._labels, self._states
+        memo = self._labels
         if len(memo) > len(records):  # workloads expired: forget their labels
             self._labels = memo = {key: memo[key] for key, _ in records if key in memo}
-        if len(made) > len(records):
-            self._states = made = {key: made[key] for key, _ in records if key in made}
         # Names change only when the kubelet's index is rebuilt or the pod watch replaces its mapping.
         sources = (
             kubelet.pods_index if kubelet is not None else None,
@@ -145,18 +144,13 @@ class Workloads:
                 values = label_values(workload, pod, container, record.parent)
                 labels = tuple(zip(LABELS[workload.kind], values, strict=True))
                 known = memo[key] = _Labels(workload, record.parent, names, labels)
-            last, previous = record.last_uj, made.get(key)
-            if (  # an idle workload: the same state as last tick
-                previous is not None
-                and not record.changed
-                and previous[0].labels is known.labels
-                and last == previous[1]
-            ):
-                states.append(previous[0])
+            last, previous = record.last_uj, known.state
+            if previous is not None and not record.changed and last == known.last_uj:
+                states.append(previous)  # an idle workload: the same state as last tick
                 continue
             # Domains in the order the ledger first saw them: the same every tick, no sorting needed.
             state = WorkloadState(workload.kind, known.labels, tuple(record.energy_uj.items()), tuple(last.items()))
-            made[key], record.changed = (state, dict(last)), False
+            known.state, known.last_uj, record.changed = state, dict(last), False
             states.append(state)
         return tuple(states)
 
