@@ -9,8 +9,9 @@
 # Build arguments:
 #   BASE    any image with python3 (>= 3.11) and its venv module; both stages use it, so the venv's
 #           interpreter link stays valid. Default: the official Python slim image.
-#   EXTRAS  `kubernetes` (default) brings the client for the pod watch (apiWatch / kubernetes_api: true);
-#           set it empty for an image ~65 MB smaller without it.
+#   EXTRAS  `kubernetes,otlp` (default): the client for the pod watch (apiWatch / kubernetes_api: true, ~65 MB)
+#           and the OTLP/HTTP exporter (otlp_endpoint, ~10 MB); set it empty for an image without them, or add
+#           otlp-grpc for otlp_protocol=grpc (grpcio, ~19 MB).
 #   WHEELS  offline builds: a directory inside the build context (e.g. dist/wheels) holding wheels for every
 #           dependency and for the build backend (hatchling); pip then uses it instead of an index. The
 #           project's own wheel is still built here, from the source tree. (tests/test_image.py builds so.)
@@ -18,7 +19,7 @@
 ARG BASE=docker.io/library/python:3.11-slim-bookworm
 
 FROM ${BASE} AS build
-ARG EXTRAS=kubernetes
+ARG EXTRAS=kubernetes,otlp
 ARG WHEELS=
 WORKDIR /src
 # .dockerignore lets in only what the wheel is built from (and the WHEELS directory).

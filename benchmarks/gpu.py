@@ -10,17 +10,21 @@ NVML: ticks run in a worker thread).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+import pynvml  # noqa: E402
 from nvml_stub.stub import StubState, build_stub, stub_env  # noqa: E402
 
 from exporter.accounting import Accounting, Weights  # noqa: E402
@@ -54,7 +58,7 @@ def percentiles(values: list[float]) -> str:
 
 def measure(ticks: int, state_path: Path) -> None:
     state_at(0).write(state_path)
-    meter = NvmlMeter.open(timeout_s=5.0)
+    meter = NvmlMeter.open(timeout_s=5.0, proc_path=state_path.parent / "no-proc")
     ledger: WorkloadLedger[str] = WorkloadLedger(600.0)
     accounting = Accounting(load_config({"gpu_idle_watts": "60"}, None, environ={}), ledger, dict)
     keys = [("pod:x", "")] + [(f"container:{10_000 + i * 100 + p}", "pod:x") for i in range(GPUS)
@@ -71,8 +75,11 @@ def measure(ticks: int, state_path: Path) -> None:
             ledger.seen(now, key, key, parent)
         start = time.perf_counter()
         accounting.tick(now + 0.001, 5.0, node=[], cpu=Weights(0, []), accelerators=meter.read(now + 0.001),
-                        owner=lambda pid: ("pod:x", f"container:{pid}"))
+                        owner=lambda user: ("pod:x", f"container:{user.pid}"))
         tick_ms.append((time.perf_counter() - start) * 1000)
+    calls_per_tick = _calls(lambda: meter.read(ticks * 5.0 + 1.0)) / GPUS
+    poll_ms = _timed(lambda: meter.poll(ticks * 5.0 + 2.0, wait=True), 50)
+    floor_ms = _timed(lambda: _classic_call_set(meter), 50)
     meter.close()
     print(
         f"wattlens GPU benchmark: {GPUS} stub GPUs x {PROCESSES_PER_GPU} processes, {ticks} ticks; "
@@ -80,8 +87,47 @@ def measure(ticks: int, state_path: Path) -> None:
     )
     print(f"  NvmlMeter.read (all {GPUS} GPUs), ms:     {percentiles(read_ms)}")
     print(f"  read + Accounting.tick (split), ms:    {percentiles(tick_ms)}")
+    per_gpu = statistics.median(read_ms) / GPUS
+    print(f"  per GPU: read {per_gpu:.3f} ms, {calls_per_tick:.1f} NVML calls per tick; a poll between ticks "
+          f"{poll_ms / GPUS:.3f} ms")
+    print(f"  floor (same run): the classic per-tick call set (energy, 3 process lists, utilisation, MIG mode) "
+          f"{floor_ms / GPUS:.3f} ms per GPU -> read/floor {per_gpu / floor_ms * GPUS:.2f}x")
     budget = statistics.median(tick_ms)
     print(f"  target <= 5 ms per tick for 8 GPUs: median {budget:.3f} ms -> {'OK' if budget <= 5 else 'OVER'}")
+
+
+def _timed(call: Callable[[], object], repeat: int) -> float:
+    """Median ms of `repeat` calls."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def _calls(call: Callable[[], object]) -> int:
+    """NVML calls `call` makes (the stub counts them)."""
+    counter = ctypes.CDLL("libnvidia-ml.so.1").nvmlStubGetCallCount
+    counter.restype = ctypes.c_ulonglong
+    before = counter()
+    call()
+    return int(counter() - before)
+
+
+def _classic_call_set(meter: NvmlMeter) -> None:
+    """What a tick cost before issue 15, on the same stub: per GPU, the energy call, three process lists, the
+    utilisation samples and the MIG mode, each its own call."""
+    for device in meter._devices:
+        handle = device.handle
+        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+        pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        pynvml.nvmlDeviceGetGraphicsRunningProcesses(handle)
+        pynvml.nvmlDeviceGetMPSComputeRunningProcesses(handle)
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlDeviceGetProcessUtilization(handle, 0)
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlDeviceGetMigMode(handle)
 
 
 def main() -> int:

@@ -63,6 +63,9 @@ class Size:
     scrape: list[float] = field(default_factory=list)  # tick + the render of one Prometheus scrape
     gc_ms: list[float] = field(default_factory=list)  # GC CPU per tick (inside tick + renders)
     series: int = 0
+    workload_series: int = 0  # after the series budget (max_series)
+    max_series: int = 0
+    folded: dict[str, int] = field(default_factory=dict)
     floor: float = 0.0  # pread of every workload cpu.stat through held fds, right after the node moved on
     floor_parse: float = 0.0  # the same, with usage_usec parsed
     floor_hot: float = 0.0  # the same, repeated back to back (caches hot)
@@ -113,7 +116,7 @@ def sweep_cost(proc: Path, reps: int) -> float:
     return med(samples)
 
 
-def measure(size: Size, node: Node, ticks: int, warmup: int, reps: int) -> None:
+def measure(size: Size, node: Node, ticks: int, warmup: int, reps: int, max_series: str | None = None) -> None:
     flags = {
         "node_name": "bench-node",
         "sys_path": str(node.sys),
@@ -122,6 +125,8 @@ def measure(size: Size, node: Node, ticks: int, warmup: int, reps: int) -> None:
         "kubelet_log_path": str(node.log),
         "meters": "rapl",
     }
+    if max_series is not None:
+        flags["max_series"] = max_series
     engine = Engine.start(load_config(flags, None, environ={}))
     renderer = Renderer()
     now = 1_000_000.0
@@ -159,6 +164,9 @@ def measure(size: Size, node: Node, ticks: int, warmup: int, reps: int) -> None:
                 size.gc_ms.append(timer.cpu_s * 1e3)
         text = renderer.render(snap).body(False, False)
         size.series = sum(1 for line in text.splitlines() if line and not line.startswith(b"#"))
+        if snap.budget is not None:
+            size.workload_series, size.max_series = snap.budget.series, snap.budget.max_series
+            size.folded = dict(snap.budget.folded)
         size.workload_cgroups = len(fds)
         size.floor = med([f for f, parse in size.floors if not parse])
         size.floor_parse = med([f for f, parse in size.floors if parse])
@@ -306,6 +314,13 @@ def verdicts(sizes: list[Size], idle_rss: int) -> list[str]:
             max(s.gc_ms) <= GOAL_GC_MS,
             f"1000 pods: GC per tick p50 {med(s.gc_ms):.2f} ms, max {max(s.gc_ms):.2f} ms <= 2 ms",
         )
+    for s in sizes:  # the series budget (max_series; 0: none): workload series after it, what it folded
+        folded = ", ".join(f"{n} {kind}s" for kind, n in sorted(s.folded.items())) or "nothing"
+        text = f"{s.pods} pods: {s.workload_series:,} workload series ({s.series:,} in all), folded {folded}"
+        if s.max_series:
+            goal(s.workload_series <= s.max_series, f"{text}; within max_series {s.max_series:,}")
+        else:
+            lines.append(f"INFO {text}; no budget (max_series 0)")
     for s in sizes:  # as shipped: ticks every 5 s, the ServiceMonitor scrapes every 30 s (two replicas at most)
         deployed = med(s.tick) + med(s.render[SCRAPE[0]]) * 2 / 6
         lines.append(f"INFO {s.pods} pods as deployed (1 tick in 3 rendered, at most): {ms(deployed)} ms per tick")
@@ -330,6 +345,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--reps", type=int, default=30, help="repetitions of the floor measurements (default 30)")
     p.add_argument("--no-daemon", action="store_true", help="skip the real daemon's RSS")
+    p.add_argument("--max-series", help="the series budget (default: the default max_series; 0: none)")
     p.add_argument("--seed", type=int, default=1)
     return p.parse_args(argv)
 
@@ -347,7 +363,7 @@ def bench(args: argparse.Namespace) -> int:
                 node = Node(Path(tmp), args.seed, pods=pods)
                 built = time.perf_counter() - t0
                 size = Size(pods)
-                measure(size, node, args.ticks, args.warmup, args.reps)
+                measure(size, node, args.ticks, args.warmup, args.reps, args.max_series)
                 if not args.no_daemon:
                     rss, size.held_fds = daemon_rss(node, 3.0)
                     size.rss_kib = rss.total

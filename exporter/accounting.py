@@ -23,17 +23,17 @@ from typing import Any, Generic, TypeVar
 from exporter.attribution import IdleSplit, Usage, attribute, split_by_baseline, split_by_ratio
 from exporter.config import Config
 from exporter.counters import MICRO, CounterTrack, StepKind
+from exporter.gpu_accounting import AcceleratorIdle, GpuWeights, Owner, Tail, by_owner, instance_shares
 from exporter.idle import IdleBaseline
 from exporter.ledger import Ledger, WorkloadLedger
 from exporter.meters.base import AcceleratorSample, CounterSample, ZoneId
-from exporter.snapshot import AcceleratorState, DomainState, NodeEnergy, ZoneInfo, ZoneState
+from exporter.snapshot import AcceleratorState, DomainState, InstanceState, NodeEnergy, ZoneInfo, ZoneState
 from exporter.zones import Place, Role, contains, parent_of, role_of, top_level
 
 log = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=Hashable)
-# (top-level workload key, child key or None) of a PID, or None when it belongs to no workload.
-Owner = Callable[[int], tuple[str, str | None] | None]
+__all__ = ["Accounting", "Owner", "Weights", "domain_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,9 @@ class _Domain:
     idle_watts: float | None = None
     idle_method: str = "none"
     splits: dict[str, int] = field(default_factory=dict)  # accelerators: ticks by how users were weighted
+    gpu_idle: AcceleratorIdle | None = None  # accelerators: the idle estimate
+    tail: Tail = field(default_factory=Tail)  # accelerators: the last users, for the ramp-down
+    instances: dict[tuple[str, str, str], int] = field(default_factory=dict)  # partitions' active µJ
 
 
 @dataclass(slots=True)
@@ -238,22 +241,28 @@ class Accounting:
         return domain.baseline.watts(), "learned"
 
     def _split_accelerator(self, accel: AcceleratorSample, delta: int, owner: Owner, now: float, dt: float) -> None:
-        """An accelerator: idle configured or learned from intervals without users, then the split by use."""
+        """An accelerator: idle configured or estimated (gpu_accounting.py), then the split by its users (or, in
+        its tail, by the users of its last used tick); partitions get their shares of the active energy."""
         device = accel.device
         domain = self._domain(f"gpu:{device.uuid}", "accelerator", _accelerator_zone(accel).source)
+        if domain.gpu_idle is None:
+            domain.gpu_idle = AcceleratorIdle(self.config.idle_window)
         if self.config.gpu_idle_watts is not None:
             domain.idle_watts, domain.idle_method = self.config.gpu_idle_watts, "configured"
         else:
-            learned = domain.baseline.watts()
-            domain.idle_watts, domain.idle_method = (learned, "learned") if learned is not None else (None, "none")
-        weights = _by_owner(accel, owner)
-        if not weights.used:
-            domain.baseline.observe(now, delta / MICRO, dt)  # nobody used it: this is its idle power
+            domain.idle_watts, domain.idle_method = domain.gpu_idle.estimate()
+        own = by_owner(accel, owner)
+        weights = domain.tail.weights_for(own, now, dt, self.config.gpu_tail)
+        domain.gpu_idle.observe(now, delta / MICRO, dt, weights.used, accel.utilization)  # tails never teach idle
         idle = min(delta, int((domain.idle_watts or 0.0) * dt * MICRO))
         self._apportion(domain, delta, IdleSplit(idle, delta - idle), weights)
-        domain.splits[accel.split] = domain.splits.get(accel.split, 0) + 1
+        split = accel.split if own.used or not weights.used else "tail"
+        domain.splits[split] = domain.splits.get(split, 0) + 1
+        for instance, share in zip(accel.instances, instance_shares(delta - idle, accel.instances), strict=True):
+            key = (instance.instance, instance.profile, instance.uuid)
+            domain.instances[key] = domain.instances.get(key, 0) + share
 
-    def _apportion(self, domain: _Domain, delta: int, split: IdleSplit, weights: Weights[str]) -> None:
+    def _apportion(self, domain: _Domain, delta: int, split: IdleSplit, weights: Weights[str] | GpuWeights) -> None:
         spread = self.config.idle_attribution == "cpu"
         shares = attribute(delta, split.idle_uj, weights.total, weights.workloads, spread_idle=spread)
         domain.idle_uj += split.idle_uj
@@ -397,6 +406,10 @@ class Accounting:
                     resets=track.resets,
                     partitioned=accel.partitioned,
                     splits=tuple(sorted(domain.splits.items())) if domain else (),
+                    scopes=accel.scopes,
+                    instances=tuple(InstanceState(*k, v) for k, v in sorted(domain.instances.items()))
+                    if domain
+                    else (),
                 )
             )
         return tuple(states)
@@ -415,19 +428,7 @@ def _ratio(delta: int, idle_share: tuple[int, int] | None) -> IdleSplit:
     return split_by_ratio(delta, *idle_share)
 
 
-def _by_owner(accel: AcceleratorSample, owner: Owner) -> Weights[str]:
-    """The accelerator's users as weights of their workloads (a PID outside every workload is unattributed)."""
-    tops: dict[str, tuple[int, dict[str, int]]] = {}
-    total = 0
-    for pid, weight in accel.users:
-        total += weight
-        found = owner(pid)
-        if found is None:
-            continue
-        top, child = found
-        weight_sum, children = tops.get(top, (0, {}))
-        if child is not None:
-            children[child] = children.get(child, 0) + weight
-        tops[top] = (weight_sum + weight, children)
-    usages = [Usage(top, w, tuple(Usage(c, cw) for c, cw in kids.items())) for top, (w, kids) in tops.items()]
-    return Weights(total, usages, used=bool(accel.users))
+def _instances(domain: _Domain | None) -> tuple[InstanceState, ...]:
+    if domain is None:
+        return ()
+    return tuple(InstanceState(gi, profile, uuid, uj) for (gi, profile, uuid), uj in sorted(domain.instances.items()))

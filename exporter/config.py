@@ -20,6 +20,7 @@ import re
 import reprlib
 import socket
 import types
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from exporter.budget import MIN_SERIES
 from exporter.files import CONFIG_FILE_LIMIT, read_operator_text
 from exporter.meters.registry import DEFAULT_ORDER, NODE_METERS
 from exporter.zones import ZONES
@@ -46,10 +48,28 @@ ENV_CONFIG_FILE = "WATTLENS_CONFIG"
 DEFAULT_PORT = 9875
 ZONE_NAMES = tuple(name for name, kind in ZONES.items() if kind.role == "cpu")
 OTHER_GROUP = "Other"
+MAP_SETTINGS = frozenset({"idle_watts", "otlp_headers", "otlp_resource_attributes"})  # a layer replaces them whole
+SECRET_SETTINGS = frozenset({"otlp_headers"})  # never shown in an error
 
 
 class ConfigError(Exception):
     """A configuration problem, already phrased as the one line the user sees."""
+
+
+def _pairs(value: object, shape: str = "NAME=VALUE") -> object:
+    """`a=1,b=2` (a flag or variable) → {"a": "1", "b": "2"}; a mapping (YAML) is left as it is."""
+    if not isinstance(value, str):
+        return value
+    pairs: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, sep, text = part.partition("=")
+        if not sep:
+            raise ValueError(f"'{part}' is not {shape}")
+        pairs[name.strip()] = text.strip()
+    return pairs
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 
 
 def _hint(group: str, text: str) -> dict[str, Any]:
@@ -342,13 +362,36 @@ class Config(BaseModel):
         ),
     )
     gpus: bool = Field(
-        True, json_schema_extra=_hint("GPUs", "true to read NVIDIA GPUs through NVML when present, or false")
+        True,
+        json_schema_extra=_hint("GPUs", "true to read NVIDIA (NVML) and AMD (AMD SMI) GPUs when present, or false"),
     )
     gpu_idle_watts: float | None = Field(
         None,
         ge=0,
         le=5000,
-        json_schema_extra=_hint("GPUs", "idle watts of each GPU, or leave unset to learn it from unused intervals"),
+        json_schema_extra=_hint(
+            "GPUs", "idle watts of each GPU, or leave unset to estimate it (from unused intervals, else from load)"
+        ),
+    )
+    gpu_poll_interval: Seconds = Field(
+        1.0,
+        ge=0,
+        le=60,
+        json_schema_extra=_hint(
+            "GPUs",
+            "how often GPU processes are polled between ticks so that a job that exits keeps its energy "
+            "(1, 500ms), 0 to poll only at ticks (default 1)",
+        ),
+    )
+    gpu_tail: Seconds = Field(
+        5.0,
+        ge=0,
+        le=60,
+        json_schema_extra=_hint(
+            "GPUs",
+            "how long after its last users leave a GPU's active energy (its ramp-down) still goes to them "
+            "(5, 2s), 0 to give it to nobody (default 5)",
+        ),
     )
     nvml_timeout: Seconds = Field(
         2.0,
@@ -364,6 +407,24 @@ class Config(BaseModel):
         ge=1,
         le=1000,
         json_schema_extra=_hint("Workloads", "how many processes get a series of their own, 1 to 1000"),
+    )
+    max_series: int = Field(
+        1500,
+        ge=0,
+        le=1_000_000,
+        json_schema_extra=_hint(
+            "Series budget",
+            "the most workload series to export, 0 (no budget) or 100 to 1000000 (default 1500); past nine tenths "
+            "of it the weakest workloads fold into per-namespace and per-kind rollups",
+        ),
+    )
+    series_level: Literal["node", "pods", "containers", "processes"] = Field(
+        "containers",
+        json_schema_extra=_hint(
+            "Series budget",
+            "node (no workload series), pods (top-level workloads: pods, services, VMs...), containers (and the "
+            "containers inside them; default) or processes (and per-process series, as process_metrics)",
+        ),
     )
     kubelet_log_path: Path = Field(
         Path("/var/log"),
@@ -400,6 +461,87 @@ class Config(BaseModel):
     )
     carbon_intensity_file: Path | None = Field(
         None, json_schema_extra=_hint("Carbon", "a file holding the current gCO2e/kWh, re-read every tick, or unset")
+    )
+    cluster_name: str = Field(
+        "",
+        max_length=253,
+        json_schema_extra=_hint(
+            "OpenTelemetry", "the cluster's name for the OTLP resource attribute k8s.cluster.name, or empty"
+        ),
+    )
+    otlp_endpoint: str = Field(
+        "",
+        max_length=2048,
+        json_schema_extra=_hint(
+            "OpenTelemetry",
+            "the OTLP receiver's URL: http(s)://HOST:4318/v1/metrics (a URL without a path gets /v1/metrics; "
+            "VictoriaMetrics: http://HOST:8428/opentelemetry/v1/metrics), http(s)://HOST:4317 with grpc, or empty "
+            "(no push)",
+        ),
+    )
+    otlp_protocol: Literal["http/protobuf", "grpc"] = Field(
+        "http/protobuf",
+        json_schema_extra=_hint(
+            "OpenTelemetry", "http/protobuf (pip install 'wattlens[otlp]') or grpc (pip install 'wattlens[otlp-grpc]')"
+        ),
+    )
+    otlp_interval: Seconds = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        json_schema_extra=_hint("OpenTelemetry", "seconds between pushes (30, 1m), 1 to 3600 (default 30)"),
+    )
+    otlp_temporality: Literal["cumulative", "delta"] = Field(
+        "cumulative",
+        json_schema_extra=_hint(
+            "OpenTelemetry",
+            "cumulative (totals since start; what Prometheus-style receivers such as VictoriaMetrics and Mimir "
+            "keep) or delta (energy since the last delivered push)",
+        ),
+    )
+    otlp_timeout: Seconds = Field(
+        10.0,
+        ge=0.5,
+        le=120,
+        json_schema_extra=_hint("OpenTelemetry", "seconds one push may take, retries included, 0.5 to 120"),
+    )
+    otlp_compression: Literal["gzip", "none"] = Field(
+        "gzip", json_schema_extra=_hint("OpenTelemetry", "gzip (default) or none")
+    )
+    otlp_queue: int = Field(
+        4,
+        ge=1,
+        le=100,
+        json_schema_extra=_hint(
+            "OpenTelemetry",
+            "pushes kept while the receiver is unreachable, 1 to 100 (default 4); beyond it the oldest is dropped",
+        ),
+    )
+    otlp_headers: dict[str, str] = Field(
+        default_factory=dict,
+        json_schema_extra=_hint(
+            "OpenTelemetry",
+            "NAME=VALUE pairs sent with every push, e.g. X-Scope-OrgID=fleet-1 (put credentials in "
+            "WATTLENS_OTLP_HEADERS from a secret, not in a config file)",
+        ),
+    )
+    otlp_resource_attributes: dict[str, str] = Field(
+        default_factory=dict,
+        json_schema_extra=_hint(
+            "OpenTelemetry", "extra resource attributes as KEY=VALUE pairs, e.g. deployment.environment=prod"
+        ),
+    )
+    otlp_ca_file: Path | None = Field(
+        None,
+        json_schema_extra=_hint("OpenTelemetry", "a CA bundle to verify the receiver's certificate, or unset"),
+    )
+    otlp_client_cert_file: Path | None = Field(
+        None,
+        json_schema_extra=_hint("OpenTelemetry", "a client certificate for mutual TLS, or unset"),
+    )
+    otlp_client_key_file: Path | None = Field(
+        None,
+        json_schema_extra=_hint("OpenTelemetry", "the client certificate's key, or unset"),
     )
     web_config_file: Path | None = Field(
         None,
@@ -459,15 +601,7 @@ class Config(BaseModel):
     @field_validator("idle_watts", mode="before")
     @classmethod
     def _split_idle_watts(cls, value: object) -> object:
-        if isinstance(value, str):
-            pairs: dict[str, str] = {}
-            for part in filter(None, (p.strip() for p in value.split(","))):
-                zone, sep, watts = part.partition("=")
-                if not sep:
-                    raise ValueError(f"'{part}' is not ZONE=WATTS")
-                pairs[zone.strip()] = watts.strip()
-            return pairs
-        return value
+        return _pairs(value, "ZONE=WATTS")
 
     @field_validator("idle_watts")
     @classmethod
@@ -478,6 +612,60 @@ class Config(BaseModel):
             if not 0 <= watts <= 100000:
                 raise ValueError(f"idle watts for {zone} must be between 0 and 100000")
         return value
+
+    @field_validator("max_series")
+    @classmethod
+    def _budget_floor(cls, value: int) -> int:
+        if 0 < value < MIN_SERIES:
+            raise ValueError(f"must be 0 (no budget) or at least {MIN_SERIES} (room for the rollups)")
+        return value
+
+    @field_validator("otlp_headers", "otlp_resource_attributes", mode="before")
+    @classmethod
+    def _split_pairs(cls, value: object) -> object:
+        return _pairs(value)
+
+    @field_validator("otlp_headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"'{name}' is not an HTTP header name")
+            if any(c in text for c in "\r\n\0"):
+                raise ValueError(f"the value of {name} holds a line break")
+        return value
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_url(cls, value: str) -> str:
+        if not value:
+            return value
+        url = urllib.parse.urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("series_level")
+    @classmethod
+    def _levels_agree(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("process_metrics") and value in ("node", "pods"):
+            raise ValueError("process_metrics=true asks for process series, which this level leaves out")
+        return value
+
+    @property
+    def exports_processes(self) -> bool:
+        return self.process_metrics or self.series_level == "processes"
+
+    @property
+    def walks_workloads(self) -> bool:
+        return self.workloads and self.series_level != "node"
+
+    def otlp_url(self) -> str:
+        """otlp_endpoint with /v1/metrics where an HTTP endpoint has no path (the OTLP base-URL convention)."""
+        url = urllib.parse.urlsplit(self.otlp_endpoint)
+        if self.otlp_protocol == "http/protobuf" and url.path in ("", "/"):
+            return urllib.parse.urlunsplit(url._replace(path="/v1/metrics"))
+        return self.otlp_endpoint
 
     def listen_address(self) -> tuple[str | None, int]:
         return parse_listen(self.listen)
@@ -564,7 +752,7 @@ def _merge(
     """Deep-merge `layer` into `into`, remembering which source set each key."""
     for key, value in layer.items():
         path = (*prefix, str(key))
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict) and key != "idle_watts":
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict) and key not in MAP_SETTINGS:
             _merge(into[key], value, origin, source, path)
             continue
         into[key] = dict(value) if isinstance(value, Mapping) else value
@@ -751,7 +939,8 @@ def _describe(exc: ValidationError, merged: Mapping[str, Any], origin: Origin) -
     message = str(error["msg"]).removeprefix("Value error, ")
     hint = _field_hint(path)
     fix = f" Fix: set {key} to {hint}." if hint else ""
-    return f"invalid setting {key}={_shown(value)} (from {where}): {message}.{fix}"
+    shown = "(not shown: it may hold credentials)" if path[0] in SECRET_SETTINGS else _shown(value)
+    return f"invalid setting {key}={shown} (from {where}): {message}.{fix}"
 
 
 def _shown(value: Any, limit: int = 120) -> str:

@@ -12,9 +12,11 @@ import contextlib
 import gc
 import logging
 import math
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import uvloop
 
@@ -24,6 +26,9 @@ from exporter.exposition import EndpointStats, Exposition, Renderer
 from exporter.server import Limits, MetricsServer, release_free_memory
 from exporter.webconfig import BasicAuth, TlsContext, WebConfigError, load_web_config
 from exporter.workloads import pod_watch
+
+if TYPE_CHECKING:
+    from exporter.otlp.push import OtlpPush
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,14 @@ class Daemon:
         self._last_tick_end = time.monotonic()
         self._settled = False  # the heap is settled after the first tick that finishes
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wattlens-tick")
+        self.otlp: OtlpPush | None = None  # the OTLP push (otlp_endpoint): its own thread, fed by every tick
+        if config.otlp_endpoint:
+            from exporter.otlp.push import OtlpUnavailable, open_push  # noqa: PLC0415 - only when configured
+
+            try:
+                self.otlp = open_push(config, in_kubernetes="KUBERNETES_SERVICE_HOST" in os.environ)
+            except OtlpUnavailable as exc:
+                raise StartupError(str(exc)) from None
 
     def healthy(self) -> bool:
         """Live while ticks keep finishing; a wedged tick makes /healthz fail so the agent is restarted."""
@@ -80,6 +93,8 @@ class Daemon:
     def _tick(self, endpoint: EndpointStats) -> Exposition:
         """Read and account; the exposition it returns renders nothing until a scrape asks for it."""
         snapshot = self.engine.tick(time.monotonic())
+        if self.otlp is not None:
+            self.otlp.offer(snapshot)  # queued for the push thread; never waits on the receiver
         exposition = self.renderer.render(snapshot, endpoint)
         if self.server.accepted != self._trimmed_at:
             # New connections since the last tick (TLS handshakes above all) leave freed heap behind.
@@ -93,6 +108,7 @@ class Daemon:
             scrapes=dict(self.server.scrapes),
             rejections=dict(self.server.dropped),
             tls_not_after=self.tls.not_after if self.tls is not None else None,
+            otlp=self.otlp.stats() if self.otlp is not None else None,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -157,6 +173,15 @@ class Daemon:
         if health is not None:
             urls = " and ".join(f"http://{_host(h)}:{p}/healthz" for h, p in health_bound)
             log.info("serving health probes on %s (and /readyz)", urls)
+        if self.otlp is not None:
+            self.otlp.start()
+            log.info(
+                "pushing OTLP (%s, %s) to %s every %d tick(s)",
+                self.config.otlp_protocol,
+                self.config.otlp_temporality,
+                self.otlp.endpoint,
+                self.otlp.every,
+            )
         ticking = asyncio.create_task(self.run(stop))
         watching = asyncio.create_task(self.engine.pod_watch.run(stop)) if self.engine.pod_watch else None
         stopped = asyncio.create_task(stop.wait())
@@ -169,6 +194,8 @@ class Daemon:
             if isinstance(outcome, Exception):  # a bug: PodWatch.run handles its own failures
                 log.error("pod watch ended with %s: %s", type(outcome).__name__, outcome)
         await self.server.close()
+        if self.otlp is not None:  # the final totals, within otlp_timeout
+            await loop.run_in_executor(None, self.otlp.close, self.config.otlp_timeout + 5)
         self._executor.shutdown(wait=True)
         self._render_pool.shutdown(wait=True)
         log.info("stopped")

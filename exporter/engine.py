@@ -59,7 +59,7 @@ class Engine:
         self.accelerators = accelerators
         self.accelerator_reports = accelerator_reports
         self.fd_budget = fd_budget or FdBudget(1 << 20)
-        self.processes = ProcessView(config, self.fd_budget) if config.process_metrics else None
+        self.processes = ProcessView(config, self.fd_budget) if config.exports_processes else None
         self.carbon = CarbonFile(config)
         self.accounting = Accounting(config, workloads.ledger, meter.idle_watts if meter else dict)
         self._last_now: float | None = None
@@ -139,7 +139,7 @@ class Engine:
             node=samples,
             cpu=Weights(busy_us, tree.top, self.cpu.idle_share(cpu)),
             accelerators=[sample for meter in self.accelerators for sample in meter.read(now)],
-            owner=self.workloads.owner_of_pid,
+            owner=self.workloads.owner_of_user,
             processes=processes,
         )
         if dt is not None and dt > 0:
@@ -147,6 +147,7 @@ class Engine:
             if self.processes is not None:
                 self.processes.add(now, by_process)
         self.workloads.expire(now)
+        self.workloads.export()
         self.fd_budget.say_degradation()
         self._last_now, self.cpu.last = now, cpu
         stats = self._stats
@@ -210,7 +211,7 @@ class Engine:
             ready=self._ready,
             zone_info=accounting.zone_info(),
             node=accounting.node_energy(),
-            workloads=self.workloads.states(),
+            workloads=self.workloads.exported,
             tick_seconds=self._dt,
             cgroup_read_errors=cgroups.malformed_reads if cgroups else 0,
             cgroup_walks_truncated=cgroups.truncated_walks if cgroups else 0,
@@ -227,6 +228,7 @@ class Engine:
             processes=processes,
             processes_other=other,
             meter_switches=self.meter.switches if self.meter is not None else 0,
+            budget=self.workloads.budget_stats,
         )
 
 

@@ -176,6 +176,31 @@ TLS_CERT_EXPIRY = Family(
     "Unix time at which the TLS certificate being served expires (web_config_file with tls_server_config).",
     ("node",),
 )
+OTLP_PUSHES = Family(
+    "otlp_pushes_total",
+    "counter",
+    "OTLP pushes (otlp_endpoint) by result: success, or failure (the receiver unreachable or refusing; the push is "
+    "retried with backoff while it is queued).",
+    ("node", "result"),
+)
+OTLP_DROPPED = Family(
+    "otlp_pushes_dropped_total",
+    "counter",
+    "OTLP pushes dropped unsent: otlp_queue pushes were already waiting for the receiver (with cumulative "
+    "temporality the next push carries the totals; with delta, what the next push sends grows accordingly).",
+    ("node",),
+)
+OTLP_POINTS = Family("otlp_points_total", "counter", "OTLP data points delivered.", ("node",))
+OTLP_QUEUED = Family("otlp_queue_length", "gauge", "OTLP pushes waiting to be sent.", ("node",))
+OTLP_DURATION = Family(
+    "otlp_push_duration_seconds",
+    "gauge",
+    "Wall time of the last OTLP push (building the request, sending it, the exporter's retries).",
+    ("node",),
+)
+OTLP_LAST_SUCCESS = Family(
+    "otlp_last_success_timestamp_seconds", "gauge", "Unix time of the last delivered OTLP push.", ("node",)
+)
 RENDER_DURATION = Family(
     "render_duration_seconds",
     "gauge",
@@ -272,7 +297,8 @@ NODE_GPU_ACTIVE_JOULES = Family(
 NODE_GPU_IDLE_WATTS = Family(
     "node_gpu_idle_baseline_watts",
     "gauge",
-    "Idle power used for a GPU in the last tick and how it was obtained (configured or learned).",
+    "Idle power used for a GPU in the last tick and how it was obtained: configured, unused (median power of "
+    "intervals nobody used it), regression (intercept at 0 % load, for a GPU that is never unused).",
     (*GPU_LABELS, "method"),
 )
 NODE_GPU_RESETS = Family(
@@ -284,15 +310,39 @@ NODE_GPU_RESETS = Family(
 NODE_GPU_INFO = Family(
     "node_gpu",
     "info",
-    'A GPU and its driver. mig="true": NVML has no per-process use under MIG, so the workload split of '
-    "this GPU is an estimate by GPU memory.",
-    ("node", "gpu", "gpu_uuid", "gpu_model", "driver", "mig"),
+    'A GPU and its driver. mig="true": split among GPU instances by GPM activity (or by GPU memory where GPM is '
+    "missing, an estimate), then among each instance's processes by memory. partition: an AMD GPU's compute/memory "
+    "partition mode (e.g. CPX/NPS4).",
+    ("node", "gpu", "gpu_uuid", "gpu_model", "driver", "mig", "partition"),
+)
+NODE_GPU_SCOPE_WATTS = Family(
+    "node_gpu_scope_watts",
+    "gauge",
+    "Power of a scope the GPU's driver reports beside the GPU's own: memory (a part of the GPU's power, never "
+    "to be added to it) or module (GH200/GB200: around it, Grace included).",
+    (*GPU_LABELS, "scope"),
+)
+NODE_GPU_SCOPE_JOULES = Family(
+    "node_gpu_scope_joules_total",
+    "counter",
+    "The same scopes' power integrated over each tick: a breakdown of (memory) or an envelope around (module) "
+    "node_gpu_joules_total, never added to it.",
+    (*GPU_LABELS, "scope"),
+)
+NODE_GPU_INSTANCE_ACTIVE_JOULES = Family(
+    "node_gpu_instance_active_joules_total",
+    "counter",
+    "A MIG GPU instance's share of its GPU's active energy (by GPM activity, or GPU memory without GPM: see "
+    "gpu_attribution_ticks_total); the instances of a GPU sum to its active energy while it is partitioned.",
+    ("node", "gpu", "gpu_uuid", "gpu_instance", "mig_profile", "mig_uuid"),
 )
 GPU_ATTRIBUTION_TICKS = Family(
     "gpu_attribution_ticks_total",
     "counter",
     "Ticks by how a GPU's active energy was split: sm_util (NVML utilisation samples), equal (running "
-    "processes, no samples), mig_memory (estimate), none (no users: unattributed).",
+    "processes, no samples), mig_gpm (MIG instances by GPM activity), mig_memory (MIG by GPU memory, an "
+    "estimate), engine_gfx, cu_occupancy, vram (AMD: engine time, compute units occupied, VRAM), tail (no "
+    "users: the ramp-down of the last users'), none (no users: unattributed).",
     ("node", "gpu", "gpu_uuid", "split"),
 )
 UNATTRIBUTED_GPU_JOULES = Family(
@@ -364,7 +414,52 @@ GRID_CARBON_INTENSITY = Family(
     "grams CO2e = joules / 3.6e6 * this.",
     ("node",),
 )
-WORKLOADS = Family("workloads", "gauge", "Workloads with series exported, by kind.", ("node", "kind"))
+WORKLOADS = Family(
+    "workloads",
+    "gauge",
+    "Workloads with series exported, by kind (a rollup of the series budget counts as one).",
+    ("node", "kind"),
+)
+SERIES_BUDGET = Family(
+    "series_budget",
+    "gauge",
+    "max_series: the most workload series exported (0: no budget). Past nine tenths of it the weakest workloads "
+    'fold into rollups: series of the same families named "(folded)" (pod="(folded)", uid=""; a pod rollup keeps '
+    "the namespace, a container rollup the namespace and parent_kind).",
+    ("node",),
+)
+WORKLOAD_SERIES = Family(
+    "workload_series",
+    "gauge",
+    "Workload series exported in the last tick (workload joules, pod watts, pod labels; rollups and series frozen "
+    "after folding included).",
+    ("node",),
+)
+WORKLOADS_FOLDED = Family(
+    "workloads_folded",
+    "gauge",
+    "Workloads folded into rollups by the series budget in the last tick, by kind (their energy is in the rollups).",
+    ("node", "kind"),
+)
+WORKLOAD_FOLDS = Family(
+    "workload_folds_total",
+    "counter",
+    "Times a workload with a series of its own was folded into a rollup (its series stays, frozen, for workload_ttl).",
+    ("node", "kind"),
+)
+WORKLOAD_UNFOLDS = Family(
+    "workload_unfolds_total",
+    "counter",
+    "Times a folded workload got a series of its own (it continues from its last value).",
+    ("node", "kind"),
+)
+WORKLOAD_SERIES_DROPPED = Family(
+    "workload_series_dropped_total",
+    "counter",
+    "Workload series removed at once, without lingering, to stay within max_series (frozen series, or the weakest "
+    "open workloads when the others grew).",
+    ("node",),
+)
 CGROUP_READ_ERRORS = Family(
     "cgroup_read_errors_total", "counter", "cgroup CPU files that could not be parsed.", ("node",)
 )
@@ -434,6 +529,9 @@ CATALOGUE: tuple[Family, ...] = (
     NODE_GPU_IDLE_WATTS,
     NODE_GPU_RESETS,
     NODE_GPU_INFO,
+    NODE_GPU_SCOPE_WATTS,
+    NODE_GPU_SCOPE_JOULES,
+    NODE_GPU_INSTANCE_ACTIVE_JOULES,
     GPU_ATTRIBUTION_TICKS,
     UNATTRIBUTED_GPU_JOULES,
     *WORKLOAD_GPU_FAMILIES.values(),
@@ -444,6 +542,12 @@ CATALOGUE: tuple[Family, ...] = (
     SOURCE_UP,
     SOURCE_ERRORS,
     WORKLOADS,
+    SERIES_BUDGET,
+    WORKLOAD_SERIES,
+    WORKLOADS_FOLDED,
+    WORKLOAD_FOLDS,
+    WORKLOAD_UNFOLDS,
+    WORKLOAD_SERIES_DROPPED,
     CGROUP_READ_ERRORS,
     CGROUP_WALKS_TRUNCATED,
     CGROUP_FULL_WALKS,
@@ -461,6 +565,12 @@ CATALOGUE: tuple[Family, ...] = (
     HTTP_REJECTIONS,
     TLS_CERT_EXPIRY,
     RENDER_DURATION,
+    OTLP_PUSHES,
+    OTLP_DROPPED,
+    OTLP_POINTS,
+    OTLP_QUEUED,
+    OTLP_DURATION,
+    OTLP_LAST_SUCCESS,
 )
 # The standard process and Python families every Prometheus client library exports (names and help as
 # prometheus-client has them), after wattlens' own.
@@ -493,6 +603,12 @@ CONDITIONAL: frozenset[str] = frozenset(
         NODE_REST_JOULES,
         METER_SWITCHES,
         TLS_CERT_EXPIRY,
+        OTLP_PUSHES,
+        OTLP_DROPPED,
+        OTLP_POINTS,
+        OTLP_QUEUED,
+        OTLP_DURATION,
+        OTLP_LAST_SUCCESS,
         POD_LABELS,
         POD_WATCH_REQUESTS,
         POD_WATCH_ERRORS,
@@ -503,6 +619,9 @@ CONDITIONAL: frozenset[str] = frozenset(
         NODE_GPU_IDLE_WATTS,
         NODE_GPU_RESETS,
         NODE_GPU_INFO,
+        NODE_GPU_SCOPE_WATTS,
+        NODE_GPU_SCOPE_JOULES,
+        NODE_GPU_INSTANCE_ACTIVE_JOULES,
         GPU_ATTRIBUTION_TICKS,
         UNATTRIBUTED_GPU_JOULES,
         *WORKLOAD_GPU_FAMILIES.values(),
@@ -517,7 +636,8 @@ def reference_markdown() -> str:
         "",
         "Generated from `exporter/metrics.py` by `python -m exporter.metrics > docs/metrics.md`; the test suite",
         "fails when this file and the code disagree. Families marked *conditional* appear only when their",
-        "source is there (GPUs, `process_metrics`, `kubernetes_api`, a carbon intensity, a module or platform meter).",
+        "source is there (GPUs, `process_metrics`, `kubernetes_api`, a carbon intensity, a module or platform meter,",
+        "`otlp_endpoint`).",
         "",
         "| metric | type | labels | conditional | help |",
         "|---|---|---|---|---|",

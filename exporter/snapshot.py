@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from exporter.meters.base import Accelerator, ZoneId
+from exporter.meters.base import Accelerator, ScopePower, ZoneId
 from exporter.nodeinfo import NodeInfo
 from exporter.workloads.processes import ProcessKey
 
@@ -58,6 +58,17 @@ class DomainState:
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceState:
+    """One partition of an accelerator (a MIG GPU instance) and its share of the board's active energy since
+    start (Σ instances = the board's active energy over the ticks it was partitioned)."""
+
+    instance: str
+    profile: str
+    uuid: str
+    active_uj: int
+
+
+@dataclass(frozen=True, slots=True)
 class AcceleratorState:
     """One accelerator: its counter, its exact split (idle + active, active = unattributed + Σ workloads)."""
 
@@ -75,6 +86,8 @@ class AcceleratorState:
     resets: int
     partitioned: bool
     splits: tuple[tuple[str, int], ...]
+    scopes: tuple[ScopePower, ...] = ()  # other power scopes: memory (part of it), module (around it)
+    instances: tuple[InstanceState, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +153,18 @@ class PodWatchStats:
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetStats:
+    """What the budget did, for the self-metrics. Counts by kind are (kind, count) pairs in kind order."""
+
+    max_series: int  # 0: no budget
+    series: int  # workload series exported in this tick (frozen ones included)
+    folded: tuple[tuple[str, int], ...] = ()  # workloads folded into rollups now
+    folds: tuple[tuple[str, int], ...] = ()  # times a workload's series folded, since start
+    unfolds: tuple[tuple[str, int], ...] = ()  # times a folded workload got a series, since start
+    dropped: int = 0  # series removed at once (without lingering) to stay within the budget, since start
+
+
+@dataclass(frozen=True, slots=True)
 class TickStats:
     ticks: int = 0
     skipped: int = 0
@@ -177,3 +202,4 @@ class Snapshot:
     processes: tuple[ProcessState, ...] = ()
     processes_other: tuple[tuple[str, int], ...] = ()
     meter_switches: int = 0  # times the CPU meter was handed over at runtime (failover or back)
+    budget: BudgetStats | None = None  # what the series budget folded (None: no workload series at all)

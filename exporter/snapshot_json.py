@@ -13,7 +13,7 @@ from typing import Any
 
 from exporter.counters import MICRO
 from exporter.snapshot import Snapshot, WorkloadState
-from exporter.workloads.labels import LABELS
+from exporter.workloads.labels import LABELS, rollup_group, rollup_labels
 
 SCHEMA_VERSION = 1
 
@@ -37,7 +37,8 @@ def _workload(
     return {
         "kind": w.kind,
         "labels": dict(w.labels),
-        "ended": not w.last_uj,
+        "rollup": w.labels == rollup_labels(w.kind, *rollup_group(w.kind, w.labels)),  # the series budget's
+        "ended": not w.last_uj,  # no share in this tick: ended, or its series frozen by the series budget
         "cpu": cpu,
         "gpu": gpu,
     }
@@ -154,6 +155,17 @@ def snapshot_document(snap: Snapshot) -> dict[str, Any]:
                 "idle_method": g.idle_method,
                 "resets": g.resets,
                 "attribution_ticks": dict(g.splits),
+                "partition": g.device.partition,
+                "scopes": [{"scope": c.scope, "watts": c.watts, "joules": _joules(c.joules_uj)} for c in g.scopes],
+                "instances": [
+                    {
+                        "gpu_instance": i.instance,
+                        "mig_profile": i.profile,
+                        "mig_uuid": i.uuid,
+                        "active_joules": _joules(i.active_uj),
+                    }
+                    for i in g.instances
+                ],
             }
             for g in snap.accelerators
         ],
@@ -169,8 +181,24 @@ def snapshot_document(snap: Snapshot) -> dict[str, Any]:
             "held": snap.fds_held,
             "degraded": {reader: reader in snap.fd_degraded for reader in ("cgroups", "processes")},
         },
+        "series_budget": _budget(snap),
         "kubernetes": _kubernetes(snap),
         "carbon_intensity_grams_per_kwh": snap.carbon_intensity,
+    }
+
+
+def _budget(snap: Snapshot) -> dict[str, Any] | None:
+    """What the series budget did (None without workload series)."""
+    budget = snap.budget
+    if budget is None:
+        return None
+    return {
+        "max_series": budget.max_series,
+        "series": budget.series,
+        "folded": dict(budget.folded),
+        "folds": dict(budget.folds),
+        "unfolds": dict(budget.unfolds),
+        "dropped": budget.dropped,
     }
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from exporter.accounting import Accounting, Weights
 from exporter.attribution import Usage
 from exporter.ledger import WorkloadLedger
-from exporter.meters.base import Accelerator, AcceleratorSample, CounterSample, ZoneId
+from exporter.meters.base import Accelerator, AcceleratorSample, AcceleratorUser, CounterSample, ZoneId
 from exporter.zones import Place, contains, top_level
 
 # Zones a node can have, by meter: (zone, socket, source, device).
@@ -70,9 +70,10 @@ def runs(draw: st.DrawFn) -> tuple[Node, list[dict[str, object]]]:
     return node, ticks
 
 
-def owner_among(tops: list[Usage[str]]) -> Callable[[int], tuple[str, str | None] | None]:
+def owner_among(tops: list[Usage[str]]) -> Callable[[AcceleratorUser], tuple[str, str | None] | None]:
     """PIDs 1-6 belong to the tick's workloads in turn (a child when it has one); 7-9 to no workload."""
-    def owner(pid: int) -> tuple[str, str | None] | None:
+    def owner(user: AcceleratorUser) -> tuple[str, str | None] | None:
+        pid = user.pid
         if pid > 6 or not tops:
             return None
         top = tops[pid % len(tops)]
@@ -111,7 +112,8 @@ def test_every_domain_is_conserved_exactly_and_the_rest_is_never_negative(
             if delta is not None:
                 gpu_raw[g.uuid] += delta
             energy = gpu_raw[g.uuid] if deltas is None or delta is not None else None
-            out.append(AcceleratorSample(g, energy, "energy_counter", tuple(users.get(g.uuid, ())), "sm_util"))
+            gpu_users = tuple(AcceleratorUser(pid, weight) for pid, weight in users.get(g.uuid, ()))
+            out.append(AcceleratorSample(g, energy, "energy_counter", gpu_users, "sm_util"))
         return out
 
     accounting.tick(0.0, None, node=sample_node(None), cpu=Weights(0, []), accelerators=sample_gpus(None, {}),

@@ -54,6 +54,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "api-watch": {"apiWatch.enabled": True},
     "api-watch-labels": {"apiWatch.enabled": True, "apiWatch.podLabels": ["app", "app.kubernetes.io/name"]},
     "nonroot": {"nonRoot.enabled": True},
+    "otlp": {"otlp.headersSecret.name": "wattlens-otlp", "otlp.headersSecret.key": "otlp-headers",
+             "config": {"otlp_endpoint": "http://otel-collector.monitoring:4318", "cluster_name": "eu-1",
+                        "series_level": "processes", "max_series": 3000}},
     "kube-prometheus-stack": {
         "kubePrometheusStack.release": KPS_RELEASE,
         "serviceMonitor.additionalLabels": {"team": "platform"},
@@ -310,7 +313,9 @@ def test_security_properties_hold(name: str) -> None:
 
 def test_host_pid_only_with_gpus_or_process_metrics() -> None:
     for name, options in OPTIONS.items():
-        needs = bool(options.get("gpu.enabled") or options.get("config", {}).get("process_metrics"))
+        config = options.get("config", {})
+        needs = bool(options.get("gpu.enabled") or config.get("process_metrics")
+                     or config.get("series_level") == "processes")
         assert pod_spec(chart(name))["hostPID"] is needs, name
     assert not any("hostPath" in v and v["hostPath"]["path"] == "/proc" for v in pod_spec(chart("gpu"))["volumes"])
     [c] = pod_spec(chart("gpu"))["containers"]
@@ -495,3 +500,11 @@ def test_the_plain_prometheus_example_keeps_wattlens_labels(tmp_path: Path) -> N
     out = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_otlp_headers_come_from_a_secret_never_the_configmap() -> None:
+    [c] = pod_spec(chart("otlp"))["containers"]
+    [headers] = [e for e in c["env"] if e["name"] == "WATTLENS_OTLP_HEADERS"]
+    assert headers["valueFrom"] == {"secretKeyRef": {"name": "wattlens-otlp", "key": "otlp-headers"}}
+    [c] = pod_spec(chart("default"))["containers"]
+    assert not [e for e in c["env"] if e["name"] == "WATTLENS_OTLP_HEADERS"]

@@ -143,8 +143,8 @@ def security_violations(docs: Docs) -> list[str]:
             d["kind"] in ("RoleBinding", "ClusterRoleBinding") for d in docs):
         problems.append("pod: a service-account token is mounted but no API access is granted or needed")
     gpu = any(e.get("name") == "NVIDIA_VISIBLE_DEVICES" for c in _all_containers(spec) for e in c.get("env", []))
-    processes = any(yaml.safe_load(d["data"].get("wattlens.yaml") or "{}").get("process_metrics")
-                    for d in docs if d["kind"] == "ConfigMap")
+    configs = [yaml.safe_load(d["data"].get("wattlens.yaml") or "{}") for d in docs if d["kind"] == "ConfigMap"]
+    processes = any(c.get("process_metrics") or c.get("series_level") == "processes" for c in configs)
     if spec.get("hostPID") and not (gpu or processes):
         problems.append("pod: hostPID without GPUs or process_metrics (nothing else needs the host's PIDs)")
     if {"operator": "Exists"} not in spec.get("tolerations", []):

@@ -32,11 +32,14 @@ from prometheus_client.utils import floatToGoString
 from reference_exposition import reference_registry
 
 from exporter import exposition as ex
-from exporter.meters.base import Accelerator, ZoneId
+from exporter.meters.base import Accelerator, ScopePower, ZoneId
 from exporter.nodeinfo import NodeInfo
+from exporter.otlp.push import PushStats
 from exporter.snapshot import (
     AcceleratorState,
+    BudgetStats,
     DomainState,
+    InstanceState,
     NodeEnergy,
     PodLabels,
     PodWatchStats,
@@ -107,7 +110,9 @@ def rich_snapshot(name: str = NASTY, pods: int = 3, value: float = 1.5) -> Snaps
         fds_held=12,
         fd_degraded=("kubelet",),
         accelerators=(AcceleratorState(gpu, "nvml", "energy_counter", 10**9, 10**8, 9 * 10**8, 5, 300.5, 60.0,
-                                       "learned", True, 0, False, (("sm_util", 3),)),),
+                                       "unused", True, 0, True, (("mig_gpm", 3),),
+                                       scopes=(ScopePower("memory", 48.7, 10**8),),
+                                       instances=(InstanceState("7", "1g.10gb", f"MIG-{name}", 5 * 10**8),)),),
         accelerator_driver="550.54",
         carbon_intensity=value,
         pod_label_keys=("app.kubernetes.io/name", "team"),
@@ -116,6 +121,7 @@ def rich_snapshot(name: str = NASTY, pods: int = 3, value: float = 1.5) -> Snaps
         processes=(ProcessState(ProcessKey(42, 1, "(sd-pam) x", "", "cron.service"), (("package", 77),)),),
         processes_other=(("package", 5),),
         meter_switches=1,
+        budget=BudgetStats(1500, 321, (("container", 7), ("pod", 3)), (("pod", 2),), (("pod", 1),), 4),
     )
 
 
@@ -132,7 +138,9 @@ def split_series(body: bytes) -> dict[str, str]:
 
 
 SCRAPES = ex.EndpointStats(
-    scrapes={("text", "gzip"): 4, ("openmetrics", "identity"): 2}, rejections={"evicted_idle": 3}, tls_not_after=2e9)
+    scrapes={("text", "gzip"): 4, ("openmetrics", "identity"): 2}, rejections={"evicted_idle": 3}, tls_not_after=2e9,
+    otlp=PushStats(pushes_ok=5, pushes_failed=2, dropped=1, points=900, queued=1, last_success_unix=1.7e9,
+                   last_duration_s=0.02))
 
 
 def ours(snap: Snapshot) -> ex.Exposition:

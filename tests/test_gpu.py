@@ -52,7 +52,7 @@ class GpuNode:
             (self.proc.root / str(pid) / "cgroup").write_text(f"0::/{path}\n")
         self.flags = {"sys_path": str(self.rapl.root), "proc_path": str(self.proc.root),
                       "cgroup_root": str(cgroups.root), "kubelet_log_path": str(tmp / "log"), "meters": "rapl",
-                      "node_name": "gpu", "idle_watts": "package=0"}
+                      "node_name": "gpu", "idle_watts": "package=0", "gpu_poll_interval": "0"}
         self.steps: list[dict[str, Any]] = []
 
     def step(self, now: float, state: StubState) -> None:
@@ -60,10 +60,14 @@ class GpuNode:
         state.write(path)
         self.steps.append({"now": now, "state": str(path)})
 
+    def env(self, state: Path) -> dict[str, str]:
+        """The driver's environment: the stub library that reads `state`."""
+        return stub_env(self.stub_dir, state, base={"PATH": "/usr/bin:/bin"})
+
     def run(self, render: bool = False, document: bool = False, **flags: str) -> list[dict[str, Any]]:
-        scenario = {"flags": {**self.flags, **flags}, "state_path": str(self.tmp / "nvml.state"),
+        scenario = {"flags": {**self.flags, **flags}, "state_path": str(self.tmp / "gpu.state"),
                     "steps": self.steps, "render": render, "document": document}
-        env = stub_env(self.stub_dir, self.tmp / "nvml.state", base={"PATH": "/usr/bin:/bin"})
+        env = self.env(self.tmp / "gpu.state")
         result = subprocess.run([sys.executable, str(REPO / "tests" / "gpu_driver.py")], input=json.dumps(scenario),
                                 capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
         assert result.returncode == 0, result.stderr
@@ -180,7 +184,7 @@ def test_mig_splits_by_memory_as_an_estimate(tmp_path: Path, stub_dir: Path) -> 
     assert workload_gpu_uj(tick, "pod", "0000000a-0000-4000-8000-00000000000a", UUID0) == 300_000_000
     assert workload_gpu_uj(tick, "pod", "0000000b-0000-4000-8000-00000000000b", UUID0) == 100_000_000
     assert f'wattlens_node_gpu_info{{driver="550.54.15",gpu="0",gpu_model="NVIDIA Stub GPU 0",gpu_uuid="{UUID0}",' \
-           f'mig="true",node="gpu"}} 1.0' in tick["text"]
+           f'mig="true",node="gpu",partition=""}} 1.0' in tick["text"]
 
 
 def test_a_hanging_nvml_call_is_cut_off_by_the_time_limit(tmp_path: Path, stub_dir: Path) -> None:

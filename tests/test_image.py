@@ -132,7 +132,7 @@ def engine() -> Iterator[Engine]:
 
 def _context(context: Path, python_version: str) -> None:
     """The checkout's files (tracked and untracked-but-not-ignored: what a clone plus local edits has) and
-    dist/wheels: every dependency (with the `kubernetes` extra the image installs) and the build backend, as
+    dist/wheels: every dependency (with the `kubernetes` and `otlp` extras the image installs) and the build backend, as
     binary wheels for the base image's CPython on this architecture. No wattlens wheel: the image builds it."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                             capture_output=True, check=True, timeout=60).stdout.decode().split("\0")
@@ -150,7 +150,7 @@ def _context(context: Path, python_version: str) -> None:
                                                     "manylinux1")]
     build_backend = next(r for r in _build_requires() if r.startswith("hatchling"))
     fetched = subprocess.run([*pip, "download", "--only-binary=:all:", f"--python-version={python_version}",
-                              "--implementation=cp", *platforms, "--dest", str(wheels), f"{context}[kubernetes]",
+                              "--implementation=cp", *platforms, "--dest", str(wheels), f"{context}[kubernetes,otlp]",
                               build_backend], capture_output=True, text=True, timeout=300)
     assert fetched.returncode == 0, fetched.stderr
     assert not list(wheels.glob("wattlens-*")), "the context must not carry a prebuilt wattlens"
@@ -365,7 +365,8 @@ def test_image_is_slim_and_has_no_build_tools(image: Built) -> None:
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
     assert labels["org.opencontainers.image.source"].startswith("https://github.com/")
     added = info["Size"] - base["Size"]
-    # The venv: wattlens, its dependencies and the Kubernetes client (~90 MB); no wheels, no pip cache.
+    # The venv: wattlens, its dependencies, the Kubernetes client and the OTLP exporter (~100 MB); no wheels, no pip
+    # cache.
     assert added < 150e6, f"the image adds {added / 1e6:.0f} MB to its base"
     tools = engine.run("run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL",
                        "--entrypoint", "/bin/sh", image.image, "-c",
@@ -378,6 +379,9 @@ def test_image_is_slim_and_has_no_build_tools(image: Built) -> None:
     version = engine.run("run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL", image.image,
                          "--version").stdout
     assert version.split() == ["wattlens", exporter.__version__], version
+    engine.run("run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL", "--entrypoint",
+               "/opt/wattlens/bin/python", image.image, "-c",
+               "import opentelemetry.exporter.otlp.proto.http.metric_exporter")  # otlp_endpoint works in the image
 
 
 def test_image_serves_metrics_read_only_and_stops_cleanly(image: Built, tmp_path: Path) -> None:

@@ -197,6 +197,14 @@ def test_energy_and_power(nvml: Callable[[StubState], Child]) -> None:
     assert child.ok("pynvml.nvmlDeviceGetPowerUsage(handle(1))") == 70_000
 
 
+def test_utilization_rates(nvml: Callable[[StubState], Child]) -> None:
+    """nvmlUtilization_t {gpu, memory} as pynvml's c_nvmlUtilization_t reads it; util_rc fails the call."""
+    child = nvml(StubState().device(0, gpu_util=87, mem_util=41).device(1, util_rc=3))
+    assert child.ok("[pynvml.nvmlDeviceGetUtilizationRates(handle(0)).gpu, "
+                    "pynvml.nvmlDeviceGetUtilizationRates(handle(0)).memory]") == [87, 41]
+    assert child.raises("pynvml.nvmlDeviceGetUtilizationRates(handle(1))")["exc"] == "NVMLError_NotSupported"
+
+
 def test_energy_not_supported(nvml: Callable[[StubState], Child]) -> None:
     child = nvml(StubState().device(0, power_mw=60_000, energy_rc=3).device(1, power_rc=4))
     err = child.raises("pynvml.nvmlDeviceGetTotalEnergyConsumption(handle(0))")

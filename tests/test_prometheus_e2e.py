@@ -687,19 +687,32 @@ def check_labels_and_joins(prom: Prometheus, exposition: dict[str, float]) -> No
     assert list(by_container) == [f"container=vllm,image=vllm/vllm-openai:v0.9.0,uid={POD_UID}"], by_container
 
 
+def shipped_rule(record: str, window: str) -> str:
+    """A shipped recording rule's expression over another window."""
+    for group in yaml.safe_load(RULE_FILES[0].read_text())["groups"]:
+        for rule in group["rules"]:
+            if rule.get("record") == record:
+                return str(rule["expr"]).replace("[5m]", f"[{window}]")
+    raise AssertionError(f"no rule records {record}")
+
+
 def check_domains(prom: Prometheus) -> None:
     """With an ACPI power meter (287 W) beside RAPL and a GPU: the node's total is the platform, and the rest of
     the node is what the top-level domains (package, dram, GPU) leave of it, never negative."""
     at = time.time() - 1
-    total = prom.value("sum(node:wattlens_node_joules:rate5m)", at)
-    platform = prom.value("sum(node_source:wattlens_node_platform_joules:rate5m)", at)
-    rest = prom.value("sum(node:wattlens_node_rest_joules:rate5m)", at)
-    parts = prom.value("sum(node:wattlens_node_cpu_joules:rate5m) + sum(node:wattlens_node_gpu_joules:rate5m)", at)
+    # The shipped rules' own expressions over 10 s, a window every series covers: over a run shorter than their
+    # 5 minutes, rate() extrapolates each series from where it starts, and the platform series (an integrated
+    # power reading) starts a tick after the CPU's, so the rules' values can only be compared once 5 minutes in.
+    def rule(record: str) -> float:
+        return prom.value(f"sum({shipped_rule(record, '10s')})", at)
+
+    total = rule("node:wattlens_node_joules:rate5m")
+    platform = rule("node_source:wattlens_node_platform_joules:rate5m")
+    rest = rule("node:wattlens_node_rest_joules:rate5m")
+    parts = rule("node:wattlens_node_cpu_joules:rate5m") + rule("node:wattlens_node_gpu_joules:rate5m")
     watts = prom.value("sum(wattlens_node_platform_watts)", at)
-    # rate()[5m] over a run shorter than 5 minutes is below the power (Prometheus divides by the window), alike
-    # for every series here: compare them with each other, and the power with the gauge.
-    print(f"domains: platform {watts:.2f} W; rate5m: platform {platform:.3f}, total {total:.3f}, parts {parts:.3f}, "
-          f"rest {rest:.3f}")
+    print(f"domains: platform {watts:.2f} W; rules over 10 s: platform {platform:.3f}, total {total:.3f}, "
+          f"parts {parts:.3f}, rest {rest:.3f}")
     assert watts == 287.0 and abs(total - platform) <= 0.01 * platform
     assert rest >= 0 and abs(rest - max(0.0, platform - parts)) <= 0.02 * platform
     tops = {(r["metric"]["zone"], r["metric"]["top_level"]) for r in prom.query("wattlens_node_zone_info", at)}

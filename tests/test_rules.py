@@ -84,12 +84,13 @@ def test_recording_rule_names_follow_level_metric_operations() -> None:
     for name in names:
         assert re.fullmatch(r"[a-z_]+:[a-z_]+:[a-z0-9_]+", name), name
         level, metric, operations = name.split(":")
-        # The level names the labels the result is aggregated by.
+        # The level names the labels the result is aggregated by ("cluster": the label the sending Prometheus
+        # adds, its external_labels).
         assert set(level.split("_")) <= {"node", "zone", "source", "socket", "gpu", "namespace", "pod", "unit",
-                                         "owner"}, name
+                                         "owner", "cluster", "kind"}, name
         assert metric.startswith(("wattlens_", "vllm_")), name
         assert not metric.endswith("_total"), f"{name}: drop _total once rate/increase has been applied"
-        assert operations.endswith(("rate5m", "increase5m")), name
+        assert operations.endswith(("rate5m", "increase5m")) or operations in ("count", "sum"), name
 
 
 def _catalogue() -> tuple[set[str], set[str]]:

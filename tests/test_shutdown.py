@@ -94,7 +94,8 @@ def test_sigterm_with_clients_connected_is_clean(
     rapl, proc, cgroups = _busy_node(tmp_path)
     with Daemon("--sys", str(rapl.root), "--proc", str(proc.root), "--cgroup-root", str(cgroups.root),
                 "--meters", "rapl", "--idle-watts", "package=0,dram=0", "--interval", "0.5", "--node-name", "bye",
-                "--kubelet-log-path", str(tmp_path / "nolog"), "--gpus=false", python=python) as daemon:
+                "--kubelet-log-path", str(tmp_path / "nolog"), "--gpus=false", "--max-series", "0",  # a large response
+                python=python) as daemon:
         daemon.wait_ready()
         _work(rapl, proc, cgroups)
         samples = daemon.wait_ticks(2, timeout=30)

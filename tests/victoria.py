@@ -48,8 +48,8 @@ def free_port() -> int:
 class VictoriaMetrics:
     """One single-node VictoriaMetrics on 127.0.0.1; data is visible to queries as soon as `flush()` returns."""
 
-    def __init__(self, storage: Path, *flags: str, lifetime_s: int = 60) -> None:
-        self.port = free_port()
+    def __init__(self, storage: Path, *flags: str, lifetime_s: int = 60, port: int | None = None) -> None:
+        self.port = port or free_port()  # a port of its own, or one it had before (a restart on the same storage)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = storage.parent / f"{storage.name}.log"
         command = [

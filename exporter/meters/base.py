@@ -93,20 +93,59 @@ class Accelerator:
     model: str
     source: str = "nvml"  # the meter that reads it: the `source` label
     scope: str = ""
+    partition: str = ""  # how the device is partitioned, e.g. "CPX/NPS4" (AMD); "" when it is not
+
+
+@dataclass(frozen=True, slots=True)
+class AcceleratorUser:
+    """A process that used an accelerator during the tick, with its weight in the split. `cgroup` is its
+    /proc/<pid>/cgroup as read when the meter first saw it (so a process that has exited keeps its owner); b""
+    means "look it up now". PID 0 stands for use no known process accounts for (unattributed)."""
+
+    pid: int
+    weight: int
+    cgroup: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ScopePower:
+    """A power scope the driver reports beside the device's own reading: `memory` (part of the board's power,
+    never to be added to it) or `module` (around it: GH200/GB200, Grace included). Joules are the readings
+    integrated since start (trapezoid), µJ."""
+
+    scope: str
+    watts: float
+    joules_uj: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceUse:
+    """One partition of a device (a MIG GPU instance): its id, profile and UUID, and its weight this tick (its
+    measured activity, or its memory when `split` says so)."""
+
+    instance: str
+    profile: str
+    uuid: str
+    weight: int
 
 
 @dataclass(frozen=True, slots=True)
 class AcceleratorSample:
     """One accelerator at one tick: cumulative µJ (None if the read failed), how they were obtained, and the
-    PIDs that used it with their weights (and how those weights were made)."""
+    processes that used it with their weights (and how those weights were made). `utilization` is the device's
+    mean busy percentage over the tick where the driver says it (the idle estimate of a GPU that is never
+    unused needs it); `scopes` are its other power scopes; `instances` its partitions' shares (MIG)."""
 
     device: Accelerator
     energy_uj: int | None
     method: str
-    users: tuple[tuple[int, int], ...] = ()
-    split: str = "none"  # how users were weighted: sm_util | equal | mig_memory | none (vendor-specific names)
+    users: tuple[AcceleratorUser, ...] = ()
+    split: str = "none"  # how users were weighted: sm_util | equal | mig_gpm | mig_memory | none (vendor names)
     partitioned: bool = False  # MIG and the like: the split among users is an estimate
     error: str = ""
+    utilization: float | None = None
+    scopes: tuple[ScopePower, ...] = ()
+    instances: tuple[InstanceUse, ...] = ()
 
 
 class AcceleratorMeter(Protocol):
@@ -120,5 +159,10 @@ class AcceleratorMeter(Protocol):
     def devices(self) -> Sequence[Accelerator]: ...
 
     def read(self, now: float) -> list[AcceleratorSample]: ...
+
+    def poll(self, now: float, wait: bool = False) -> None:
+        """Look at the devices' processes between ticks (the meter's own thread does it every
+        `gpu_poll_interval`); `wait` until done. Meters without per-process data do nothing."""
+        ...
 
     def close(self) -> None: ...

@@ -21,16 +21,16 @@ FIX = (
 )
 
 
-def open_nvml(timeout_s: float) -> NvmlMeter:
-    """NvmlMeter.open(timeout_s); MeterUnavailable without importing pynvml when the library cannot be loaded."""
+def open_nvml(config: Config) -> NvmlMeter:
+    """The NVML meter; MeterUnavailable without importing pynvml when the library cannot be loaded."""
     try:
         ctypes.CDLL(LIBRARY)
     except OSError:
         raise MeterUnavailable(f"no NVIDIA GPUs: {NOT_INSTALLED}", FIX) from None
-    from exporter.meters.nvml import NvmlMeter  # noqa: PLC0415 - only nodes with the NVIDIA library pay for pynvml
+    from exporter.meters.nvml import open_accelerator  # noqa: PLC0415 - only nodes with the NVIDIA library pay
 
-    return NvmlMeter.open(timeout_s)
+    return open_accelerator(config)
 
 
 def open_accelerator(config: Config) -> NvmlMeter:
-    return open_nvml(config.nvml_timeout)
+    return open_nvml(config)

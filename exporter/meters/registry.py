@@ -17,4 +17,5 @@ NODE_METERS: dict[str, str] = {
 DEFAULT_ORDER = ("rapl", "hwmon", "model")
 ACCELERATOR_METERS: dict[str, str] = {
     "nvml": "exporter.meters.nvml_loader",  # imports pynvml only where the NVIDIA library is there
+    "amdsmi": "exporter.meters.amd",
 }

@@ -19,6 +19,34 @@ LABELS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The label that names a workload of each kind.
+NAME_LABEL = {"pod": "pod", "container": "container", "service": "unit", "vm": "vm", "user": "user_id", "job": "job_id"}
+
+
+def rollup_group(kind: str, labels: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+    """(namespace, parent_kind) of a workload, from its labels by name: which rollup of its kind it folds into (the
+    series budget). Pods and containers keep their namespace ("" where unknown), containers their parent_kind;
+    other kinds have one rollup each."""
+    if kind == "pod":
+        return labels[0][1], ""  # LABELS order: namespace first
+    if kind == "container":
+        return labels[0][1], labels[6][1]  # namespace, parent_kind
+    return "", ""
+
+
+FOLDED = "(folded)"  # the name of a rollup: no pod, container, unit, VM, user or job can be named so
+
+
+def rollup_labels(kind: str, namespace: str, parent_kind: str) -> tuple[tuple[str, str], ...]:
+    """Labels by name of a rollup series (the series budget's), in LABELS[kind] order: the kind's name label is
+    FOLDED, its other identity labels empty; a pod rollup keeps the namespace of the pods it holds, a container
+    rollup their namespace and parent_kind. The name marks the series (a Grafana legend shows "shop/(folded)"),
+    and it keeps rollups of different kinds apart once PromQL drops the metric name (rate(), `or`): with every
+    identity label empty, a pod rollup and a service rollup would both be {node, zone, source}."""
+    keep = {"namespace": namespace, "parent_kind": parent_kind, NAME_LABEL[kind]: FOLDED}
+    return tuple((name, keep.get(name, "")) for name in LABELS[kind])
+
+
 def label_values(
     workload: Classified, pod: PodName | None, container: ContainerName | None, parent: str = ""
 ) -> tuple[str, ...]:

@@ -3,7 +3,9 @@
 Each tick walks the cgroup tree (cgroups.py), turns cumulative CPU time into this tick's top-level workloads and
 children (tree.py), and marks them seen in the ledger; GPU users' PIDs are resolved against the same tree.
 Names come from the kubelet's log directories, else from the optional API watch; a workload's labels, by name,
-are exported as long as it has a series (exporter/snapshot.py).
+are exported as long as it has a series (exporter/snapshot.py). Once per tick the series budget
+(exporter/budget.py) turns every workload's state into the series exported: the strongest workloads' own, the
+rest folded into rollups.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from exporter.budget import SeriesBudget
 from exporter.config import Config
 from exporter.ledger import WorkloadLedger
-from exporter.snapshot import Labels, PodLabels, WorkloadState
+from exporter.meters.base import AcceleratorUser
+from exporter.snapshot import BudgetStats, Labels, PodLabels, WorkloadState
 from exporter.sysfs import UNLIMITED, FdBudget
 from exporter.workloads.cgroups import CgroupTree
 from exporter.workloads.classify import Classified
@@ -26,6 +30,7 @@ from exporter.workloads.tree import TreeBuilder, UsageTracker, WorkloadTree, own
 log = logging.getLogger(__name__)
 
 EMPTY_TREE = WorkloadTree((), {}, {})
+_NO_SHARE: dict[str, int] = {}  # the last_uj of a workload not seen in this tick (never changed)
 
 
 @dataclass(slots=True)
@@ -58,10 +63,19 @@ class Workloads:
         self._labels: dict[str, _Labels] = {}
         self._name_sources: tuple[object, ...] = (None, None, None)
         self._named_records: object = None
+        self.budget: SeriesBudget[WorkloadState] | None = None  # with a cgroup tree: its series go through it
+        if cgroups is not None:
+            extra = 1 if config.kubernetes_api else 0  # a pod's wattlens_pod_labels series
+            self.budget = SeriesBudget(
+                config.max_series, WorkloadState, config.workload_ttl, config.series_level, pod_extra=extra
+            )
+        self.exported: tuple[WorkloadState, ...] = ()  # this tick's workload series, after the series budget
+        self._keyed_records: object = None
+        self._keys: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     @classmethod
     def open(cls, config: Config, budget: FdBudget = UNLIMITED) -> Workloads:
-        if not config.workloads:
+        if not config.walks_workloads:  # series_level "node": no workload series, no walk
             return cls(config)
         cgroups = CgroupTree(config.cgroup_root, budget, hold_s=config.workload_ttl)
         log.info(
@@ -80,17 +94,42 @@ class Workloads:
         return tree
 
     def owner_of_pid(self, pid: int) -> tuple[str, str | None] | None:
-        """The workload of a host PID (GPU users), through /proc/<pid>/cgroup and this tick's tree."""
+        """The workload of a host PID, through /proc/<pid>/cgroup and this tick's tree."""
         try:
             with open(self.config.proc_path / str(pid) / "cgroup", "rb") as handle:
                 data = handle.read(65536)
         except OSError:
             return None  # gone, or not visible (the exporter needs the host's PID namespace)
+        return self.owner_of_cgroup(data)
+
+    def owner_of_cgroup(self, data: bytes) -> tuple[str, str | None] | None:
+        """The workload a /proc/<pid>/cgroup names, in this tick's tree (the deepest workload cgroup at or above
+        it, so a container removed since still finds its pod)."""
         # Hybrid hosts name a process's cgroup in both hierarchies; either may be the one walked.
         return owner_of(cgroup_path(data), self.tree) or owner_of(cgroup_path(data, v1=True), self.tree)
 
+    def owner_of_user(self, user: AcceleratorUser) -> tuple[str, str | None] | None:
+        """The workload of an accelerator user: from the cgroup recorded when the meter first saw the process
+        (it may have exited since), else from its PID now."""
+        return self.owner_of_cgroup(user.cgroup) if user.cgroup else self.owner_of_pid(user.pid)
+
     def expire(self, now: float) -> None:
         self.ledger.expire(now)
+
+    def export(self) -> None:
+        """This tick's workload series: every workload's state through the series budget (once per tick, after
+        expire)."""
+        if self.budget is None:
+            return
+        records = self.ledger.records()
+        if records is not self._keyed_records:  # the same list while no workload comes or goes
+            self._keyed_records = records
+            self._keys = (tuple(key for key, _ in records), tuple(r.parent for _, r in records))
+        self.exported = self.budget.apply(self._now, self.states(), *self._keys)
+
+    @property
+    def budget_stats(self) -> BudgetStats | None:
+        return self.budget.stats if self.budget is not None else None
 
     def _names(self, pod_uid: str, container_id: str) -> tuple[PodName | None, ContainerName | None]:
         """Names from the kubelet's log directories, else from the API watch when it runs."""
@@ -144,7 +183,9 @@ class Workloads:
                 values = label_values(workload, pod, container, record.parent)
                 labels = tuple(zip(LABELS[workload.kind], values, strict=True))
                 known = memo[key] = _Labels(workload, record.parent, names, labels)
-            last, previous = record.last_uj, known.state
+            # Only a workload seen in this tick has a share in it (the budget and pod watts rely on that).
+            last = record.last_uj if record.last_seen == now else _NO_SHARE
+            previous = known.state
             if previous is not None and not record.changed and last == known.last_uj:
                 states.append(previous)  # an idle workload: the same state as last tick
                 continue
@@ -155,14 +196,15 @@ class Workloads:
         return tuple(states)
 
     def pod_labels(self) -> tuple[PodLabels, ...]:
-        """Owners and allow-listed labels of the pods with series (with the API watch only)."""
+        """Owners and allow-listed labels of the pods with series of their own (with the API watch only)."""
         if self.pod_watch is None:
             return ()
         pods, keys = self.pod_watch.pods, self.config.pod_labels
+        exported = {w.label("uid") for w in self.exported if w.kind == "pod"}  # folded pods have no row
         rows = []
         for _, record in self.ledger.records():
             meta = pods.get(record.workload.uid) if record.workload.kind == "pod" else None
-            if meta is not None:
+            if meta is not None and meta.uid in exported:
                 labels = dict(meta.labels)
                 values = tuple(labels.get(k, "") for k in keys)
                 rows.append(PodLabels(meta.namespace, meta.name, meta.uid, meta.owner_kind, meta.owner_name, values))

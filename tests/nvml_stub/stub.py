@@ -70,6 +70,8 @@ _UINT_FIELDS = {
     "mem_total": _U64,
     "mem_used": _U64,
     "mig_max": _U32,
+    "gpu_util": _U32,
+    "mem_util": _U32,
 }
 _BOOL_FIELDS = ("lost", "mig", "gpm")
 _STR_FIELDS = ("name", "uuid")

@@ -228,6 +228,7 @@ typedef struct {
     unsigned gpm_rc;
     unsigned long long mem_total, mem_used;
     unsigned mig_max, gi_rc;
+    unsigned gpu_util, mem_util; /* nvmlDeviceGetUtilizationRates, % */
 } stub_device;
 
 static const stub_field DEVICE_FIELDS[] = {
@@ -256,6 +257,8 @@ static const stub_field DEVICE_FIELDS[] = {
     STUB_FIELD(stub_device, mem_used, STUB_U64),
     STUB_FIELD(stub_device, mig_max, STUB_U32),
     STUB_FIELD(stub_device, gi_rc, STUB_RC),
+    STUB_FIELD(stub_device, gpu_util, STUB_U32),
+    STUB_FIELD(stub_device, mem_util, STUB_U32),
 };
 #define NFIELDS(t) (sizeof t / sizeof t[0])
 
@@ -1004,6 +1007,30 @@ EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, uns
         rc = (nvmlReturn_t)d->energy_rc;
     else
         *energy = d->energy_mj;
+    state_free(st);
+    return rc;
+}
+
+/* nvmlUtilization_t: gpu, memory (percent of the last sample period); util_rc as for process utilisation */
+typedef struct {
+    unsigned int gpu, memory;
+} nvmlUtilization_t;
+
+EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_t *utilization)
+{
+    stub_state *st;
+    const stub_device *d;
+    nvmlReturn_t rc = begin_device("nvmlDeviceGetUtilizationRates", device, &st, &d);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (utilization == NULL)
+        rc = NVML_ERROR_INVALID_ARGUMENT;
+    else if (d->util_rc != NVML_SUCCESS)
+        rc = (nvmlReturn_t)d->util_rc;
+    else {
+        utilization->gpu = d->gpu_util;
+        utilization->memory = d->mem_util;
+    }
     state_free(st);
     return rc;
 }
