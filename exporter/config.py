@@ -14,7 +14,6 @@ below is short and keeps the origin of every key.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -983,6 +981,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
             f"config file {path}: cannot be read ({exc.strerror or exc}). "
             "Fix: pass an existing, readable YAML file to --config / WATTLENS_CONFIG"
         ) from None
+    import yaml  # noqa: PLC0415 - only with a config file (resident memory of a daemon set by flags)
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -1142,6 +1142,8 @@ def _describe(exc: ValidationError, merged: Mapping[str, Any], origin: Origin) -
     if error["type"] == "extra_forbidden":
         parent = path[:-1]
         known = _known_keys(parent)
+        import difflib  # noqa: PLC0415 - only for a mistyped key
+
         close = difflib.get_close_matches(path[-1], known, n=1)
         suggestion = f"did you mean '{'.'.join((*parent, close[0]))}'? Otherwise " if close else ""
         return f"unknown setting '{key}' (from {where}). Fix: {suggestion}remove it or use one of: " + ", ".join(known)

@@ -57,7 +57,8 @@ def test_carbon_is_conserved_per_domain_and_tick_and_a_step_in_intensity_is_inte
         for u, d in deltas.items():
             gpu_raw[u] += d or 0
         return [AcceleratorSample(g, gpu_raw[g.uuid] if deltas.get(g.uuid, 0) is not None else None,
-                                  "energy_counter", tuple(AcceleratorUser(pid, weight) for pid, weight in users.get(g.uuid, ())),
+                                  "energy_counter",
+                                  tuple(AcceleratorUser(pid, weight) for pid, weight in users.get(g.uuid, ())),
                                   "sm_util") for g in node.gpus]
 
     accounting.tick(0.0, None, node=samples({}), cpu=Weights(0, []), accelerators=gpus({}, {}),

@@ -199,6 +199,14 @@ def test_the_daemon_does_not_import_prometheus_client() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_the_daemon_imports_only_what_its_configuration_uses() -> None:
+    """Resident memory: YAML only with a config file, bcrypt with basic auth, the rest on demand."""
+    lazy = ("prometheus_client", "yaml", "bcrypt", "difflib", "exporter.snapshot_json", "pynvml")
+    code = f"import sys, exporter.cli, exporter.daemon; print([m for m in {lazy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"
+
+
 @given(
     label=st.text(max_size=30),
     value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 2**62).map(float)),
