@@ -29,6 +29,14 @@ mean, time constant TAU_S) and its series fit next to the frozen ones, so member
 budget is exceeded, a new workload waits one tick before it may open (its first share tells its power).
 Should the series still exceed the budget (open workloads grew new zones or containers), frozen series go first,
 oldest first, then the weakest open workloads fold without lingering (counted in `dropped`).
+
+Cost. Deciding (ranking every workload, routing the folded ones to their rollups, checking the series) is done
+only when something it depends on changed: a workload came or went, one came in the last tick (it may open now),
+a frozen series' or an unfed rollup's time ran out, a folded workload grew a zone, or the series would pass the
+budget; else every RANK_S. In between, a tick replays the last decision (`_Plan`): one pass adding the folded
+workloads' shares into their rollups and the open ones' series, with the same exact sums. Recent power is
+measured from the energy gained between two decisions (its mean power over that span), so it needs no work in
+the ticks between.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ HEADROOM = 0.10
 FACTOR = 2.0
 TAU_S = 300.0
 MIN_SERIES = 100  # below this the rollups alone may not fit
+RANK_S = 60.0  # the longest a decision is kept while nothing it depends on changed (a fraction of TAU_S)
 # An unexported rollup's total is remembered this long (and for at most this many rollups), so that a rollup that
 # comes back continues its counter: one reborn from zero soon after would look to Prometheus like a continuation.
 DORMANT_S = 86400.0
@@ -76,6 +85,8 @@ class _Member:
     kind: str
     open: bool
     score: float  # recent power, W
+    mark: int  # its total energy (µJ, every domain) when the score was last updated
+    marked_at: float
     own: dict[str, int] | None = None  # its series' values once it has folded (None: its energy is its series)
     fresh: bool = True  # seen in this tick for the first time
 
@@ -119,6 +130,28 @@ class _Frozen:
     cost: int
 
 
+@dataclass(slots=True)
+class _Feed:
+    """A rollup and the states folded into it, with each one's number of domains when the decision was made."""
+
+    kind: str
+    rollup: _Rollup
+    indexes: list[int] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """The last decision, for the ticks that keep it: what each state index does, while the keys are the same."""
+
+    keys: Sequence[str]
+    parents: Sequence[str]
+    until: float  # decide again from this time on
+    opened: list[tuple[int, _Member | None]]  # open states in order; the member where its series is rebased
+    feeds: list[_Feed]
+    folded: tuple[tuple[str, int], ...]  # folded workloads by kind
+
+
 class SeriesBudget(Generic[S]):
     """Applies the budget, tick by tick. `make` builds an exported state from (kind, labels, energy, last);
     `pod_extra` is the series a pod has besides its energy and watts (1 where wattlens_pod_labels is exported);
@@ -151,6 +184,8 @@ class SeriesBudget(Generic[S]):
         self._folds: dict[str, int] = {}
         self._unfolds: dict[str, int] = {}
         self._dropped = 0
+        self._plan: _Plan | None = None  # the last decision, while it holds
+        self.decisions = 0  # ticks that decided (the others replayed the last decision)
         self.stats = BudgetStats(max_series, 0)
 
     def cost(self, state: WorkloadSeries) -> int:
@@ -171,6 +206,17 @@ class SeriesBudget(Generic[S]):
         if not self.children:
             chosen = [i for i, parent in enumerate(parents) if not parent]
             states, keys, parents = [states[i] for i in chosen], [keys[i] for i in chosen], [""] * len(chosen)
+        plan = self._plan
+        if (
+            plan is not None
+            and now < plan.until
+            and (keys is plan.keys or keys == plan.keys)
+            and (parents is plan.parents or parents == plan.parents)
+        ):
+            replayed = self._replay(now, states, plan)
+            if replayed is not None:
+                return replayed
+        self._plan = None
         costs = [self.cost(s) for s in states]
         total = sum(costs)
         if self.max_series <= 0 or (
@@ -181,10 +227,14 @@ class SeriesBudget(Generic[S]):
                 self.max_series, total, (), self._counts(self._folds), self._counts(self._unfolds), self._dropped
             )
             return tuple(states)
+        self.decisions += 1
         tick = _Tick(now, states, keys)
-        tick.members = self._track(dt, states, keys)
+        tick.members = self._track(now, dt, states, keys)
         tick.units = self._units(states, keys, parents, costs, tick.members)
-        return self._fold(tick)
+        out = self._fold(tick)
+        if self._members:  # still folding: the next ticks may replay this decision
+            self._plan = self._planned(tick, parents)
+        return out
 
     # --- folding ---------------------------------------------------------------------------------
 
@@ -216,23 +266,32 @@ class SeriesBudget(Generic[S]):
                 break  # the rollups alone are more than the budget (max_series below their floor)
         return self._emit(tick)
 
-    def _track(self, dt: float, states: Sequence[S], keys: Sequence[str]) -> list[_Member]:
-        """Every state's member, its recent power updated; members that left the ledger are forgotten."""
+    def _track(self, now: float, dt: float, states: Sequence[S], keys: Sequence[str]) -> list[_Member]:
+        """Every state's member, its recent power updated: an exponentially weighted mean (TAU_S) of its mean power
+        since the last decision (a new one: in its first tick). Members that left the ledger are forgotten."""
         known = self._members
         starting = not known  # the budget was not needed in the last tick: its workloads all had series
         previous = set(self._last_keys) if starting else set()
         self._last_keys = ()
-        alpha = 1.0 - math.exp(-dt / TAU_S) if dt > 0 else 1.0
         scale = 1e-6 / dt if dt > 0 else 0.0
+        alphas: dict[float, float] = {}  # by span: mostly one, the time since the last decision
         members = []
         for state, key in zip(states, keys, strict=True):
-            watts = sum(v for _, v in state.last_uj) * scale
+            energy = sum(v for _, v in state.energy_uj)
             member = known.get(key)
             if member is None:
                 opened = key in previous
-                member = known[key] = _Member(state.kind, opened, watts, fresh=not opened)
+                watts = sum(v for _, v in state.last_uj) * scale
+                member = known[key] = _Member(state.kind, opened, watts, energy, now, fresh=not opened)
             else:
-                member.score += (watts - member.score) * alpha
+                span = now - member.marked_at
+                if span > 0:
+                    alpha = alphas.get(span)
+                    if alpha is None:
+                        alpha = alphas[span] = 1.0 - math.exp(-span / TAU_S)
+                    watts = max(0, energy - member.mark) * 1e-6 / span
+                    member.score += (watts - member.score) * alpha
+                    member.mark, member.marked_at = energy, now
                 member.fresh = False
             members.append(member)
         present = set(keys)
@@ -405,6 +464,102 @@ class SeriesBudget(Generic[S]):
             self._dropped,
         )
         return tuple(out)
+
+    # --- between decisions -------------------------------------------------------------------------
+
+    def _planned(self, tick: _Tick[S], parents: Sequence[str]) -> _Plan:
+        """The decision just taken, to replay while it holds."""
+        now, states, routes = tick.now, tick.states, tick.routes
+        opened: list[tuple[int, _Member | None]] = []
+        feeds: dict[RollupKey, _Feed] = {}
+        until = now + RANK_S
+        for i, member in enumerate(tick.members):
+            if member.open:
+                opened.append((i, member if member.own is not None else None))
+                continue
+            if member.fresh:
+                until = now  # folded in its first tick: it may open in the next one
+            key = routes[i]
+            feed = feeds.get(key)
+            if feed is None:
+                feed = feeds[key] = _Feed(key[0], self._rollups[key])
+            feed.indexes.append(i)
+            feed.widths.append(len(states[i].energy_uj))
+        for frozen in self._frozen.values():  # it stops being exported
+            until = min(until, frozen.until)
+        for key, rollup in self._rollups.items():  # unfed: it goes dormant
+            if key not in feeds:
+                until = min(until, rollup.fed_at + self.linger_s)
+        return _Plan(tick.keys, parents, until, opened, list(feeds.values()), self.stats.folded)
+
+    def _replay(self, now: float, states: Sequence[S], plan: _Plan) -> tuple[S, ...] | None:
+        """This tick's states as the last decision has them: the same open workloads and routes, this tick's shares
+        added exactly as `_emit` adds them. None (and nothing changed) where the decision no longer holds: a folded
+        workload has a new zone, or the series would pass the budget."""
+        shares = self._shares(states, plan)
+        if shares is None:
+            return None
+        open_series = sum(self.cost(states[i]) for i, _ in plan.opened)
+        frozen_series = sum(f.cost for f in self._frozen.values())
+        total = open_series + frozen_series + sum(len(r.energy) for r in self._rollups.values())
+        for feed, last in zip(plan.feeds, shares, strict=True):
+            if feed.kind == "pod":  # its watts, as _total counts them
+                total += sum(1 for domain in last if not domain.startswith(GPU_PREFIX))
+        if total > self.max_series:
+            return None
+        for rollup in self._rollups.values():
+            rollup.last = {}
+        for feed, last in zip(plan.feeds, shares, strict=True):
+            rollup = feed.rollup
+            energy = rollup.energy
+            for domain, microjoules in last.items():
+                energy[domain] += microjoules
+            rollup.last, rollup.fed_at = last, now
+        out: list[S] = []
+        for i, member in plan.opened:
+            state = states[i]
+            own = member.own if member is not None else None
+            if own is None:
+                out.append(state)
+                continue
+            for domain, microjoules in state.last_uj:
+                own[domain] = own.get(domain, 0) + microjoules
+            for domain, _ in state.energy_uj:
+                own.setdefault(domain, 0)
+            out.append(self.make(state.kind, state.labels, tuple(own.items()), state.last_uj))
+        out.extend(f.state for f in self._frozen.values())  # type: ignore[misc]  # made by self.make: an S
+        rollups = [
+            self.make(key[0], r.labels, tuple(r.energy.items()), tuple(r.last.items()))
+            for key, r in self._rollups.items()
+        ]
+        out.extend(rollups)
+        self.stats = BudgetStats(
+            self.max_series,
+            open_series + frozen_series + sum(self.cost(r) for r in rollups),
+            plan.folded,
+            self._counts(self._folds),
+            self._counts(self._unfolds),
+            self._dropped,
+        )
+        return tuple(out)
+
+    @staticmethod
+    def _shares(states: Sequence[S], plan: _Plan) -> list[dict[str, int]] | None:
+        """Per rollup of the plan, this tick's shares of the states folded into it (domains in the order `_emit`
+        meets them); None where a folded state has a domain its rollup has not."""
+        shares: list[dict[str, int]] = []
+        for feed in plan.feeds:
+            last: dict[str, int] = {}
+            for i, width in zip(feed.indexes, feed.widths, strict=True):
+                state = states[i]
+                if len(state.energy_uj) != width:
+                    return None  # a new zone: a series more for its rollup, perhaps
+                for domain, microjoules in state.last_uj:
+                    last[domain] = last.get(domain, 0) + microjoules
+            if not last.keys() <= feed.rollup.energy.keys():
+                return None
+            shares.append(last)
+        return shares
 
     @staticmethod
     def _counts(by_kind: dict[str, int]) -> tuple[tuple[str, int], ...]:
