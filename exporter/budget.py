@@ -118,6 +118,7 @@ class _Tick(Generic[S]):
     now: float
     states: Sequence[S]
     keys: Sequence[str]
+    parents: Sequence[str]
     members: list[_Member] = field(default_factory=list)
     units: dict[str, _Unit] = field(default_factory=dict)
     routes: dict[int, RollupKey] = field(default_factory=dict)  # state index → the rollup it folds into
@@ -228,13 +229,10 @@ class SeriesBudget(Generic[S]):
             )
             return tuple(states)
         self.decisions += 1
-        tick = _Tick(now, states, keys)
+        tick = _Tick(now, states, keys, parents)
         tick.members = self._track(now, dt, states, keys)
         tick.units = self._units(states, keys, parents, costs, tick.members)
-        out = self._fold(tick)
-        if self._members:  # still folding: the next ticks may replay this decision
-            self._plan = self._planned(tick, parents)
-        return out
+        return self._fold(tick)
 
     # --- folding ---------------------------------------------------------------------------------
 
@@ -416,62 +414,42 @@ class SeriesBudget(Generic[S]):
         return total + sum(map(len, domains.values())) + sum(map(len, watts.values()))
 
     def _emit(self, tick: _Tick[S]) -> tuple[S, ...]:
-        """This tick's shares into open series and rollups, and the states to export."""
-        now, states, keys, routes = tick.now, tick.states, tick.keys, tick.routes
-        out: list[S] = []
-        for rollup in self._rollups.values():
-            rollup.last = {}
-        folded: dict[str, int] = {}
-        for i, (state, member) in enumerate(zip(states, tick.members, strict=True)):
-            if member.open:
-                own = member.own
-                if own is None:
-                    out.append(state)
-                    continue
-                for domain, microjoules in state.last_uj:
-                    own[domain] = own.get(domain, 0) + microjoules
-                for domain, _ in state.energy_uj:
-                    own.setdefault(domain, 0)
-                out.append(self.make(state.kind, state.labels, tuple(own.items()), state.last_uj))
-                continue
-            folded[member.kind] = folded.get(member.kind, 0) + 1
-            rollup = self._rollups[routes[i]]
-            rollup.fed_at = now
-            energy, last = rollup.energy, rollup.last
-            for domain, microjoules in state.last_uj:
-                energy[domain] = energy.get(domain, 0) + microjoules
-                last[domain] = last.get(domain, 0) + microjoules
-            for domain, _ in state.energy_uj:  # every zone a member has is a series of its rollup
-                energy.setdefault(domain, 0)
-        out.extend(f.state for f in self._frozen.values())  # type: ignore[misc]  # made by self.make: an S
+        """This tick's shares into open series and rollups, the states to export, and the plan that replays this
+        decision in the next ticks."""
+        now = tick.now
+        plan = self._planned(tick)
+        shares = self._shares(tick.states, plan)
+        assert shares is not None  # the plan was made from these states
+        out, open_series = self._commit(now, tick.states, plan, shares)
         for key, rollup in list(self._rollups.items()):
             if rollup.fed_at + self.linger_s < now:  # unfed for a while: its series goes, its total stays known
                 self._dormant[key] = self._rollups.pop(key)
-                continue
-            out.append(self.make(key[0], rollup.labels, tuple(rollup.energy.items()), tuple(rollup.last.items())))
         if self._dormant:
             recent = sorted(self._dormant.items(), key=lambda item: -item[1].fed_at)[:MAX_DORMANT]
             self._dormant = {key: r for key, r in recent if now - r.fed_at <= DORMANT_S}
-        if not folded and not self._frozen and not self._rebased and not self._rollups:
+        exported = self._finish(out, open_series, plan.folded)
+        if not plan.feeds and not self._frozen and not self._rebased and not self._rollups:
             self._members.clear()  # nothing folded any more: back to the budget-free path
-            self._last_keys = keys
-        self.stats = BudgetStats(
-            self.max_series,
-            sum(self.cost(s) for s in out),
-            self._counts(folded),
-            self._counts(self._folds),
-            self._counts(self._unfolds),
-            self._dropped,
-        )
-        return tuple(out)
+            self._last_keys = tick.keys
+            return exported
+        for frozen in self._frozen.values():  # it stops being exported
+            plan.until = min(plan.until, frozen.until)
+        fed = {id(feed.rollup) for feed in plan.feeds}
+        for rollup in self._rollups.values():  # unfed: it goes dormant
+            if id(rollup) not in fed:
+                plan.until = min(plan.until, rollup.fed_at + self.linger_s)
+        self._plan = plan
+        return exported
 
     # --- between decisions -------------------------------------------------------------------------
 
-    def _planned(self, tick: _Tick[S], parents: Sequence[str]) -> _Plan:
-        """The decision just taken, to replay while it holds."""
+    def _planned(self, tick: _Tick[S]) -> _Plan:
+        """The decision just taken, as index lists to replay while it holds; every domain of a folded state becomes
+        a series of its rollup."""
         now, states, routes = tick.now, tick.states, tick.routes
         opened: list[tuple[int, _Member | None]] = []
         feeds: dict[RollupKey, _Feed] = {}
+        folded: dict[str, int] = {}
         until = now + RANK_S
         for i, member in enumerate(tick.members):
             if member.open:
@@ -479,34 +457,39 @@ class SeriesBudget(Generic[S]):
                 continue
             if member.fresh:
                 until = now  # folded in its first tick: it may open in the next one
+            folded[member.kind] = folded.get(member.kind, 0) + 1
             key = routes[i]
             feed = feeds.get(key)
             if feed is None:
                 feed = feeds[key] = _Feed(key[0], self._rollups[key])
+            energy = states[i].energy_uj
             feed.indexes.append(i)
-            feed.widths.append(len(states[i].energy_uj))
-        for frozen in self._frozen.values():  # it stops being exported
-            until = min(until, frozen.until)
-        for key, rollup in self._rollups.items():  # unfed: it goes dormant
-            if key not in feeds:
-                until = min(until, rollup.fed_at + self.linger_s)
-        return _Plan(tick.keys, parents, until, opened, list(feeds.values()), self.stats.folded)
+            feed.widths.append(len(energy))
+            for domain, _ in energy:
+                feed.rollup.energy.setdefault(domain, 0)
+        return _Plan(tick.keys, tick.parents, until, opened, list(feeds.values()), self._counts(folded))
 
     def _replay(self, now: float, states: Sequence[S], plan: _Plan) -> tuple[S, ...] | None:
         """This tick's states as the last decision has them: the same open workloads and routes, this tick's shares
-        added exactly as `_emit` adds them. None (and nothing changed) where the decision no longer holds: a folded
+        added as a decision adds them. None (and nothing changed) where the decision no longer holds: a folded
         workload has a new zone, or the series would pass the budget."""
         shares = self._shares(states, plan)
         if shares is None:
             return None
-        open_series = sum(self.cost(states[i]) for i, _ in plan.opened)
-        frozen_series = sum(f.cost for f in self._frozen.values())
-        total = open_series + frozen_series + sum(len(r.energy) for r in self._rollups.values())
+        total = sum(self.cost(states[i]) for i, _ in plan.opened) + sum(f.cost for f in self._frozen.values())
+        total += sum(len(r.energy) for r in self._rollups.values())
         for feed, last in zip(plan.feeds, shares, strict=True):
             if feed.kind == "pod":  # its watts, as _total counts them
                 total += sum(1 for domain in last if not domain.startswith(GPU_PREFIX))
         if total > self.max_series:
             return None
+        out, open_series = self._commit(now, states, plan, shares)
+        return self._finish(out, open_series, plan.folded)
+
+    def _commit(
+        self, now: float, states: Sequence[S], plan: _Plan, shares: list[dict[str, int]]
+    ) -> tuple[list[S], int]:
+        """This tick's shares into the rollups and the open series; the open states to export and their series."""
         for rollup in self._rollups.values():
             rollup.last = {}
         for feed, last in zip(plan.feeds, shares, strict=True):
@@ -516,27 +499,32 @@ class SeriesBudget(Generic[S]):
                 energy[domain] += microjoules
             rollup.last, rollup.fed_at = last, now
         out: list[S] = []
+        series = 0
         for i, member in plan.opened:
             state = states[i]
             own = member.own if member is not None else None
-            if own is None:
-                out.append(state)
-                continue
-            for domain, microjoules in state.last_uj:
-                own[domain] = own.get(domain, 0) + microjoules
-            for domain, _ in state.energy_uj:
-                own.setdefault(domain, 0)
-            out.append(self.make(state.kind, state.labels, tuple(own.items()), state.last_uj))
+            if own is not None:
+                for domain, microjoules in state.last_uj:
+                    own[domain] = own.get(domain, 0) + microjoules
+                for domain, _ in state.energy_uj:
+                    own.setdefault(domain, 0)
+                state = self.make(state.kind, state.labels, tuple(own.items()), state.last_uj)
+            out.append(state)
+            series += self.cost(state)
+        return out, series
+
+    def _finish(self, out: list[S], open_series: int, folded: tuple[tuple[str, int], ...]) -> tuple[S, ...]:
+        """The frozen series and the rollups after the open states; the stats."""
+        series = open_series + sum(f.cost for f in self._frozen.values())
         out.extend(f.state for f in self._frozen.values())  # type: ignore[misc]  # made by self.make: an S
-        rollups = [
-            self.make(key[0], r.labels, tuple(r.energy.items()), tuple(r.last.items()))
-            for key, r in self._rollups.items()
-        ]
-        out.extend(rollups)
+        for key, rollup in self._rollups.items():
+            made = self.make(key[0], rollup.labels, tuple(rollup.energy.items()), tuple(rollup.last.items()))
+            out.append(made)
+            series += self.cost(made)
         self.stats = BudgetStats(
             self.max_series,
-            open_series + frozen_series + sum(self.cost(r) for r in rollups),
-            plan.folded,
+            series,
+            folded,
             self._counts(self._folds),
             self._counts(self._unfolds),
             self._dropped,
