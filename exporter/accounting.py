@@ -20,7 +20,9 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from exporter.attribution import IdleSplit, Usage, attribute, split_by_baseline, split_by_ratio
+from exporter.attribution import IdleSplit, Usage, ZoneShares, attribute, split_by_baseline, split_by_ratio
+from exporter.carbon.embodied import gpu_embodied_kg
+from exporter.carbon.ledger import CarbonLedger, Rate, intensity_mg
 from exporter.config import Config
 from exporter.counters import MICRO, CounterTrack, StepKind
 from exporter.gpu_accounting import AcceleratorIdle, GpuWeights, Owner, Tail, by_owner, instance_shares
@@ -111,6 +113,15 @@ class Accounting:
         self._platform_common_uj = 0
         self._parts_common_uj = 0
         self._rest_uj: int | None = None
+        # Carbon (exporter/carbon/ledger.py): this tick's intensity (mg/kWh) and length, the CPU domains whose
+        # operational grams count (top-level among CPU zones; accelerators always), embodied rates.
+        self.carbon = CarbonLedger(workloads)
+        self._mg: int | None = None
+        self._dt_us = 0
+        self._counted: frozenset[str] = frozenset()
+        embodied = config.carbon
+        self._host_rate = Rate.of(embodied.host_embodied_kg, embodied.lifetime) if embodied.embodied else None
+        self._gpu_rates: dict[str, Rate] = {}
 
     # --- counters -------------------------------------------------------------------------------------------
 
@@ -165,9 +176,11 @@ class Accounting:
         accelerators: Sequence[AcceleratorSample] = (),
         owner: Owner | None = None,
         processes: Weights[P] | None = None,
+        intensity: float | None = None,
     ) -> dict[P, dict[str, int]]:
         """Account one tick: node counters split by `cpu` weights, accelerators by their users (through `owner`),
-        module and platform at node level. Returns the per-process view (`processes` weights) by CPU domain."""
+        module and platform at node level; the carbon of each split at `intensity` (gCO2e/kWh, None: unknown)
+        and the hardware's embodied carbon. Returns the per-process view (`processes` weights) by CPU domain."""
         deltas: Deltas = [self._step(sample, now, dt) for sample in node]
         accel_deltas: list[tuple[AcceleratorSample, int | None]] = []
         for accel in accelerators:
@@ -182,6 +195,9 @@ class Accounting:
         by_process: dict[P, dict[str, int]] = {}
         if dt is None or dt <= 0:
             return by_process
+        self._mg = None if intensity is None else intensity_mg(intensity)
+        self._dt_us = round(dt * 1_000_000)
+        self._structure()
         spread = self.config.idle_attribution == "cpu"
         for key, (delta, complete, counter) in self._by_domain(deltas).items():
             source = counter.zone.source
@@ -193,11 +209,34 @@ class Accounting:
             else:
                 self._domain(key, counter.role, source)
         for accel, delta in accel_deltas:
+            shares = None
             if delta is not None and owner is not None:
                 inside = self._inside(accel, deltas) if accel.device.scope else 0
-                self._split_accelerator(accel, delta - inside, owner, now, dt)
+                shares = self._split_accelerator(accel, delta - inside, owner, now, dt)
+            if self._host_rate is not None:  # a GPU that was not read this tick ages all the same: idle
+                used, top = (shares[0], shares[1].workloads) if shares else (None, ())
+                key = f"gpu:{accel.device.uuid}"
+                self.carbon.add_embodied_like(key, self._gpu_rate(accel), self._dt_us, used, top)
+        if self._host_rate is not None:
+            self.carbon.add_embodied_by_cpu(
+                "host",
+                self._host_rate,
+                self._dt_us,
+                busy_us=cpu.total,
+                top=cpu.workloads,
+                idle_share=cpu.idle_share,
+                spread_idle=spread,
+            )
         self._node_energy(deltas)
         return by_process
+
+    def _gpu_rate(self, accel: AcceleratorSample) -> Rate:
+        rate = self._gpu_rates.get(accel.device.uuid)
+        if rate is None:
+            carbon = self.config.carbon
+            kg = gpu_embodied_kg(accel.device.model, carbon.gpu_embodied_kg, carbon.gpu_default_embodied_kg)
+            rate = self._gpu_rates[accel.device.uuid] = Rate.of(kg, carbon.gpu_lifetime or carbon.lifetime)
+        return rate
 
     def _forget(self, now: float) -> None:
         """Counters not read for `workload_ttl` (a meter handed over at runtime) leave, like an ended workload."""
@@ -240,7 +279,9 @@ class Accounting:
             return known[key], "model"
         return domain.baseline.watts(), "learned"
 
-    def _split_accelerator(self, accel: AcceleratorSample, delta: int, owner: Owner, now: float, dt: float) -> None:
+    def _split_accelerator(
+        self, accel: AcceleratorSample, delta: int, owner: Owner, now: float, dt: float
+    ) -> tuple[ZoneShares[str], Weights[str] | GpuWeights]:
         """An accelerator: idle configured or estimated (gpu_accounting.py), then the split by its users (or, in
         its tail, by the users of its last used tick); partitions get their shares of the active energy."""
         device = accel.device
@@ -255,20 +296,26 @@ class Accounting:
         weights = domain.tail.weights_for(own, now, dt, self.config.gpu_tail)
         domain.gpu_idle.observe(now, delta / MICRO, dt, weights.used, accel.utilization)  # tails never teach idle
         idle = min(delta, int((domain.idle_watts or 0.0) * dt * MICRO))
-        self._apportion(domain, delta, IdleSplit(idle, delta - idle), weights)
+        shares = self._apportion(domain, delta, IdleSplit(idle, delta - idle), weights)
         split = accel.split if own.used or not weights.used else "tail"
         domain.splits[split] = domain.splits.get(split, 0) + 1
         for instance, share in zip(accel.instances, instance_shares(delta - idle, accel.instances), strict=True):
             key = (instance.instance, instance.profile, instance.uuid)
             domain.instances[key] = domain.instances.get(key, 0) + share
+        return shares, weights
 
-    def _apportion(self, domain: _Domain, delta: int, split: IdleSplit, weights: Weights[str] | GpuWeights) -> None:
+    def _apportion(
+        self, domain: _Domain, delta: int, split: IdleSplit, weights: Weights[str] | GpuWeights
+    ) -> ZoneShares[str]:
         spread = self.config.idle_attribution == "cpu"
         shares = attribute(delta, split.idle_uj, weights.total, weights.workloads, spread_idle=spread)
         domain.idle_uj += split.idle_uj
         domain.active_uj += split.active_uj
         domain.unattributed_uj += shares.unattributed_uj
         self.workloads.add_all(domain.key, shares.workloads)
+        if self._mg is not None and (domain.role == "accelerator" or domain.key in self._counted):
+            self.carbon.add_operational(domain.key, delta, self._mg, shares, weights.workloads)
+        return shares
 
     @staticmethod
     def _view(delta: int, split: IdleSplit, processes: Weights[P], spread: bool) -> dict[P, int]:
@@ -293,6 +340,9 @@ class Accounting:
             info = tuple(by_zone.values())
             for counter in self._counters.values():
                 counter.top_level = counter.place in top
+            # Operational grams count once: CPU zones that no other CPU zone contains (psys, else package and
+            # dram; grace), plus every accelerator (a module-scope GPU's users get its counter less Grace).
+            self._counted = frozenset(p.zone for p in top_level(p for p in measured if role_of(p.zone) == "cpu"))
             self._containment = (top, parents, info)
         return self._containment
 

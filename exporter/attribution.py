@@ -46,15 +46,8 @@ def apportion(total: int, weights: Sequence[int]) -> list[int]:
     whole = sum(weights)
     if whole == 0:
         raise ValueError("apportion needs at least one positive weight")
-    shares = [total * w // whole for w in weights]
-    left = total - sum(shares)
-    if left:
-        remainders = [total * w % whole for w in weights]
-        # Largest remainder first; a stable sort in reverse keeps equal remainders in index order.
-        by_remainder = sorted(range(len(weights)), key=remainders.__getitem__, reverse=True)
-        for i in by_remainder[:left]:
-            shares[i] += 1
-    return shares
+    # Largest remainder first; a stable sort in reverse keeps equal remainders in index order.
+    return _hamilton(total, weights, whole)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,25 +88,46 @@ def attribute(
         raise ValueError("idle must lie between 0 and the zone's delta")
     spread = delta_uj if spread_idle else delta_uj - idle_uj
     node_idle = 0 if spread_idle else idle_uj
-    weights = [max(0, w.cpu_us) for w in top]
+    weights = [w.cpu_us if w.cpu_us > 0 else 0 for w in top]
     weights.append(max(0, node_busy_us - sum(weights)))
     *top_shares, unattributed = _split(spread, weights)
     workloads: dict[K, int] = {}
     residuals: dict[K, int] = {}
+    # Runs for every workload of every CPU zone each tick: apportion's checks hold by construction here.
     for usage, share in zip(top, top_shares, strict=True):
         workloads[usage.key] = share
-        if not usage.children:
+        children = usage.children
+        if not children:
             continue
-        child_weights = [max(0, c.cpu_us) for c in usage.children]
-        child_weights.append(max(0, max(0, usage.cpu_us) - sum(child_weights)))
-        *child_shares, residuals[usage.key] = _split(share, child_weights)
-        for child, child_share in zip(usage.children, child_shares, strict=True):
+        child_weights = [c.cpu_us if c.cpu_us > 0 else 0 for c in children]
+        taken, own = sum(child_weights), max(0, usage.cpu_us)
+        residual = own - taken if own > taken else 0
+        child_weights.append(residual)
+        if share == 0 or taken + residual == 0:  # nothing to split, or nobody to split it by: all residual
+            child_shares = [0] * len(children)
+            residuals[usage.key] = share
+        else:
+            *child_shares, residuals[usage.key] = _hamilton(share, child_weights, taken + residual)
+        for child, child_share in zip(children, child_shares, strict=True):
             workloads[child.key] = child_share
     return ZoneShares(node_idle, unattributed, workloads, residuals)
 
 
 def _split(total: int, weights: list[int]) -> list[int]:
-    """apportion, except that with no weight at all everything goes to the last (catch-all) slot."""
-    if sum(weights) == 0:
+    """apportion of non-negative weights, except that with no weight at all everything goes to the last
+    (catch-all) slot."""
+    whole = sum(weights)
+    if whole == 0:
         return [0] * (len(weights) - 1) + [total]
-    return apportion(total, weights)
+    return _hamilton(total, weights, whole)
+
+
+def _hamilton(total: int, weights: Sequence[int], whole: int) -> list[int]:
+    """apportion of non-negative `weights` summing to `whole` > 0, without its checks."""
+    shares = [total * w // whole for w in weights]
+    left = total - sum(shares)
+    if left:
+        remainders = [total * w % whole for w in weights]
+        for i in sorted(range(len(weights)), key=remainders.__getitem__, reverse=True)[:left]:
+            shares[i] += 1
+    return shares

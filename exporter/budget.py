@@ -61,6 +61,8 @@ RANK_S = 60.0  # the longest a decision is kept while nothing it depends on chan
 DORMANT_S = 86400.0
 MAX_DORMANT = 4096
 GPU_PREFIX = "gpu:"
+CARBON_PREFIX = "carbon:"  # a workload's grams, carried like a domain (exporter/workloads/tracker.py)
+NO_WATTS = (GPU_PREFIX, CARBON_PREFIX)  # domains without a pod watts series
 
 
 class WorkloadSeries(Protocol):
@@ -193,7 +195,7 @@ class SeriesBudget(Generic[S]):
         """The series a workload exports: one per domain, a pod's watts per CPU zone in this tick, pod_extra."""
         if state.kind != "pod":
             return len(state.energy_uj)
-        watts = sum(1 for domain, _ in state.last_uj if not domain.startswith(GPU_PREFIX))
+        watts = sum(1 for domain, _ in state.last_uj if not domain.startswith(NO_WATTS))
         return len(state.energy_uj) + watts + self.pod_extra
 
     def apply(self, now: float, states: Sequence[S], keys: Sequence[str], parents: Sequence[str]) -> tuple[S, ...]:
@@ -275,11 +277,11 @@ class SeriesBudget(Generic[S]):
         alphas: dict[float, float] = {}  # by span: mostly one, the time since the last decision
         members = []
         for state, key in zip(states, keys, strict=True):
-            energy = sum(v for _, v in state.energy_uj)
+            energy = sum(v for d, v in state.energy_uj if not d.startswith(CARBON_PREFIX))
             member = known.get(key)
             if member is None:
                 opened = key in previous
-                watts = sum(v for _, v in state.last_uj) * scale
+                watts = sum(v for d, v in state.last_uj if not d.startswith(CARBON_PREFIX)) * scale
                 member = known[key] = _Member(state.kind, opened, watts, energy, now, fresh=not opened)
             else:
                 span = now - member.marked_at
@@ -409,7 +411,7 @@ class SeriesBudget(Generic[S]):
             state = states[i]
             domains[key].update(domain for domain, _ in state.energy_uj)
             if state.kind == "pod":
-                watts.setdefault(key, set()).update(d for d, _ in state.last_uj if not d.startswith(GPU_PREFIX))
+                watts.setdefault(key, set()).update(d for d, _ in state.last_uj if not d.startswith(NO_WATTS))
         total = sum(u.cost for u in open_units) + sum(f.cost for f in self._frozen.values())
         return total + sum(map(len, domains.values())) + sum(map(len, watts.values()))
 
@@ -480,7 +482,7 @@ class SeriesBudget(Generic[S]):
         total += sum(len(r.energy) for r in self._rollups.values())
         for feed, last in zip(plan.feeds, shares, strict=True):
             if feed.kind == "pod":  # its watts, as _total counts them
-                total += sum(1 for domain in last if not domain.startswith(GPU_PREFIX))
+                total += sum(1 for domain in last if not domain.startswith(NO_WATTS))
         if total > self.max_series:
             return None
         out, open_series = self._commit(now, states, plan, shares)

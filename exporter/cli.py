@@ -8,7 +8,6 @@ with no traceback. A reader that goes away (`wattlens check | head`) ends the co
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import sys
@@ -26,7 +25,6 @@ from exporter.logs import setup_logging
 from exporter.meters.select import MeterReport, open_accelerators, select_meter
 from exporter.nodeinfo import read_node_info
 from exporter.snapshot import Snapshot
-from exporter.snapshot_json import snapshot_document
 from exporter.zones import ZONES, role_of
 
 EXIT_CONFIG = 2
@@ -54,6 +52,8 @@ class _Parser(argparse.ArgumentParser):
         fix = f"see 'wattlens {self.command} --help'"
         if message.startswith("unrecognized arguments:"):
             unknown = message.split(":", 1)[1].split(maxsplit=1)[0].split("=", 1)[0]
+            import difflib  # noqa: PLC0415 - only for a mistyped flag
+
             close = difflib.get_close_matches(unknown, self._flags_of(self.command), n=1)
             if close:
                 fix = f"did you mean {close[0]}? Otherwise {fix}"
@@ -168,16 +168,16 @@ def _main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"wattlens: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.command == "once":
-        setup_logging(config.log_level if config.log_level != "info" else "warning", config.log_format)
-        return once(config, args.wait, args.json)
-    if args.command == "check":
-        setup_logging("error", config.log_format)
-        return check(config, args.seconds)
-    setup_logging(config.log_level, config.log_format)
-    try:
+    try:  # a setting that names a file found unusable at start (a credential) is a config error too
+        if args.command == "once":
+            setup_logging(config.log_level if config.log_level != "info" else "warning", config.log_format)
+            return once(config, args.wait, args.json)
+        if args.command == "check":
+            setup_logging("error", config.log_format)
+            return check(config, args.seconds)
+        setup_logging(config.log_level, config.log_format)
         return run(config)
-    except StartupError as exc:
+    except (StartupError, ConfigError) as exc:
         print(f"wattlens: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
@@ -193,6 +193,8 @@ def once(config: Config, wait: float, as_json: bool) -> int:
     engine, snapshot = measure(config, wait)
     engine.close()
     if as_json:
+        from exporter.snapshot_json import snapshot_document  # noqa: PLC0415 - `once --json` only
+
         print(json.dumps(snapshot_document(snapshot), indent=2))
     else:
         sys.stdout.buffer.write(Renderer().render(snapshot).text)

@@ -14,7 +14,6 @@ below is short and keeps the origin of every key.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -41,6 +39,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from exporter.budget import MIN_SERIES
+from exporter.carbon.embodied import GPU_DEFAULT_EMBODIED_KG, GPU_EMBODIED_KG, HOST_EMBODIED_KG, LIFETIME_S
 from exporter.files import CONFIG_FILE_LIMIT, read_operator_text
 from exporter.meters.registry import DEFAULT_ORDER, NODE_METERS
 from exporter.zones import ZONES
@@ -50,7 +49,8 @@ ENV_CONFIG_FILE = "WATTLENS_CONFIG"
 DEFAULT_PORT = 9875
 ZONE_NAMES = tuple(name for name, kind in ZONES.items() if kind.role == "cpu")
 OTHER_GROUP = "Other"
-MAP_SETTINGS = frozenset({"idle_watts", "otlp_headers", "otlp_resource_attributes"})  # a layer replaces them whole
+# Maps a layer replaces whole (not merged key by key).
+MAP_SETTINGS = frozenset({"idle_watts", "gpu_embodied_kg", "otlp_headers", "otlp_resource_attributes"})
 SECRET_SETTINGS = frozenset({"otlp_headers"})  # never shown in an error
 
 
@@ -250,6 +250,214 @@ class RedfishConfig(BaseModel):
         if info.data.get("url") and value is None:
             raise ValueError("redfish.url is set but redfish.password_file is not")
         return value
+
+
+CARBON = "Carbon"
+_YEAR_S = 365.25 * 86400
+
+
+class CarbonConfig(BaseModel):
+    """Where the grid intensity comes from (besides carbon_intensity / carbon_intensity_file) and the hardware's
+    embodied carbon (docs/carbon.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: Literal["none", "electricity_maps", "watttime", "uk_carbon_intensity", "json"] = Field(
+        "none",
+        json_schema_extra=_hint(
+            CARBON,
+            "an intensity API polled in the background: none, electricity_maps, watttime, uk_carbon_intensity or "
+            "json (default none: carbon_intensity or carbon_intensity_file)",
+        ),
+    )
+    kind: Literal["average", "marginal"] = Field(
+        "average",
+        json_schema_extra=_hint(
+            CARBON, "average or marginal: what a configured value, file or json endpoint gives (default average)"
+        ),
+    )
+    url: str = Field(
+        "",
+        validate_default=True,
+        json_schema_extra=_hint(
+            CARBON, "the json endpoint's URL, or another base URL for a provider (e.g. a proxy), or empty"
+        ),
+    )
+    region: str = Field(
+        "",
+        max_length=64,
+        validate_default=True,
+        json_schema_extra=_hint(
+            CARBON,
+            "Electricity Maps zone (DE), WattTime region (CAISO_NORTH), or for uk_carbon_intensity a region id "
+            "1..17 or an outward postcode (empty: national)",
+        ),
+    )
+    token_file: Path | None = Field(
+        None,
+        validate_default=True,
+        json_schema_extra=_hint(
+            CARBON, "a file holding the Electricity Maps auth-token (or a json endpoint's bearer token), or unset"
+        ),
+    )
+    username: str = Field("", max_length=256, json_schema_extra=_hint(CARBON, "the WattTime user name"))
+    password_file: Path | None = Field(
+        None,
+        validate_default=True,
+        json_schema_extra=_hint(CARBON, "a file holding the WattTime password (a mounted Secret's key)"),
+    )
+    signal_type: Literal["co2_moer", "co2_aoer"] = Field(
+        "co2_moer",
+        json_schema_extra=_hint(CARBON, "WattTime signal: co2_moer (marginal, default) or co2_aoer (average)"),
+    )
+    emission_factor_type: Literal["lifecycle", "direct"] = Field(
+        "lifecycle", json_schema_extra=_hint(CARBON, "Electricity Maps factors: lifecycle (default) or direct")
+    )
+    value_path: str = Field(
+        "",
+        validate_default=True,
+        json_schema_extra=_hint(CARBON, "for json: the dotted path of the value in the answer, e.g. data.0.value"),
+    )
+    units: str = Field(
+        "g_per_kwh",
+        json_schema_extra=_hint(CARBON, "for json: g_per_kwh, kg_per_mwh, kg_per_kwh or lb_per_mwh"),
+    )
+    timestamp_path: str = Field(
+        "", json_schema_extra=_hint(CARBON, "for json: the dotted path of the value's ISO 8601 time, or empty")
+    )
+    poll_interval: Seconds = Field(
+        300.0,
+        ge=1,
+        le=86400,
+        json_schema_extra=_hint(
+            CARBON, "time between polls of the intensity API (300, 5m), 1 s (a local endpoint) to 1 d (default 5m)"
+        ),
+    )
+    timeout: Seconds = Field(
+        10.0,
+        ge=0.5,
+        le=120,
+        json_schema_extra=_hint(CARBON, "how long one intensity request may take in all (10, 500ms), 0.5 to 120 s"),
+    )
+    max_backoff: Seconds = Field(
+        600.0,
+        ge=1,
+        le=86400,
+        json_schema_extra=_hint(
+            CARBON,
+            "the longest wait between retries after failures (600, 10m), 1 s to 1 d; the first is an eighth "
+            "of it, at most 5 s",
+        ),
+    )
+    embodied: bool = Field(
+        True,
+        json_schema_extra=_hint(CARBON, "true to export embodied carbon per workload (default), or false"),
+    )
+    host_embodied_kg: float = Field(
+        HOST_EMBODIED_KG,
+        ge=0,
+        le=1_000_000,
+        json_schema_extra=_hint(
+            CARBON, f"kgCO2e to make this node without its GPUs, 0 to 1000000 (default {HOST_EMBODIED_KG:g})"
+        ),
+    )
+    lifetime: Seconds = Field(
+        LIFETIME_S,
+        ge=86400,
+        le=30 * _YEAR_S,
+        json_schema_extra=_hint(CARBON, "the node's service life (1461d = 4 years, the default), 1 d to 30 years"),
+    )
+    gpu_embodied_kg: dict[str, float] = Field(
+        default_factory=lambda: dict(GPU_EMBODIED_KG),
+        json_schema_extra=_hint(
+            CARBON,
+            "MODEL=KG pairs added to the defaults, matched in the GPU's model name (longest first), e.g. H100=600",
+        ),
+    )
+    gpu_default_embodied_kg: float = Field(
+        GPU_DEFAULT_EMBODIED_KG,
+        ge=0,
+        le=100_000,
+        json_schema_extra=_hint(
+            CARBON, f"kgCO2e of a GPU whose model no gpu_embodied_kg key matches (default {GPU_DEFAULT_EMBODIED_KG:g})"
+        ),
+    )
+    gpu_lifetime: Seconds | None = Field(
+        None,
+        ge=86400,
+        le=30 * _YEAR_S,
+        json_schema_extra=_hint(CARBON, "the GPUs' service life (1095d), or unset for the node's lifetime"),
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str, info: ValidationInfo) -> str:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("https", "http") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// URL with a host")
+        elif info.data.get("provider") == "json":
+            raise ValueError("carbon.provider is json but carbon.url is empty")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _check_region(cls, value: str, info: ValidationInfo) -> str:
+        provider = info.data.get("provider")
+        if provider in ("electricity_maps", "watttime") and not value:
+            raise ValueError(f"carbon.provider is {provider}, which needs a region")
+        if provider == "uk_carbon_intensity" and value.isdigit() and not 1 <= int(value) <= 17:
+            raise ValueError("a GB region id is 1 to 17")
+        return value
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_for_electricity_maps(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if info.data.get("provider") == "electricity_maps" and value is None:
+            raise ValueError("carbon.provider is electricity_maps, which needs its auth-token in carbon.token_file")
+        return value
+
+    @field_validator("password_file")
+    @classmethod
+    def _login_for_watttime(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if info.data.get("provider") == "watttime" and (value is None or not info.data.get("username")):
+            raise ValueError("carbon.provider is watttime, which needs carbon.username and carbon.password_file")
+        return value
+
+    @field_validator("value_path")
+    @classmethod
+    def _path_for_json(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("provider") == "json" and not value:
+            raise ValueError("carbon.provider is json, which needs the value's path (e.g. data.0.value)")
+        if value and any(not part for part in value.split(".")):
+            raise ValueError("a path has an empty segment (write it as data.0.value)")
+        return value
+
+    @field_validator("units")
+    @classmethod
+    def _known_units(cls, value: str) -> str:
+        from exporter.carbon.intensity import IntensityError, unit_factor  # noqa: PLC0415 - http.client: only for json
+
+        try:
+            unit_factor(value)
+        except IntensityError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("gpu_embodied_kg", mode="before")
+    @classmethod
+    def _split_gpu_kg(cls, value: object) -> object:
+        return _pairs(value, "MODEL=KG")
+
+    @field_validator("gpu_embodied_kg")
+    @classmethod
+    def _over_defaults(cls, value: dict[str, float]) -> dict[str, float]:
+        for model, kg in value.items():
+            if not model.strip():
+                raise ValueError("a GPU model key is empty")
+            if not (math.isfinite(kg) and 0 <= kg <= 100_000):
+                raise ValueError(f"kgCO2e for {model} must be between 0 and 100000")
+        return {**GPU_EMBODIED_KG, **value}
 
 
 class Config(BaseModel):
@@ -567,6 +775,10 @@ class Config(BaseModel):
             "text (for a terminal or the journal), json or logfmt (one record per line for Loki, Elasticsearch)",
         ),
     )
+    carbon: CarbonConfig = Field(
+        default_factory=CarbonConfig,
+        json_schema_extra=_hint(CARBON, "a mapping of provider, region, token_file, ..., host_embodied_kg, lifetime"),
+    )
     model: ModelConfig = Field(
         default_factory=ModelConfig,
         json_schema_extra=_hint("Power model", "a mapping of idle_watts_per_cpu, max_watts_per_cpu and cpus"),
@@ -769,6 +981,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
             f"config file {path}: cannot be read ({exc.strerror or exc}). "
             "Fix: pass an existing, readable YAML file to --config / WATTLENS_CONFIG"
         ) from None
+    import yaml  # noqa: PLC0415 - only with a config file (resident memory of a daemon set by flags)
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -928,6 +1142,8 @@ def _describe(exc: ValidationError, merged: Mapping[str, Any], origin: Origin) -
     if error["type"] == "extra_forbidden":
         parent = path[:-1]
         known = _known_keys(parent)
+        import difflib  # noqa: PLC0415 - only for a mistyped key
+
         close = difflib.get_close_matches(path[-1], known, n=1)
         suggestion = f"did you mean '{'.'.join((*parent, close[0]))}'? Otherwise " if close else ""
         return f"unknown setting '{key}' (from {where}). Fix: {suggestion}remove it or use one of: " + ", ".join(known)

@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 
 from exporter.accounting import Accounting, Weights
-from exporter.carbon.file import CarbonFile
+from exporter.carbon.source import STATIC, GridIntensity, carbon_state
 from exporter.config import Config
 from exporter.meters.base import AcceleratorMeter
 from exporter.meters.select import MeterReport, NodeMeters, open_accelerators, select_meter
@@ -49,6 +49,7 @@ class Engine:
         accelerators: list[AcceleratorMeter],
         accelerator_reports: list[MeterReport],
         fd_budget: FdBudget | None = None,
+        carbon: GridIntensity | None = None,
     ) -> None:
         self.config = config
         self.meter = meter
@@ -60,7 +61,7 @@ class Engine:
         self.accelerator_reports = accelerator_reports
         self.fd_budget = fd_budget or FdBudget(1 << 20)
         self.processes = ProcessView(config, self.fd_budget) if config.exports_processes else None
-        self.carbon = CarbonFile(config)
+        self.carbon = carbon or GridIntensity(config)
         self.accounting = Accounting(config, workloads.ledger, meter.idle_watts if meter else dict)
         self._last_now: float | None = None
         self._dt = 0.0
@@ -71,6 +72,7 @@ class Engine:
     @classmethod
     def start(cls, config: Config) -> Engine:
         """Discover every source (once) and log what was chosen and why."""
+        carbon = GridIntensity(config)  # first: an unreadable credential is a config error before anything runs
         cpu = NodeCpu(config.proc_path)
         info = read_node_info(config.node_name, config.proc_path, config.cgroup_root)
         meter, reports = select_meter(config, info.cpus)
@@ -102,6 +104,7 @@ class Engine:
             accelerators=accelerators,
             accelerator_reports=accelerator_reports,
             fd_budget=budget,
+            carbon=carbon,
         )
 
     @property
@@ -113,6 +116,7 @@ class Engine:
         self.workloads.pod_watch = watch
 
     def close(self) -> None:
+        self.carbon.close()
         for accelerator in self.accelerators:
             accelerator.close()
         if self.processes is not None:
@@ -129,7 +133,7 @@ class Engine:
         cpu = self.cpu.read()
         dt = None if self._last_now is None else now - self._last_now
         samples = self.meter.read(now, cpu) if self.meter is not None else []
-        self.carbon.read()
+        intensity = self.carbon.read()
         tree = self.workloads.read(now)
         busy_us = self.cpu.busy_us(cpu)
         processes = self.processes.weights(busy_us) if self.processes is not None else None
@@ -141,6 +145,7 @@ class Engine:
             accelerators=[sample for meter in self.accelerators for sample in meter.read(now)],
             owner=self.workloads.owner_of_user,
             processes=processes,
+            intensity=intensity.grams_per_kwh if intensity is not None else None,
         )
         if dt is not None and dt > 0:
             self._ready, self._dt = True, dt
@@ -188,10 +193,11 @@ class Engine:
                 errors.append(SourceErrors("procfs", "stat", self.cpu.errors))
         if self.pod_watch is not None:
             up.append(SourceUp("kubernetes-api", "", self.pod_watch.up))
-        if self.carbon.path is not None:
-            up.append(SourceUp("carbon", str(self.carbon.path), self.carbon.up))
-            if self.carbon.errors:
-                errors.append(SourceErrors("carbon", str(self.carbon.path), self.carbon.errors))
+        reading = self.carbon.reading
+        if reading is not None and reading.source != STATIC:  # the file or the API (a value cannot fail)
+            up.append(SourceUp("carbon", reading.source, reading.up))
+            if reading.errors:
+                errors.append(SourceErrors("carbon", reading.source, reading.errors))
         return up, errors
 
     def snapshot(self) -> Snapshot:
@@ -221,7 +227,8 @@ class Engine:
             fd_degraded=tuple(sorted(self.fd_budget.degraded)),
             accelerators=accelerators,
             accelerator_driver=", ".join(m.driver for m in self.accelerators),
-            carbon_intensity=self.carbon.value,
+            carbon_intensity=self.carbon.reading.grams_per_kwh if self.carbon.reading else None,
+            carbon=carbon_state(self.carbon.reading, self.accounting.carbon),
             pod_label_keys=self.config.pod_labels if watch else (),
             pod_labels=self.workloads.pod_labels(),
             pod_watch=PodWatchStats(watch.lists, watch.watches, watch.errors, watch.synced) if watch else None,

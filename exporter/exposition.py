@@ -27,17 +27,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from exporter import metrics as m
+from exporter.carbon.ledger import NG_PER_GRAM
 from exporter.counters import MICRO
 from exporter.zones import role_of
 
 if TYPE_CHECKING:
     from exporter.otlp.push import PushStats
-    from exporter.snapshot import Labels, Snapshot, ZoneState
+    from exporter.snapshot import Labels, Snapshot, WorkloadState, ZoneState
 
 GZIP_LEVEL = 1  # measured on a 100-pod OpenMetrics body: 1.2 ms vs 4.3 ms at level 6, for 15 % more bytes
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 _EOF = "# EOF\n"
+_ANY_TICK = -1.0  # lines of pod watts that are all 0 hold for any tick length
 
 
 # --- the walk: every family of a snapshot, in exposition order ------------------------------------------------
@@ -100,10 +102,7 @@ def families(snap: Snapshot, endpoint: EndpointStats, render_s: float, workload_
     _workload_families(snap, out, workload_samples)
     if snap.accelerators:
         _gpu_families(snap, out)
-    if snap.carbon_intensity is not None:
-        carbon = _rows(m.GRID_CARBON_INTENSITY)
-        carbon.add((node,), snap.carbon_intensity)
-        out.append(carbon)
+    _carbon_families(snap, out, workload_samples)
 
     build, info = _rows(m.BUILD_INFO), _rows(m.NODE_INFO)
     build.add((node, snap.info.version, snap.info.python_version), 1.0)
@@ -317,6 +316,44 @@ def _budget_families(snap: Snapshot, out: list[Rows]) -> None:
         for kind, count in counts:  # only kinds that have folded (3 series per node, not 21, where none has)
             rows.add((node, kind), count)
     out += (limit, series, folded, folds, unfolds, dropped)
+
+
+def _carbon_families(snap: Snapshot, out: list[Rows], samples: bool) -> None:
+    """The intensity in force, the node's carbon by domain and part, and every workload's grams (workload
+    families, whose lines the renderer makes with the joules', unless `samples`)."""
+    node, carbon = snap.info.node, snap.carbon
+    if snap.carbon_intensity is not None:
+        intensity = _rows(m.GRID_CARBON_INTENSITY)
+        intensity.add((node, carbon.source, carbon.kind), snap.carbon_intensity)
+        out.append(intensity)
+        if carbon.age_s is not None:
+            age = _rows(m.GRID_CARBON_INTENSITY_AGE)
+            age.add((node, carbon.source), carbon.age_s)
+            out.append(age)
+    for domains, fam, extra, by_kind in (
+        (carbon.operational, m.NODE_OPERATIONAL_CARBON, (carbon.kind,), m.WORKLOAD_OPERATIONAL_CARBON),
+        (carbon.embodied, m.NODE_EMBODIED_CARBON, (), m.WORKLOAD_EMBODIED_CARBON),
+    ):
+        if not domains:
+            continue
+        rows = _rows(fam)
+        for d in domains:
+            for part, nanograms in (
+                ("idle", d.idle_ng),
+                ("unattributed", d.unattributed_ng),
+                ("workloads", d.workloads_ng),
+            ):
+                rows.add((node, d.domain, part, *extra), nanograms / NG_PER_GRAM)
+        out.append(rows)
+        workloads = {kind: Rows(f, f.labels, workloads=True) for kind, f in by_kind.items()}
+        operational = fam is m.NODE_OPERATIONAL_CARBON
+        for w in snap.workloads if samples else ():
+            if not w.top_level:
+                continue
+            values = tuple(value for _, value in w.labels)
+            nanograms = w.operational_ng if operational else w.embodied_ng
+            workloads[w.kind].add((node, *values, *extra), nanograms / NG_PER_GRAM)
+        out += workloads.values()
 
 
 def _walk_families(snap: Snapshot, out: list[Rows]) -> None:
@@ -571,8 +608,8 @@ class Renderer:
         self.last_render_s = 0.0  # wall time spent rendering the previous tick's exposition
         self._current: Exposition | None = None
         self._workload_context: tuple[object, ...] = ()
-        # id(labels) → (labels, family, {zone (or "watts:" + zone): label text})
-        self._workload_prefixes: dict[int, tuple[Labels, str, dict[str, str]]] = {}
+        # id(labels) → its label text by zone (or "watts:" + zone) and its last lines
+        self._workload_prefixes: dict[int, _WorkloadText] = {}
         self._workload_by_value: dict[tuple[str, Labels], dict[str, str]] = {}  # the same, by value
 
     def render(self, snap: Snapshot, endpoint: EndpointStats | None = None) -> Exposition:
@@ -602,60 +639,163 @@ class Renderer:
         return _Body(tuple(sections))
 
     def _workload_lines(self, snap: Snapshot) -> dict[str, str]:
-        """The lines of the CPU workload families, in the order `families` has their samples, from label text
-        kept per workload (by its label values) and zone."""
-        node, tick_s = snap.info.node, snap.tick_seconds
+        """The lines of the CPU workload families, in the order `families` has their samples. A workload whose
+        state is the one of the previous render (the engine hands out the same record while its energy does not
+        change: an idle workload) reuses its lines as they were; the others are made from label text kept per
+        workload (by its label values) and zone."""
+        node, meter, tick_s = snap.info.node, snap.meter, snap.tick_seconds
         sources = {d.zone: d.source for d in snap.domains}
-        # The node and each domain's meter: the same in a running daemon unless a meter is handed over.
-        context = (node, snap.meter, tuple(sources.items()))
+        gpu_zones = frozenset(f"gpu:{g.device.uuid}" for g in snap.accelerators)
+        carbon_on = (snap.carbon.kind, bool(snap.carbon.operational), bool(snap.carbon.embodied))
+        # The node, each domain's meter, the accelerators and the carbon families: the same in a running daemon
+        # unless one changes.
+        context = (node, meter, tuple(sources.items()), gpu_zones, carbon_on)
         if context != self._workload_context:
             self._workload_context, self._workload_prefixes, self._workload_by_value = context, {}, {}
-        gpu_zones = {f"gpu:{g.device.uuid}" for g in snap.accelerators}
         names = {kind: fam.full_name for kind, fam in m.WORKLOAD_FAMILIES.items()}
         family_lines = {
             fam.full_name: self._families[(fam.full_name, fam.labels)] for fam in m.WORKLOAD_FAMILIES.values()
         }
-        watts_family = self._families[(m.POD_CPU_WATTS.full_name, m.POD_CPU_WATTS.labels)]
+        watts = _PodWatts(node, meter, sources, gpu_zones, tick_s, self._families[_WATTS_KEY])
         out: dict[str, list[str]] = {name: [] for name in (*names.values(), m.POD_CPU_WATTS.full_name)}
-        watts = out[m.POD_CPU_WATTS.full_name]
+        watts_out = out[m.POD_CPU_WATTS.full_name]
+        carbon = self._carbon_lines(snap, out)
         # By the identity of a workload's label values: the engine keeps that tuple while the names stay, so
         # a lookup hashes an int. The entry holds the tuple, so its id cannot be reused while it is cached.
-        prefixes, by_value = self._workload_prefixes, self._workload_by_value
+        known, by_value = self._workload_prefixes, self._workload_by_value
         for w in snap.workloads:
             name = names[w.kind]
-            entry = prefixes.get(id(w.labels))
-            if entry is None or entry[0] is not w.labels:  # a new workload, or new names: by value then
+            kept = known.get(id(w.labels))
+            if kept is None or kept.labels is not w.labels:  # a new workload, or new names: by value then
                 zones = by_value.get((name, w.labels))
                 if zones is None:
                     zones = by_value[(name, w.labels)] = {}
-                entry = prefixes[id(w.labels)] = (w.labels, name, zones)
-            mine = entry[2]
-            lines = out[name]
-            for zone, microjoules in w.energy_uj:
-                if zone in gpu_zones:
-                    continue
-                prefix = mine.get(zone)
-                if prefix is None:
-                    values = (node, *(value for _, value in w.labels), zone, sources.get(zone, snap.meter))
-                    prefix = mine[zone] = family_lines[name].prefix(values)
-                joules = microjoules / MICRO
-                text = repr(joules)  # _value, inlined: this line runs for most series
-                dot = text.find(".")
-                lines.append(f"{prefix}{text if 0 <= dot <= 6 or joules <= 0 < dot else go_float(joules)}\n")
-            if w.kind == "pod" and tick_s > 0:
-                for zone, microjoules in w.last_uj:
+                kept = known[id(w.labels)] = _WorkloadText(w.labels, name, zones)
+            made = kept.tick_s
+            if kept.state is not w or not (made is None or made == tick_s or made < 0 < tick_s):
+                mine, lines = kept.zones, []
+                for zone, microjoules in w.energy_uj:
                     if zone in gpu_zones:
                         continue
-                    prefix = mine.get("watts:" + zone)
+                    prefix = mine.get(zone)
                     if prefix is None:
-                        values = (node, *(value for _, value in w.labels), zone, sources.get(zone, snap.meter))
-                        prefix = mine["watts:" + zone] = watts_family.prefix(values)
-                    watts.append(f"{prefix}{_value(microjoules / MICRO / tick_s)}\n")
-        if len(prefixes) > 2 * len(snap.workloads) + 16 or len(by_value) > 2 * len(snap.workloads) + 16:
+                        values = (node, *(value for _, value in w.labels), zone, sources.get(zone, meter))
+                        prefix = mine[zone] = family_lines[name].prefix(values)
+                    joules = microjoules / MICRO
+                    text = repr(joules)  # _value, inlined: this line runs for most series
+                    dot = text.find(".")
+                    lines.append(f"{prefix}{text if 0 <= dot <= 6 or joules <= 0 < dot else go_float(joules)}\n")
+                kept.state, kept.joules = w, "".join(lines)
+                kept.watts, kept.tick_s = watts.lines(w, mine) if w.kind == "pod" else ("", None)
+                kept.carbon = _carbon_workload_lines(node, w, mine, carbon)
+            out[name].append(kept.joules)
+            if kept.watts:
+                watts_out.append(kept.watts)
+            for family, text in zip(carbon, kept.carbon, strict=False):  # none for a workload inside another
+                family.lines[w.kind][1].append(text)
+        if len(known) > 2 * len(snap.workloads) + 16 or len(by_value) > 2 * len(snap.workloads) + 16:
             live = {id(w.labels) for w in snap.workloads}  # workloads went: drop their label text
-            self._workload_prefixes = {key: value for key, value in prefixes.items() if key in live}
-            self._workload_by_value = {(n, labels): zones for labels, n, zones in self._workload_prefixes.values()}
+            self._workload_prefixes = {key: value for key, value in known.items() if key in live}
+            self._workload_by_value = {(t.family, t.labels): t.zones for t in self._workload_prefixes.values()}
         return {name: "".join(lines) for name, lines in out.items()}
+
+    def _carbon_lines(self, snap: Snapshot, out: dict[str, list[str]]) -> list[_CarbonLines]:
+        """The workload carbon families this tick has: per kind their label text and line list (in `out`)."""
+        carbon = []
+        for key, on, by_kind, extra, grams in (
+            ("co2:op", snap.carbon.operational, m.WORKLOAD_OPERATIONAL_CARBON, (snap.carbon.kind,), _operational),
+            ("co2:emb", snap.carbon.embodied, m.WORKLOAD_EMBODIED_CARBON, (), _embodied),
+        ):
+            if on:
+                lines = {kind: (self._families[(f.full_name, f.labels)], out.setdefault(f.full_name, []))
+                         for kind, f in by_kind.items()}  # fmt: skip
+                carbon.append(_CarbonLines(key, lines, extra, grams))
+        return carbon
+
+
+@dataclass(frozen=True, slots=True)
+class _CarbonLines:
+    """One carbon family per workload kind: where its lines go, its label text, the extra label values."""
+
+    key: str  # the workload's label-text cache key
+    lines: dict[str, tuple[_FamilyLines, list[str]]]
+    extra: tuple[str, ...]
+    grams: Callable[[WorkloadState], int]  # nanograms
+
+
+def _carbon_workload_lines(
+    node: str, w: WorkloadState, mine: dict[str, str], carbon: list[_CarbonLines]
+) -> tuple[str, ...]:
+    """A top-level workload's carbon lines, one per family in `carbon` (operational, embodied); none for a
+    workload inside another (a pod's containers: their grams are in their pod's)."""
+    if not w.top_level:
+        return ()
+    lines = []
+    for family in carbon:
+        prefix = mine.get(family.key)
+        if prefix is None:
+            values = (node, *(value for _, value in w.labels), *family.extra)
+            prefix = mine[family.key] = family.lines[w.kind][0].prefix(values)
+        lines.append(f"{prefix}{_value(family.grams(w) / NG_PER_GRAM)}\n")
+    return tuple(lines)
+
+
+def _operational(w: WorkloadState) -> int:
+    return w.operational_ng
+
+
+def _embodied(w: WorkloadState) -> int:
+    return w.embodied_ng
+
+
+@dataclass(slots=True)
+class _WorkloadText:
+    """A workload's label text by zone (and "watts:" + zone), and the lines last made for it: kept while its
+    state is the one they were made from. `tick_s`: the tick length its watts lines were divided by (None: it
+    has none; _ANY_TICK: every one is 0, whatever the tick's length)."""
+
+    labels: Labels
+    family: str
+    zones: dict[str, str]
+    state: WorkloadState | None = None
+    joules: str = ""
+    watts: str = ""
+    tick_s: float | None = None
+    carbon: tuple[str, ...] = ()  # its carbon lines, one per carbon family of the render
+
+
+_WATTS_KEY = (m.POD_CPU_WATTS.full_name, m.POD_CPU_WATTS.labels)
+
+
+@dataclass(frozen=True, slots=True)
+class _PodWatts:
+    """What a render needs to make a pod's watts lines."""
+
+    node: str
+    meter: str
+    sources: dict[str, str]
+    gpu_zones: frozenset[str]
+    tick_s: float
+    family: _FamilyLines
+
+    def lines(self, w: WorkloadState, mine: dict[str, str]) -> tuple[str, float]:
+        """The pod's watts lines, and the tick length they hold for: _ANY_TICK when every one is 0 (or there is
+        none), else this tick's. `mine`: its label text by "watts:" + zone, filled in as zones come."""
+        tick_s = self.tick_s
+        if tick_s <= 0:
+            return "", tick_s
+        lines, made = [], _ANY_TICK
+        for zone, microjoules in w.last_uj:
+            if zone in self.gpu_zones:
+                continue
+            prefix = mine.get("watts:" + zone)
+            if prefix is None:
+                values = (self.node, *(value for _, value in w.labels), zone, self.sources.get(zone, self.meter))
+                prefix = mine["watts:" + zone] = self.family.prefix(values)
+            lines.append(f"{prefix}{_value(microjoules / MICRO / tick_s)}\n")
+            if microjoules:
+                made = tick_s
+        return "".join(lines), made
 
 
 Variant = tuple[bool, bool]  # (openmetrics, gzipped)

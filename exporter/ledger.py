@@ -42,6 +42,13 @@ class WorkloadRecord(Generic[W]):
     energy_uj: dict[str, int] = field(default_factory=dict)
     last_uj: dict[str, int] = field(default_factory=dict)  # this tick's share, for watts
     last_seen: float = 0.0
+    operational_ng: int = 0  # grams CO2e (ng) of its energy at the grid intensity (exporter/carbon/ledger.py)
+    embodied_ng: int = 0  # its share of the hardware's embodied carbon (ng)
+    last_operational_ng: int = 0  # this tick's shares of those (the series budget folds them like energy)
+    last_embodied_ng: int = 0
+    # Set when energy_uj may have changed (a non-zero share, a new domain); the reader that copies the record
+    # clears it, and copies it again only when it is set or last_uj differs: most ticks, for an idle workload.
+    changed: bool = True
 
 
 class WorkloadLedger(Generic[W]):
@@ -60,7 +67,8 @@ class WorkloadLedger(Generic[W]):
             record = self._records[key] = WorkloadRecord(workload, parent)
             self._sorted = None
         record.workload, record.parent, record.last_seen = workload, parent, now
-        record.last_uj.clear()
+        record.last_uj = {}
+        record.last_operational_ng = record.last_embodied_ng = 0
 
     def add(self, key: str, zone: str, microjoules: int) -> None:
         if microjoules < 0:
@@ -68,6 +76,7 @@ class WorkloadLedger(Generic[W]):
         record = self._records[key]
         record.energy_uj[zone] = record.energy_uj.get(zone, 0) + microjoules
         record.last_uj[zone] = record.last_uj.get(zone, 0) + microjoules
+        record.changed = True
 
     def seen_all(self, now: float, members: Iterable[tuple[str, W, str]]) -> None:
         """`seen` for every (key, workload, parent) of a tick."""
@@ -78,7 +87,8 @@ class WorkloadLedger(Generic[W]):
                 record = records[key] = WorkloadRecord(workload, parent)
                 self._sorted = None
             record.workload, record.parent, record.last_seen = workload, parent, now
-            record.last_uj.clear()
+            record.last_uj = {}  # a new dict, so that a reader can compare it with the one it copied
+            record.last_operational_ng = record.last_embodied_ng = 0
 
     def add_all(self, zone: str, shares: dict[str, int]) -> None:
         """`add` for every workload of one zone's split (one call per zone and tick, not per workload)."""
@@ -88,8 +98,28 @@ class WorkloadLedger(Generic[W]):
                 raise ValueError(f"negative energy {microjoules} µJ for {key}")
             record = records[key]
             energy, last = record.energy_uj, record.last_uj
-            energy[zone] = energy.get(zone, 0) + microjoules
+            if microjoules or zone not in energy:
+                energy[zone] = energy.get(zone, 0) + microjoules
+                record.changed = True
             last[zone] = last.get(zone, 0) + microjoules
+
+    def add_operational(self, shares: dict[str, int]) -> None:
+        """Operational carbon (ng) of one domain's tick, per workload (top-level and children)."""
+        records = self._records
+        for key, nanograms in shares.items():
+            record = records[key]
+            record.operational_ng += nanograms
+            record.last_operational_ng += nanograms
+            record.changed = record.changed or nanograms > 0
+
+    def add_embodied(self, shares: dict[str, int]) -> None:
+        """Embodied carbon (ng) of one piece of hardware's tick, per workload (top-level and children)."""
+        records = self._records
+        for key, nanograms in shares.items():
+            record = records[key]
+            record.embodied_ng += nanograms
+            record.last_embodied_ng += nanograms
+            record.changed = record.changed or nanograms > 0
 
     def expire(self, now: float) -> int:
         """Drop workloads unseen for longer than the TTL; returns how many went."""

@@ -410,9 +410,39 @@ POD_WATCH_ERRORS = Family(
 GRID_CARBON_INTENSITY = Family(
     "grid_carbon_intensity_grams_per_kwh",
     "gauge",
-    "Carbon intensity of the grid powering this node, gCO2e per kWh (carbon_intensity or carbon_intensity_file); "
-    "grams CO2e = joules / 3.6e6 * this.",
-    ("node",),
+    "Carbon intensity of the grid powering this node in force for the last tick, gCO2e per kWh (carbon_intensity, "
+    "carbon_intensity_file or the carbon.provider API; through an outage the last good value); grams CO2e = joules "
+    "/ 3.6e6 * this. kind: average or marginal.",
+    ("node", "source", "kind"),
+)
+GRID_CARBON_INTENSITY_AGE = Family(
+    "grid_carbon_intensity_age_seconds",
+    "gauge",
+    "Seconds since the intensity API last confirmed the value in force (it grows through an outage).",
+    ("node", "source"),
+)
+CARBON_PARTS = "part is idle, unattributed or workloads (Σ top-level workloads); the parts add up to the domain's grams"
+NODE_OPERATIONAL_CARBON = Family(
+    "node_operational_carbon_grams_total",
+    "counter",
+    "Operational carbon of a domain's energy (a CPU zone that no other contains, or gpu:<uuid>), each tick's joules "
+    "at the intensity in force during it, gCO2e; " + CARBON_PARTS + ". kind: average or marginal intensity.",
+    ("node", "domain", "part", "kind"),
+)
+NODE_EMBODIED_CARBON = Family(
+    "node_embodied_carbon_grams_total",
+    "counter",
+    "Estimate: embodied carbon of the host (domain host) and each GPU (gpu:<uuid>) amortised over its lifetime "
+    "(carbon.host_embodied_kg, carbon.gpu_embodied_kg, carbon.lifetime), gCO2e; " + CARBON_PARTS + ".",
+    ("node", "domain", "part"),
+)
+OPERATIONAL_HELP = (
+    "Operational carbon of the {what}: its CPU and GPU energy at the grid intensity in force during each tick, "
+    "gCO2e (kind: average or marginal); kept for workload_ttl after it ends."
+)
+EMBODIED_HELP = (
+    "Estimate: the {what}'s share of the host's embodied carbon (by CPU time over the node's capacity) and of "
+    "the GPUs' (as their energy is split), gCO2e; kept for workload_ttl after it ends."
 )
 WORKLOADS = Family(
     "workloads",
@@ -500,6 +530,29 @@ WORKLOAD_FAMILIES: dict[str, Family] = {
     "user": USER_CPU_JOULES,
     "job": JOB_CPU_JOULES,
 }
+_WORKLOAD_NAMES = {"pod": "pod (its containers' included)",
+                   "container": 'top-level container (parent_kind="": one inside a pod is in the pod\'s)',
+                   "service": "systemd service", "vm": "virtual machine",
+                   "user": "user's sessions", "job": "batch job"}  # fmt: skip
+# A workload's carbon families: its joules family's labels without zone and source (grams span every domain).
+WORKLOAD_OPERATIONAL_CARBON: dict[str, Family] = {
+    kind: Family(
+        f"{kind}_operational_carbon_grams_total",
+        "counter",
+        OPERATIONAL_HELP.format(what=_WORKLOAD_NAMES[kind]),
+        (*fam.labels[:-2], "kind"),
+    )
+    for kind, fam in WORKLOAD_FAMILIES.items()
+}
+WORKLOAD_EMBODIED_CARBON: dict[str, Family] = {
+    kind: Family(
+        f"{kind}_embodied_carbon_grams_total",
+        "counter",
+        EMBODIED_HELP.format(what=_WORKLOAD_NAMES[kind]),
+        fam.labels[:-2],
+    )
+    for kind, fam in WORKLOAD_FAMILIES.items()
+}
 
 CATALOGUE: tuple[Family, ...] = (
     NODE_CPU_JOULES,
@@ -539,6 +592,11 @@ CATALOGUE: tuple[Family, ...] = (
     POD_WATCH_REQUESTS,
     POD_WATCH_ERRORS,
     GRID_CARBON_INTENSITY,
+    GRID_CARBON_INTENSITY_AGE,
+    NODE_OPERATIONAL_CARBON,
+    NODE_EMBODIED_CARBON,
+    *WORKLOAD_OPERATIONAL_CARBON.values(),
+    *WORKLOAD_EMBODIED_CARBON.values(),
     SOURCE_UP,
     SOURCE_ERRORS,
     WORKLOADS,
@@ -595,6 +653,11 @@ CONDITIONAL: frozenset[str] = frozenset(
     for f in (
         PROCESS_CPU_JOULES,
         GRID_CARBON_INTENSITY,
+        GRID_CARBON_INTENSITY_AGE,
+        NODE_OPERATIONAL_CARBON,
+        NODE_EMBODIED_CARBON,
+        *WORKLOAD_OPERATIONAL_CARBON.values(),
+        *WORKLOAD_EMBODIED_CARBON.values(),
         NODE_MODULE_JOULES,
         NODE_MODULE_WATTS,
         NODE_PLATFORM_JOULES,

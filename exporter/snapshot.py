@@ -121,9 +121,38 @@ class WorkloadState:
     labels: Labels
     energy_uj: tuple[tuple[str, int], ...]
     last_uj: tuple[tuple[str, int], ...]  # empty once the workload has ended
+    operational_ng: int = 0  # grams CO2e (ng) of its energy at the grid intensity of each tick
+    embodied_ng: int = 0  # its share of the host's and GPUs' embodied carbon (ng)
 
     def label(self, name: str) -> str:
         return next(value for key, value in self.labels if key == name)
+
+    @property
+    def top_level(self) -> bool:
+        """Top-level (it has carbon series); a container inside a pod, user or service is part of that one."""
+        return self.kind != "container" or not self.label("parent_kind")
+
+
+@dataclass(frozen=True, slots=True)
+class CarbonDomain:
+    """One domain's carbon since start in ng (a CPU zone, gpu:<uuid>, or host for embodied), split exactly:
+    idle + unattributed + workloads (Σ top-level workloads) = the domain's grams."""
+
+    domain: str
+    idle_ng: int
+    unattributed_ng: int
+    workloads_ng: int
+
+
+@dataclass(frozen=True, slots=True)
+class CarbonState:
+    """The grid intensity in force (its source, average or marginal, age) and the node's carbon by domain."""
+
+    source: str = ""
+    kind: str = "average"
+    age_s: float | None = None  # seconds since the value was last confirmed (None: a value that cannot age)
+    operational: tuple[CarbonDomain, ...] = ()
+    embodied: tuple[CarbonDomain, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +225,7 @@ class Snapshot:
     accelerators: tuple[AcceleratorState, ...] = ()
     accelerator_driver: str = ""
     carbon_intensity: float | None = None  # gCO2e per kWh
+    carbon: CarbonState = CarbonState()
     pod_label_keys: tuple[str, ...] = ()
     pod_labels: tuple[PodLabels, ...] = ()
     pod_watch: PodWatchStats | None = None

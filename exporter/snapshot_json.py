@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from exporter.carbon.ledger import NG_PER_GRAM
 from exporter.counters import MICRO
-from exporter.snapshot import Snapshot, WorkloadState
+from exporter.snapshot import CarbonDomain, Snapshot, WorkloadState
 from exporter.workloads.labels import LABELS, rollup_group, rollup_labels
 
 SCHEMA_VERSION = 1
@@ -41,7 +42,22 @@ def _workload(
         "ended": not w.last_uj,  # no share in this tick: ended, or its series frozen by the series budget
         "cpu": cpu,
         "gpu": gpu,
+        # Carbon is per top-level workload: a pod's containers are in their pod's grams (null here).
+        "operational_carbon_grams": w.operational_ng / NG_PER_GRAM if w.top_level else None,
+        "embodied_carbon_grams": w.embodied_ng / NG_PER_GRAM if w.top_level else None,
     }
+
+
+def _carbon(domains: tuple[CarbonDomain, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "domain": d.domain,
+            "idle_grams": d.idle_ng / NG_PER_GRAM,
+            "unattributed_grams": d.unattributed_ng / NG_PER_GRAM,
+            "workloads_grams": d.workloads_ng / NG_PER_GRAM,
+        }
+        for d in domains
+    ]
 
 
 def snapshot_document(snap: Snapshot) -> dict[str, Any]:
@@ -184,6 +200,13 @@ def snapshot_document(snap: Snapshot) -> dict[str, Any]:
         "series_budget": _budget(snap),
         "kubernetes": _kubernetes(snap),
         "carbon_intensity_grams_per_kwh": snap.carbon_intensity,
+        "carbon": {
+            "source": snap.carbon.source,
+            "kind": snap.carbon.kind,
+            "age_seconds": snap.carbon.age_s,
+            "operational": _carbon(snap.carbon.operational),
+            "embodied": _carbon(snap.carbon.embodied),
+        },
     }
 
 

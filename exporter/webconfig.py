@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exporter.files import CONFIG_FILE_LIMIT, CREDENTIAL_FILE_LIMIT, read_operator_file, read_operator_text
@@ -101,6 +100,8 @@ def bcrypt_cost(hashed: str) -> int | None:
 
 
 def load_web_config(path: Path) -> WebConfig:
+    import yaml  # noqa: PLC0415 - only with a web config file
+
     try:
         data = yaml.safe_load(read_operator_text(path, CONFIG_FILE_LIMIT)) or {}
     except OSError as exc:

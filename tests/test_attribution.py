@@ -55,6 +55,20 @@ def test_conservation_holds_exactly(tops: list[Usage[str]], delta: int, idle_fra
             assert children + shares.residual_uj[top.key] == shares.workloads[top.key]
 
 
+@given(tops=trees(), share=st.integers(0, 10**12))
+def test_each_workloads_split_is_apportion_by_definition(tops: list[Usage[str]], share: int) -> None:
+    """attribute's inlined split of a workload among its children and residual is apportion's, exactly."""
+    for top in tops:
+        shares = attribute(share, 0, max(0, top.cpu_us), [top])
+        if not top.children:
+            continue
+        weights = [max(0, c.cpu_us) for c in top.children]
+        weights.append(max(0, max(0, top.cpu_us) - sum(weights)))
+        want = apportion(shares.workloads[top.key], weights) if sum(weights) else [0] * (len(weights) - 1) + [
+            shares.workloads[top.key]]
+        assert [shares.workloads[c.key] for c in top.children] + [shares.residual_uj[top.key]] == want
+
+
 def test_unattributed_takes_the_node_busy_time_nobody_claims() -> None:
     shares = attribute(1_000, 200, 100, [Usage("a", 30), Usage("b", 10)])
     # active 800 µJ over 100 µs busy: a 30 % → 240, b 10 % → 80, the unclaimed 60 % → 480.

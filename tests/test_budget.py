@@ -322,7 +322,8 @@ def test_level_pods_drops_children_and_level_node_everything() -> None:
 
 def test_engine_with_a_small_budget_conserves_every_zone_tick_by_tick(tmp_path) -> None:
     """The real engine on a 40-pod cgroup tree with max_series=100: node = idle + unattributed + the increments
-    of the exported top-level series, per zone and tick, exactly; no series goes back; never more than 100."""
+    of the exported top-level series, per zone and tick, exactly, for joules and for carbon grams (operational
+    and embodied, folded like joules); no series goes back; never more than 100."""
     from helpers import CgroupFixture, ProcTree, RaplTree, make_config
     from test_workload_engine import _domain, container_path, pod_path, service_path, zone_totals
 
@@ -340,7 +341,7 @@ def test_engine_with_a_small_budget_conserves_every_zone_tick_by_tick(tmp_path) 
         cgroups.add(service_path(i))
     engine = Engine.start(make_config(sys_path=rapl.root, proc_path=proc.root, cgroup_root=cgroups.root,
                                       kubelet_log_path=tmp_path / "log", meters="rapl", max_series="100",
-                                      idle_watts="package=20,dram=2", workload_ttl="20"))
+                                      idle_watts="package=20,dram=2", workload_ttl="20", carbon_intensity="300"))
     previous = engine.tick(0.0)
     seen: dict[tuple[str, Labels, str], int] = {}
     for n in range(1, 16):
@@ -371,6 +372,16 @@ def test_engine_with_a_small_budget_conserves_every_zone_tick_by_tick(tmp_path) 
                 if top_level(w.kind, w.labels):
                     grew[zone] = grew.get(zone, 0) + value - seen.get(key, 0)
                 seen[key] = value
+        for part in ("operational", "embodied"):
+            grams = 0
+            for w in snap.workloads:
+                key = (w.kind, w.labels, part)
+                value = w.operational_ng if part == "operational" else w.embodied_ng
+                assert value >= seen.get(key, 0), f"{key} went back"
+                grams += value - seen.get(key, 0)
+                seen[key] = value
+            node = [sum(d.workloads_ng for d in getattr(s.carbon, part)) for s in (previous, snap)]
+            assert grams == node[1] - node[0] and grams > 0, (n, part)
         for zone, total in zone_totals(snap).items():
             delta = total - zone_totals(previous)[zone]
             idle = _domain(snap, zone, "idle") - _domain(previous, zone, "idle")

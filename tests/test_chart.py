@@ -76,6 +76,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
     },
     "redfish": {"redfish.secretName": "bmc-credentials",
                 "config": {"redfish": {"url": "https://{node}-bmc.mgmt.example", "auth": "basic"}}},
+    "carbon-api": {"carbon.secretName": "electricity-maps",
+                   "config": {"carbon": {"provider": "electricity_maps", "region": "DE", "host_embodied_kg": 1633}}},
+    "carbon-watttime": {"carbon.secretName": "watttime",
+                        "config": {"carbon": {"provider": "watttime", "region": "CAISO_NORTH", "username": "me"}}},
     # No plain health listener: the probes go to the metrics port, over TLS (the kubelet does not verify).
     "web-config-probes-on-metrics": {"webConfig.secretName": "wattlens-web", "healthPort": 0,
                                      "probes.port": "metrics", "probes.scheme": "HTTPS"},
@@ -292,10 +296,16 @@ def test_config_is_valid_for_wattlens_and_inside_the_mounts(name: str, tmp_path:
         for path in (config.redfish.username_file, config.redfish.password_file):
             assert path is not None and any(Path(m) in path.parents for m in mounts), path
         assert (config.redfish.url, config.redfish.auth) == ("https://{node}-bmc.mgmt.example", "basic")
+    if OPTIONS[name].get("carbon.secretName"):
+        secret = next(v for v in spec["volumes"] if v["name"] == "carbon")["secret"]["secretName"]
+        assert secret == OPTIONS[name]["carbon.secretName"]
+        credential = config.carbon.password_file if config.carbon.provider == "watttime" else config.carbon.token_file
+        assert credential is not None and any(Path(m) in credential.parents for m in mounts), credential
+        assert config.carbon.region == OPTIONS[name]["config"]["carbon"]["region"]
     for key, given in OPTIONS[name].get("config", {}).items():
         # A duration with units in the values is seconds in the model.
         value = parse_duration(given) if key in {"interval", "workload_ttl"} else given
-        assert getattr(config, key) == value or key in {"idle_watts", "model", "redfish"}, key
+        assert getattr(config, key) == value or key in {"idle_watts", "model", "redfish", "carbon"}, key
     volume = next(v for v in spec["volumes"] if v["name"] == "config")
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
 

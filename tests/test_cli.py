@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from helpers import REPO, Daemon, RaplTree
 
+from exporter.carbon.embodied import GPU_EMBODIED_KG
 from exporter.cli import build_parser
 from exporter.config import Config, load_config, settings
 from exporter.logs import JsonFormatter, LogfmtFormatter
@@ -86,9 +87,32 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "redfish.tls_insecure_skip_verify": ("true", True),
     "redfish.timeout": ("2s", 2.0),
     "redfish.interval": ("30s", 30.0),
+    "carbon.provider": ("uk_carbon_intensity", "uk_carbon_intensity"),
+    "carbon.kind": ("marginal", "marginal"),
+    "carbon.url": ("https://intensity.example/v1", "https://intensity.example/v1"),
+    "carbon.region": ("DE", "DE"),
+    "carbon.token_file": ("/run/em/token", Path("/run/em/token")),
+    "carbon.username": ("wt-user", "wt-user"),
+    "carbon.password_file": ("/run/wt/password", Path("/run/wt/password")),
+    "carbon.signal_type": ("co2_aoer", "co2_aoer"),
+    "carbon.emission_factor_type": ("direct", "direct"),
+    "carbon.value_path": ("data.0.value", "data.0.value"),
+    "carbon.units": ("lb_per_mwh", "lb_per_mwh"),
+    "carbon.timestamp_path": ("data.0.point_time", "data.0.point_time"),
+    "carbon.poll_interval": ("1m", 60.0),
+    "carbon.timeout": ("2s", 2.0),
+    "carbon.max_backoff": ("1h", 3600.0),
+    "carbon.embodied": ("false", False),
+    "carbon.host_embodied_kg": ("1633", 1633.0),
+    "carbon.lifetime": ("2191.5d", 2191.5 * 86400),
+    "carbon.gpu_embodied_kg": ("H100=600", {**GPU_EMBODIED_KG, "H100": 600.0}),
+    "carbon.gpu_default_embodied_kg": ("150", 150.0),
+    "carbon.gpu_lifetime": ("1095d", 1095 * 86400.0),
 }
 # Settings that are only valid with others (a BMC URL needs its credentials), given alongside in each layer.
 COMPANIONS: dict[str, dict[str, str]] = {
+    "carbon.username": {"carbon.provider": "watttime", "carbon.region": "CAISO_NORTH",
+                        "carbon.password_file": "/run/wt/password"},
     "redfish.url": {"redfish.username": "admin", "redfish.password_file": "/run/bmc/password"},
 }
 

@@ -239,11 +239,12 @@ def test_other_unknown_variables_stay_errors(name: str, value: str) -> None:
 
 
 def test_every_setting_has_a_group_help_flag_and_variable() -> None:
-    from exporter.config import OTHER_GROUP, RedfishConfig, settings
+    from exporter.config import OTHER_GROUP, CarbonConfig, RedfishConfig, settings
 
     found = settings()
-    # model.* and redfish.* instead of model and redfish
-    assert len(found) == len(Config.model_fields) - 2 + len(ModelConfig.model_fields) + len(RedfishConfig.model_fields)
+    # model.*, redfish.* and carbon.* instead of model, redfish and carbon
+    sections = len(ModelConfig.model_fields) + len(RedfishConfig.model_fields) + len(CarbonConfig.model_fields)
+    assert len(found) == len(Config.model_fields) - 3 + sections
     assert "redfish.password_file" in {s.key for s in found}
     for setting in found:
         assert setting.group != OTHER_GROUP, f"{setting.key} has no help group"

@@ -38,6 +38,8 @@ from exporter.otlp.push import PushStats
 from exporter.snapshot import (
     AcceleratorState,
     BudgetStats,
+    CarbonDomain,
+    CarbonState,
     DomainState,
     InstanceState,
     NodeEnergy,
@@ -65,7 +67,8 @@ def rich_snapshot(name: str = NASTY, pods: int = 3, value: float = 1.5) -> Snaps
 
     def work(kind: str, values: tuple[str, ...], energy: tuple[tuple[str, int], ...],
              last: tuple[tuple[str, int], ...]) -> WorkloadState:
-        return WorkloadState(kind, tuple(zip(LABELS[kind], values, strict=True)), energy, last)
+        grams = sum(uj for _, uj in energy)  # ng of carbon: any values, some not whole grams
+        return WorkloadState(kind, tuple(zip(LABELS[kind], values, strict=True)), energy, last, grams, 3 * grams + 1)
 
     for i in range(pods):
         labels = (f"ns-{i}", f"{name}-{i}", f"uid-{i}")
@@ -115,6 +118,9 @@ def rich_snapshot(name: str = NASTY, pods: int = 3, value: float = 1.5) -> Snaps
                                        instances=(InstanceState("7", "1g.10gb", f"MIG-{name}", 5 * 10**8),)),),
         accelerator_driver="550.54",
         carbon_intensity=value,
+        carbon=CarbonState(name, "marginal", 12.5,
+                           (CarbonDomain("package", 10**9, 7, 123456789), CarbonDomain("gpu:GPU-1234", 0, 1, 2)),
+                           (CarbonDomain("host", 5, 6, 10**12 + 1),)),
         pod_label_keys=("app.kubernetes.io/name", "team"),
         pod_labels=(PodLabels("ns-0", f"{name}-0", "uid-0", "ReplicaSet", "web-1", (name, "")),),
         pod_watch=PodWatchStats(1, 5, 0, True),
@@ -191,6 +197,14 @@ def test_the_standard_process_families_are_prometheus_clients(openmetrics: bool,
 def test_the_daemon_does_not_import_prometheus_client() -> None:
     code = "import sys, exporter.cli, exporter.daemon; assert 'prometheus_client' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_daemon_imports_only_what_its_configuration_uses() -> None:
+    """Resident memory: YAML only with a config file, bcrypt with basic auth, the rest on demand."""
+    lazy = ("prometheus_client", "yaml", "bcrypt", "difflib", "exporter.snapshot_json", "pynvml")
+    code = f"import sys, exporter.cli, exporter.daemon; print([m for m in {lazy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"
 
 
 @given(
@@ -276,13 +290,15 @@ def test_label_text_is_escaped_once_per_series_and_dropped_when_the_series_goes(
         assert len(escapes) == first  # same series, new values: nothing escaped again
         assert renderer.render(rich_snapshot(pods=4)).text
         born = len(escapes) - first
-        # Only the new pod's series: 2 CPU zones x 6 labels, 1 GPU x 6, 2 x 6 watts, and its container's 10.
-        assert born == 2 * 6 + 6 + 2 * 6 + 10
+        # Only the new pod's series: 2 CPU zones x 6 labels, 1 GPU x 6, 2 x 6 watts, and its container's 10;
+        # carbon: the pod's operational (5 labels) and embodied (4); its container's grams are in the pod's.
+        assert born == 2 * 6 + 6 + 2 * 6 + 10 + 5 + 4
     finally:
         ex.escape_label_value = real  # type: ignore[assignment]
     def cached_pods() -> int:  # label texts kept for pod joules series
         return sum(1 for (name, _), zones in renderer._workload_by_value.items()
-                   if name == "wattlens_pod_cpu_joules_total" for zone in zones if not zone.startswith("watts:"))
+                   if name == "wattlens_pod_cpu_joules_total"
+                   for zone in zones if not zone.startswith(("watts:", "co2:")))
 
     assert cached_pods() == 4 * 2  # 4 pods x 2 CPU zones
     for n in range(40, 0, -1):  # pods go: the label text of the gone ones is dropped, bounded by the live ones

@@ -34,6 +34,8 @@ HTTP_ONLY = {metrics.TLS_CERT_EXPIRY.full_name, metrics.HTTP_REJECTIONS.full_nam
 # A BMC's reading age: hwmon's ACPI meter is read in the tick itself.
 BMC_ONLY = {metrics.NODE_PLATFORM_READING_AGE.full_name}
 OTLP_ONLY = {f.full_name for f in metrics.CATALOGUE if f.name.startswith("otlp_")}
+# With an intensity API only (tests/test_carbon.py compares it with the JSON).
+API_ONLY = {metrics.GRID_CARBON_INTENSITY_AGE.full_name}
 
 POD_UID = "0000000a-0000-4000-8000-00000000000a"
 POD = f"kubepods.slice/kubepods-pod{POD_UID.replace('-', '_')}.slice"
@@ -146,6 +148,28 @@ def _workload_gpu(kind: str) -> Callable[[dict[str, Any], dict[str, str]], float
     return value
 
 
+def _workload_carbon(kind: str, which: str) -> Callable[[dict[str, Any], dict[str, str]], float]:
+    def value(doc: dict[str, Any], labels: dict[str, str]) -> float:
+        if which == "operational":
+            assert labels["kind"] == doc["carbon"]["kind"]
+        names = {k: v for k, v in labels.items() if k not in ("node", "kind")}
+        return float(_workload(doc, kind, names)[f"{which}_carbon_grams"])
+    return value
+
+
+def _intensity(doc: dict[str, Any], labels: dict[str, str]) -> float:
+    assert (labels["source"], labels["kind"]) == (doc["carbon"]["source"], doc["carbon"]["kind"])
+    return float(doc["carbon_intensity_grams_per_kwh"])
+
+
+def _node_carbon(which: str) -> Callable[[dict[str, Any], dict[str, str]], float]:
+    def value(doc: dict[str, Any], labels: dict[str, str]) -> float:
+        if which == "operational":
+            assert labels["kind"] == doc["carbon"]["kind"]
+        return float(_one(doc["carbon"][which], domain=labels["domain"])[f"{labels['part']}_grams"])
+    return value
+
+
 def _pod_watts(doc: dict[str, Any], labels: dict[str, str]) -> float:
     cpu = _workload(doc, "pod", _cpu_labels(labels))["cpu"]
     return float(_one(cpu, zone=labels["zone"], source=labels["source"])["watts"])
@@ -207,7 +231,14 @@ LOOKUP: dict[str, Callable[[dict[str, Any], dict[str, str]], float]] = {
     "wattlens_pod_labels": _pod_labels,
     "wattlens_pod_watch_requests_total": lambda d, lb: d["kubernetes"]["requests"][lb["verb"]],
     "wattlens_pod_watch_errors_total": lambda d, lb: d["kubernetes"]["errors"],
-    "wattlens_grid_carbon_intensity_grams_per_kwh": lambda d, lb: d["carbon_intensity_grams_per_kwh"],
+    "wattlens_grid_carbon_intensity_grams_per_kwh": _intensity,
+    "wattlens_grid_carbon_intensity_age_seconds": lambda d, lb: _one([d["carbon"]], source=lb["source"])[
+        "age_seconds"],
+    "wattlens_node_operational_carbon_grams_total": _node_carbon("operational"),
+    "wattlens_node_embodied_carbon_grams_total": _node_carbon("embodied"),
+    **{fam.full_name: _workload_carbon(kind, "operational")
+       for kind, fam in metrics.WORKLOAD_OPERATIONAL_CARBON.items()},
+    **{fam.full_name: _workload_carbon(kind, "embodied") for kind, fam in metrics.WORKLOAD_EMBODIED_CARBON.items()},
     "wattlens_source_up": lambda d, lb: float(_one(d["sources"], source=lb["source"], device=lb["device"])["up"]),
     "wattlens_source_errors_total": lambda d, lb: _one(d["source_errors"], source=lb["source"],
                                                        device=lb["device"])["count"],
@@ -284,7 +315,7 @@ def test_the_json_carries_every_series_of_the_exposition(tmp_path: Path) -> None
     assert {lb["user_id"] for name, lb, _ in series(text) if name == "wattlens_user_cpu_joules_total"} == {"1000"}
     # Nor the series budget's per-kind families before anything folded (tests/test_budget.py has them), nor the
     # OTLP push's (it runs in the daemon only: tests/test_otlp.py).
-    unexported = GPU_FAMILIES | MODULE_FAMILIES | HTTP_ONLY | FOLD_FAMILIES | OTLP_ONLY
+    unexported = GPU_FAMILIES | MODULE_FAMILIES | HTTP_ONLY | FOLD_FAMILIES | OTLP_ONLY | API_ONLY
     assert seen == {f.full_name for f in metrics.CATALOGUE} - unexported - BMC_ONLY - SWITCHES  # next tests: GPUs
     assert snapshot.carbon_intensity == 250.0 and snapshot.errors
 

@@ -620,6 +620,14 @@ def check_run(prom: Prometheus, t_first: float, t_ended: float, t_last: float, m
     assert per_generated == pytest.approx(4.0, rel=0.15)
     assert per_prompt == pytest.approx(1.0, rel=0.15)
     assert prom.value("wattlens_grid_carbon_intensity_grams_per_kwh") == CARBON
+    # Carbon counted by wattlens: its grams over the energy they cover give back the intensity (CPU zones that
+    # add up and GPUs, from the exporter's own split), and the workloads' part is the top-level workloads' sum.
+    charged = prom.value("node:wattlens_node_operational_carbon_grams_per_kwh:rate5m")
+    assert charged == pytest.approx(CARBON, rel=1e-4)  # whole nanograms per tick: ~1e-6 of a tick's grams
+    for which in ("operational", "embodied"):
+        workloads = prom.value(f"node:wattlens_workload_{which}_carbon_grams:rate5m")
+        part = prom.value(f'sum(node_part:wattlens_node_{which}_carbon_grams:rate5m{{part="workloads"}})')
+        assert workloads == pytest.approx(part, rel=1e-9) and workloads > 0, which
     owner = prom.values("namespace_owner:wattlens_pod_joules:rate5m")
     assert list(owner) == [f"namespace={NAMESPACE},owner_kind=StatefulSet,owner_name=vllm"]
 

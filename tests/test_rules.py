@@ -87,7 +87,7 @@ def test_recording_rule_names_follow_level_metric_operations() -> None:
         # The level names the labels the result is aggregated by ("cluster": the label the sending Prometheus
         # adds, its external_labels).
         assert set(level.split("_")) <= {"node", "zone", "source", "socket", "gpu", "namespace", "pod", "unit",
-                                         "owner", "cluster", "kind"}, name
+                                         "owner", "cluster", "kind", "part"}, name
         assert metric.startswith(("wattlens_", "vllm_")), name
         assert not metric.endswith("_total"), f"{name}: drop _total once rate/increase has been applied"
         assert operations.endswith(("rate5m", "increase5m")) or operations in ("count", "sum"), name

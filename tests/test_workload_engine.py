@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from exporter.engine import Engine
+from exporter.exposition import Renderer
 from exporter.snapshot import Snapshot
 
 TOP_KINDS = ("pod", "service")  # what the random trees make at top level
@@ -34,6 +35,11 @@ def series(snap: Snapshot) -> dict[tuple[str, tuple[tuple[str, str], ...], str],
         for zone, uj in w.energy_uj:
             out[(w.kind, w.labels, zone)] = uj
     return out
+
+
+def without_render_time(body: bytes) -> list[bytes]:
+    """The lines of an exposition, but the last render's duration (which differs from renderer to renderer)."""
+    return [line for line in body.splitlines() if not line.startswith(b"wattlens_render_duration_seconds")]
 
 
 def zone_totals(snap: Snapshot) -> dict[str, int]:
@@ -64,6 +70,7 @@ def test_conservation_and_monotonicity_through_births_and_deaths(
         sys_path=rapl.root, proc_path=proc.root, cgroup_root=cgroups.root, kubelet_log_path=base / "log",
         meters="rapl", idle_watts="package=20,dram=2", idle_attribution="cpu" if spread_idle else "none"))
     previous = engine.tick(0.0)
+    renderer = Renderer(standard=False)  # kept across ticks, as the daemon's: its cached lines must stay true
     for n, (changes, burns, extra_busy, (package_uj, dram_uj)) in enumerate(steps, start=1):
         for what, i, j in changes:
             if what == "pod":
@@ -87,6 +94,14 @@ def test_conservation_and_monotonicity_through_births_and_deaths(
         rapl.advance("intel-rapl:1", package_uj - package_uj // 2)
         rapl.advance("intel-rapl:0:0", dram_uj)
         snap = engine.tick(n * 5.0)
+        # States handed out again for idle workloads, and lines reused for them, equal what is made afresh.
+        fresh = [(w.kind, w.labels, tuple(r.energy_uj.items()),
+                  tuple(r.last_uj.items()) if r.last_seen == n * 5.0 else ())  # a share only if seen in the tick
+                 for w, (_, r) in zip(snap.workloads, engine.workloads.ledger.records(), strict=True)]
+        assert [(w.kind, w.labels, w.energy_uj, w.last_uj) for w in snap.workloads] == fresh
+        for openmetrics in (False, True):
+            kept, afresh = (r.render(snap).body(openmetrics, False) for r in (renderer, Renderer(standard=False)))
+            assert without_render_time(kept) == without_render_time(afresh)
 
         before, after = series(previous), series(snap)
         for key, value in before.items():
@@ -134,3 +149,43 @@ def test_ended_workloads_keep_their_series_for_the_ttl(tmp_path: Path) -> None:
         assert series(snap)[("service", (("unit", "svc1.service"),), "package")] == final
     snap = engine.tick(66.0)  # last seen at 5 s: 61 s > 60 s TTL
     assert ("service", (("unit", "svc1.service"),), "package") not in series(snap)
+
+
+def test_the_same_share_tick_after_tick_still_counts_and_watts_follow_the_tick_length(tmp_path: Path) -> None:
+    """An idle workload's state and lines are reused from tick to tick; a busy one with the same share every
+    tick (same last_uj) must still grow, and its watts follow each tick's length."""
+    rapl = RaplTree.copy("intel-2socket-server", tmp_path)
+    proc = ProcTree(tmp_path / "proc")
+    cgroups = CgroupFixture(tmp_path / "cgroup")
+    busy, idle = pod_path(1), pod_path(2)
+    for path in (busy, idle):
+        cgroups.add(path)
+    cgroups.burn(idle, 1_000)  # it used CPU once: it has series
+    engine = Engine.start(make_config(sys_path=rapl.root, proc_path=proc.root, cgroup_root=cgroups.root,
+                                      kubelet_log_path=tmp_path / "log", meters="rapl", idle_watts="package=0,dram=0"))
+    renderer = Renderer(standard=False)
+    engine.tick(0.0)
+    engine.tick(200.0)  # past the kubelet-log rescans of the first 2 minutes (they name workloads again)
+    idle_states, joules, watts = [], [], []
+    for now in (205.0, 210.0, 212.0, 220.0, 221.0):
+        cgroups.burn(busy, 100_000)
+        proc.advance_usec(200_000, 1_000_000)
+        for zone in ("intel-rapl:0", "intel-rapl:1", "intel-rapl:0:0"):
+            rapl.advance(zone, 1_000_000)
+        snap = engine.tick(now)
+        body = renderer.render(snap).text
+        assert without_render_time(body) == without_render_time(Renderer(standard=False).render(snap).text)
+        pods = {w.label("uid")[-4:]: w for w in snap.workloads if w.kind == "pod"}
+        idle_states.append(pods["0002"])
+        joules.append(dict(pods["0001"].energy_uj)["package"])
+        assert dict(pods["0001"].last_uj) == {"package": 1_000_000, "dram": 500_000}  # half the busy time
+        watts.append([line for line in body.splitlines()
+                      if b"pod_cpu_watts{" in line and b"0001" in line and b"package" in line])
+    assert joules == [1_000_000 * n for n in range(1, 6)]
+    assert all(state is idle_states[1] for state in idle_states[1:])  # handed out again while it is idle
+    assert [w[0].rsplit(b" ", 1)[1] for w in watts] == [b"0.2", b"0.2", b"0.5", b"0.125", b"1.0"]
+    cgroups.remove(busy)  # an ended pod keeps its state (and series) for the TTL, over ticks of other lengths
+    for now in (226.0, 228.0, 231.0):
+        snap = engine.tick(now)
+        body = renderer.render(snap).text
+        assert without_render_time(body) == without_render_time(Renderer(standard=False).render(snap).text)

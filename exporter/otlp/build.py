@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from exporter.carbon.ledger import NG_PER_GRAM
 from exporter.counters import MICRO
 from exporter.otlp import mapping as om
 from exporter.workloads.labels import rollup_group, rollup_labels
@@ -50,6 +51,7 @@ class Builder:
             out.append(self._processes(snap))
         if snap.carbon_intensity is not None:
             out.append(Points(om.CARBON, (((), snap.carbon_intensity),)))
+        out += self._carbon(snap)
         up = tuple(
             (_present((("wattlens.source", s.source), ("wattlens.device", s.device))), 1.0 if s.up else 0.0)
             for s in snap.sources
@@ -155,6 +157,36 @@ class Builder:
             live = {id(w.labels) for w in snap.workloads}
             self._workloads = {key: entry for key, entry in self._workloads.items() if key in live}
         return [Points(om.WORKLOADS[kind], tuple(points)) for kind, points in by_kind.items()]
+
+    def _carbon(self, snap: Snapshot) -> list[Points]:
+        """The node's grams by domain and part, and every top-level workload's (as the exposition has them)."""
+        carbon = snap.carbon
+        kind = (("wattlens.carbon.kind", carbon.kind),)
+        out = []
+        for metric, domains, extra in (
+            (om.NODE_OPERATIONAL_CARBON, carbon.operational, kind),
+            (om.NODE_EMBODIED_CARBON, carbon.embodied, ()),
+        ):
+            points = []
+            for d in domains:
+                where = (("hw.type", "host"),) if d.domain == "host" else self._domain(d.domain)
+                for part, nanograms in (
+                    ("idle", d.idle_ng),
+                    ("unattributed", d.unattributed_ng),
+                    ("workloads", d.workloads_ng),
+                ):
+                    points.append(((*where, ("wattlens.carbon.part", part), *extra), nanograms / NG_PER_GRAM))
+            out.append(Points(metric, tuple(points)))
+        for part, domains, extra in (("operational", carbon.operational, kind), ("embodied", carbon.embodied, ())):
+            if not domains:  # not counted on this node (no intensity, or embodied off): no series, as on /metrics
+                continue
+            by_kind: dict[str, list[tuple[Attributes, float]]] = {}
+            for w in snap.workloads:
+                if w.top_level:
+                    nanograms = w.operational_ng if part == "operational" else w.embodied_ng
+                    by_kind.setdefault(w.kind, []).append(((*self._workload(w), *extra), nanograms / NG_PER_GRAM))
+            out += [Points(om.WORKLOAD_CARBON[(k, part)], tuple(points)) for k, points in by_kind.items()]
+        return out
 
     def _processes(self, snap: Snapshot) -> Points:
         points: list[tuple[Attributes, float]] = []

@@ -131,6 +131,35 @@ CARBON = OtlpMetric(
     "Carbon intensity of the node's grid, gCO2e per kWh.",
     (m.GRID_CARBON_INTENSITY,),
 )
+NODE_OPERATIONAL_CARBON = OtlpMetric(
+    "wattlens.node.carbon.operational",
+    "sum",
+    "g",
+    "Operational carbon of a domain's energy (hw.type/hw.name of a CPU zone no other contains, or hw.id of a GPU), "
+    "gCO2e at the intensity in force each tick; wattlens.carbon.part idle, unattributed or workloads adds up to the "
+    "domain's grams; wattlens.carbon.kind average or marginal.",
+    (m.NODE_OPERATIONAL_CARBON,),
+)
+NODE_EMBODIED_CARBON = OtlpMetric(
+    "wattlens.node.carbon.embodied",
+    "sum",
+    "g",
+    "Estimate: embodied carbon of the host (hw.type host) and each GPU (hw.id), amortised over its lifetime, gCO2e; "
+    "wattlens.carbon.part as above.",
+    (m.NODE_EMBODIED_CARBON,),
+)
+WORKLOAD_CARBON: dict[tuple[str, str], OtlpMetric] = {
+    (kind, part): OtlpMetric(
+        f"wattlens.{kind}.carbon.{part}",
+        "sum",
+        "g",
+        f"{part.capitalize()} carbon of a top-level {kind}, gCO2e (docs/carbon.md)"
+        + ("; wattlens.carbon.kind average or marginal." if part == "operational" else ", an estimate."),
+        ((m.WORKLOAD_OPERATIONAL_CARBON if part == "operational" else m.WORKLOAD_EMBODIED_CARBON)[kind],),
+    )
+    for kind in ("pod", "container", "service", "vm", "user", "job")
+    for part in ("operational", "embodied")
+}
 SOURCE_UP = OtlpMetric(
     "wattlens.source.up",
     "gauge",
@@ -166,6 +195,9 @@ METRICS: tuple[OtlpMetric, ...] = (
     *WORKLOADS.values(),
     PROCESS,
     CARBON,
+    NODE_OPERATIONAL_CARBON,
+    NODE_EMBODIED_CARBON,
+    *WORKLOAD_CARBON.values(),
     SOURCE_UP,
     TICKS,
     FOLDED,
@@ -188,6 +220,7 @@ PULL_ONLY: dict[str, str] = {
     m.NODE_GPU_SCOPE_WATTS.full_name: "a breakdown of (memory) or envelope around (module) hw.energy of a GPU, "
     "never to be added to it; on /metrics",
     m.NODE_GPU_SCOPE_JOULES.full_name: "as above",
+    m.GRID_CARBON_INTENSITY_AGE.full_name: "the intensity source's health, on /metrics",
     m.NODE_GPU_INSTANCE_ACTIVE_JOULES.full_name: "MIG instances' shares of a GPU's active energy (their workloads "
     "are pushed); on /metrics",
     **{

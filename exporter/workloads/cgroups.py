@@ -166,6 +166,7 @@ class _Node:
     relative: str = ""  # its path below the hierarchy root, '/'-joined: the same string object every tick
     identity: tuple[int, int] = (0, 0)  # (hierarchy, inode)
     fd: int = -1  # the held fd of its CPU file, for the inline read (-1: none, or read open-read-close)
+    last: CgroupUsage | None = None  # its last reading, handed out again while its CPU time does not move
 
 
 class CgroupTree:
@@ -440,16 +441,19 @@ class CgroupTree:
                 node.born = True  # seen at zero: whatever it uses from now on is new
             else:
                 assert node.workload is not None
-                usages.append(
-                    CgroupUsage(
-                        node.relative,
-                        node.components,
-                        node.workload,
-                        usage,
-                        node.identity,
-                        node.born,
+                last = node.last
+                if (  # an idle cgroup (a pause container): the same reading as last tick
+                    last is None
+                    or last.usage_us != usage
+                    or node.born
+                    or last.born
+                    or last.path is not node.relative
+                    or last.workload is not node.workload
+                ):
+                    last = node.last = CgroupUsage(
+                        node.relative, node.components, node.workload, usage, node.identity, node.born
                     )
-                )
+                usages.append(last)
                 node.born = False
         return usages
 

@@ -11,9 +11,9 @@ rest folded into rollups.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from exporter.budget import SeriesBudget
+from exporter.budget import CARBON_PREFIX, SeriesBudget
 from exporter.config import Config
 from exporter.ledger import WorkloadLedger
 from exporter.meters.base import AcceleratorUser
@@ -30,17 +30,22 @@ from exporter.workloads.tree import TreeBuilder, UsageTracker, WorkloadTree, own
 log = logging.getLogger(__name__)
 
 EMPTY_TREE = WorkloadTree((), {}, {})
+_NO_SHARE: dict[str, int] = {}  # the last_uj of a workload not seen in this tick (never changed)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Labels:
     """A workload's labels by name: made again only when the names the node knows change. The same tuple is
-    handed out every tick meanwhile, so the renderer keeps its label text by the tuple's identity."""
+    handed out every tick meanwhile, so the renderer keeps its label text by the tuple's identity. With them,
+    the workload's last state and the last_uj it was made from: handed out again while neither changed."""
 
     workload: Classified
     parent: str  # its top-level workload's key ("" if it is one): a label of some kinds
     names: tuple[object, ...]  # which name sources they were made from
     labels: Labels
+    state: WorkloadState | None = None
+    last_uj: dict[str, int] = field(default_factory=dict)
+    carbon: tuple[int, int] = (0, 0)  # the last (operational, embodied) ng shares it was made from
 
 
 class Workloads:
@@ -121,7 +126,7 @@ class Workloads:
         if records is not self._keyed_records:  # the same list while no workload comes or goes
             self._keyed_records = records
             self._keys = (tuple(key for key, _ in records), tuple(r.parent for _, r in records))
-        self.exported = self.budget.apply(self._now, self.states(), *self._keys)
+        self.exported = tuple(map(_carbon_fields, self.budget.apply(self._now, self.states(), *self._keys)))
 
     @property
     def budget_stats(self) -> BudgetStats | None:
@@ -179,11 +184,22 @@ class Workloads:
                 values = label_values(workload, pod, container, record.parent)
                 labels = tuple(zip(LABELS[workload.kind], values, strict=True))
                 known = memo[key] = _Labels(workload, record.parent, names, labels)
-            # Domains in the order the ledger first saw them: the same every tick, no sorting needed. Only a
-            # workload seen in this tick has a share in it (the budget and pod watts rely on that).
-            energy = tuple(record.energy_uj.items())
-            last = tuple(record.last_uj.items()) if record.last_seen == now else ()
-            states.append(WorkloadState(workload.kind, known.labels, energy, last))
+            # Only a workload seen in this tick has a share in it (the budget and pod watts rely on that).
+            seen = record.last_seen == now
+            last = record.last_uj if seen else _NO_SHARE
+            carbon = (record.last_operational_ng, record.last_embodied_ng) if seen else (0, 0)
+            previous = known.state
+            if previous is not None and not record.changed and last == known.last_uj and carbon == known.carbon:
+                states.append(previous)  # an idle workload: the same state as last tick
+                continue
+            # Domains in the order the ledger first saw them: the same every tick, no sorting needed.
+            energy, shares = tuple(record.energy_uj.items()), tuple(last.items())
+            if record.operational_ng or record.embodied_ng:  # top-level workloads only (carbon/ledger.py)
+                energy += _carbon_domains(record.operational_ng, record.embodied_ng)
+                shares += _carbon_domains(*carbon)
+            state = WorkloadState(workload.kind, known.labels, energy, shares)
+            known.state, known.last_uj, known.carbon, record.changed = state, dict(last), carbon, False
+            states.append(state)
         return tuple(states)
 
     def pod_labels(self) -> tuple[PodLabels, ...]:
@@ -204,3 +220,28 @@ class Workloads:
     def close(self) -> None:
         if self.cgroups is not None:
             self.cgroups.close()
+
+
+# A workload's carbon goes through the series budget as two more domains: each is one series, and folding,
+# freezing and rollups then keep its grams exact the way they keep its joules (exporter/budget.py). They are
+# taken out again before anything renders the states.
+OPERATIONAL_DOMAIN, EMBODIED_DOMAIN = CARBON_PREFIX + "operational", CARBON_PREFIX + "embodied"
+
+
+def _carbon_domains(operational_ng: int, embodied_ng: int) -> tuple[tuple[str, int], ...]:
+    return tuple((d, ng) for d, ng in ((OPERATIONAL_DOMAIN, operational_ng), (EMBODIED_DOMAIN, embodied_ng)) if ng)
+
+
+def _carbon_fields(state: WorkloadState) -> WorkloadState:
+    """A budget's output state with its carbon domains back in the carbon fields."""
+    if not any(domain.startswith(CARBON_PREFIX) for domain, _ in state.energy_uj):
+        return state
+    carbon = dict(d for d in state.energy_uj if d[0].startswith(CARBON_PREFIX))
+    return WorkloadState(
+        state.kind,
+        state.labels,
+        tuple(d for d in state.energy_uj if not d[0].startswith(CARBON_PREFIX)),
+        tuple(d for d in state.last_uj if not d[0].startswith(CARBON_PREFIX)),
+        carbon.get(OPERATIONAL_DOMAIN, 0),
+        carbon.get(EMBODIED_DOMAIN, 0),
+    )

@@ -72,6 +72,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if .Values.redfish.secretName -}}
 {{- $_ := set $owned "redfish" (dict "username_file" "/etc/wattlens/redfish/username" "password_file" "/etc/wattlens/redfish/password") -}}
 {{- end -}}
+{{- if .Values.carbon.secretName -}}
+{{- if eq (dig "carbon" "provider" "none" .Values.config) "watttime" -}}
+{{- $_ := set $owned "carbon" (dict "password_file" "/etc/wattlens/carbon/password") -}}
+{{- else -}}
+{{- $_ := set $owned "carbon" (dict "token_file" "/etc/wattlens/carbon/token") -}}
+{{- end -}}
+{{- end -}}
 {{- if .Values.healthPort -}}
 {{- $_ := set $owned "health_listen" (printf ":%d" (int .Values.healthPort)) -}}
 {{- end -}}
