@@ -29,6 +29,14 @@ mean, time constant TAU_S) and its series fit next to the frozen ones, so member
 budget is exceeded, a new workload waits one tick before it may open (its first share tells its power).
 Should the series still exceed the budget (open workloads grew new zones or containers), frozen series go first,
 oldest first, then the weakest open workloads fold without lingering (counted in `dropped`).
+
+Cost. Deciding (ranking every workload, routing the folded ones to their rollups, checking the series) is done
+only when something it depends on changed: a workload came or went, one came in the last tick (it may open now),
+a frozen series' or an unfed rollup's time ran out, a folded workload grew a zone, or the series would pass the
+budget; else every RANK_S. In between, a tick replays the last decision (`_Plan`): one pass adding the folded
+workloads' shares into their rollups and the open ones' series, with the same exact sums. Recent power is
+measured from the energy gained between two decisions (its mean power over that span), so it needs no work in
+the ticks between.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ HEADROOM = 0.10
 FACTOR = 2.0
 TAU_S = 300.0
 MIN_SERIES = 100  # below this the rollups alone may not fit
+RANK_S = 60.0  # the longest a decision is kept while nothing it depends on changed (a fraction of TAU_S)
 # An unexported rollup's total is remembered this long (and for at most this many rollups), so that a rollup that
 # comes back continues its counter: one reborn from zero soon after would look to Prometheus like a continuation.
 DORMANT_S = 86400.0
@@ -78,6 +87,8 @@ class _Member:
     kind: str
     open: bool
     score: float  # recent power, W
+    mark: int  # its total energy (µJ, every domain) when the score was last updated
+    marked_at: float
     own: dict[str, int] | None = None  # its series' values once it has folded (None: its energy is its series)
     fresh: bool = True  # seen in this tick for the first time
 
@@ -109,6 +120,7 @@ class _Tick(Generic[S]):
     now: float
     states: Sequence[S]
     keys: Sequence[str]
+    parents: Sequence[str]
     members: list[_Member] = field(default_factory=list)
     units: dict[str, _Unit] = field(default_factory=dict)
     routes: dict[int, RollupKey] = field(default_factory=dict)  # state index → the rollup it folds into
@@ -119,6 +131,28 @@ class _Frozen:
     state: WorkloadSeries
     until: float
     cost: int
+
+
+@dataclass(slots=True)
+class _Feed:
+    """A rollup and the states folded into it, with each one's number of domains when the decision was made."""
+
+    kind: str
+    rollup: _Rollup
+    indexes: list[int] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """The last decision, for the ticks that keep it: what each state index does, while the keys are the same."""
+
+    keys: Sequence[str]
+    parents: Sequence[str]
+    until: float  # decide again from this time on
+    opened: list[tuple[int, _Member | None]]  # open states in order; the member where its series is rebased
+    feeds: list[_Feed]
+    folded: tuple[tuple[str, int], ...]  # folded workloads by kind
 
 
 class SeriesBudget(Generic[S]):
@@ -153,6 +187,8 @@ class SeriesBudget(Generic[S]):
         self._folds: dict[str, int] = {}
         self._unfolds: dict[str, int] = {}
         self._dropped = 0
+        self._plan: _Plan | None = None  # the last decision, while it holds
+        self.decisions = 0  # ticks that decided (the others replayed the last decision)
         self.stats = BudgetStats(max_series, 0)
 
     def cost(self, state: WorkloadSeries) -> int:
@@ -173,6 +209,17 @@ class SeriesBudget(Generic[S]):
         if not self.children:
             chosen = [i for i, parent in enumerate(parents) if not parent]
             states, keys, parents = [states[i] for i in chosen], [keys[i] for i in chosen], [""] * len(chosen)
+        plan = self._plan
+        if (
+            plan is not None
+            and now < plan.until
+            and (keys is plan.keys or keys == plan.keys)
+            and (parents is plan.parents or parents == plan.parents)
+        ):
+            replayed = self._replay(now, states, plan)
+            if replayed is not None:
+                return replayed
+        self._plan = None
         costs = [self.cost(s) for s in states]
         total = sum(costs)
         if self.max_series <= 0 or (
@@ -183,8 +230,9 @@ class SeriesBudget(Generic[S]):
                 self.max_series, total, (), self._counts(self._folds), self._counts(self._unfolds), self._dropped
             )
             return tuple(states)
-        tick = _Tick(now, states, keys)
-        tick.members = self._track(dt, states, keys)
+        self.decisions += 1
+        tick = _Tick(now, states, keys, parents)
+        tick.members = self._track(now, dt, states, keys)
         tick.units = self._units(states, keys, parents, costs, tick.members)
         return self._fold(tick)
 
@@ -218,23 +266,32 @@ class SeriesBudget(Generic[S]):
                 break  # the rollups alone are more than the budget (max_series below their floor)
         return self._emit(tick)
 
-    def _track(self, dt: float, states: Sequence[S], keys: Sequence[str]) -> list[_Member]:
-        """Every state's member, its recent power updated; members that left the ledger are forgotten."""
+    def _track(self, now: float, dt: float, states: Sequence[S], keys: Sequence[str]) -> list[_Member]:
+        """Every state's member, its recent power updated: an exponentially weighted mean (TAU_S) of its mean power
+        since the last decision (a new one: in its first tick). Members that left the ledger are forgotten."""
         known = self._members
         starting = not known  # the budget was not needed in the last tick: its workloads all had series
         previous = set(self._last_keys) if starting else set()
         self._last_keys = ()
-        alpha = 1.0 - math.exp(-dt / TAU_S) if dt > 0 else 1.0
         scale = 1e-6 / dt if dt > 0 else 0.0
+        alphas: dict[float, float] = {}  # by span: mostly one, the time since the last decision
         members = []
         for state, key in zip(states, keys, strict=True):
-            watts = sum(v for d, v in state.last_uj if not d.startswith(CARBON_PREFIX)) * scale
+            energy = sum(v for d, v in state.energy_uj if not d.startswith(CARBON_PREFIX))
             member = known.get(key)
             if member is None:
                 opened = key in previous
-                member = known[key] = _Member(state.kind, opened, watts, fresh=not opened)
+                watts = sum(v for d, v in state.last_uj if not d.startswith(CARBON_PREFIX)) * scale
+                member = known[key] = _Member(state.kind, opened, watts, energy, now, fresh=not opened)
             else:
-                member.score += (watts - member.score) * alpha
+                span = now - member.marked_at
+                if span > 0:
+                    alpha = alphas.get(span)
+                    if alpha is None:
+                        alpha = alphas[span] = 1.0 - math.exp(-span / TAU_S)
+                    watts = max(0, energy - member.mark) * 1e-6 / span
+                    member.score += (watts - member.score) * alpha
+                    member.mark, member.marked_at = energy, now
                 member.fresh = False
             members.append(member)
         present = set(keys)
@@ -359,54 +416,140 @@ class SeriesBudget(Generic[S]):
         return total + sum(map(len, domains.values())) + sum(map(len, watts.values()))
 
     def _emit(self, tick: _Tick[S]) -> tuple[S, ...]:
-        """This tick's shares into open series and rollups, and the states to export."""
-        now, states, keys, routes = tick.now, tick.states, tick.keys, tick.routes
-        out: list[S] = []
+        """This tick's shares into open series and rollups, the states to export, and the plan that replays this
+        decision in the next ticks."""
+        now = tick.now
+        plan = self._planned(tick)
+        shares = self._shares(tick.states, plan)
+        assert shares is not None  # the plan was made from these states
+        out, open_series = self._commit(now, tick.states, plan, shares)
+        for key, rollup in list(self._rollups.items()):
+            if rollup.fed_at + self.linger_s < now:  # unfed for a while: its series goes, its total stays known
+                self._dormant[key] = self._rollups.pop(key)
+        if self._dormant:
+            recent = sorted(self._dormant.items(), key=lambda item: -item[1].fed_at)[:MAX_DORMANT]
+            self._dormant = {key: r for key, r in recent if now - r.fed_at <= DORMANT_S}
+        exported = self._finish(out, open_series, plan.folded)
+        if not plan.feeds and not self._frozen and not self._rebased and not self._rollups:
+            self._members.clear()  # nothing folded any more: back to the budget-free path
+            self._last_keys = tick.keys
+            return exported
+        for frozen in self._frozen.values():  # it stops being exported
+            plan.until = min(plan.until, frozen.until)
+        fed = {id(feed.rollup) for feed in plan.feeds}
+        for rollup in self._rollups.values():  # unfed: it goes dormant
+            if id(rollup) not in fed:
+                plan.until = min(plan.until, rollup.fed_at + self.linger_s)
+        self._plan = plan
+        return exported
+
+    # --- between decisions -------------------------------------------------------------------------
+
+    def _planned(self, tick: _Tick[S]) -> _Plan:
+        """The decision just taken, as index lists to replay while it holds; every domain of a folded state becomes
+        a series of its rollup."""
+        now, states, routes = tick.now, tick.states, tick.routes
+        opened: list[tuple[int, _Member | None]] = []
+        feeds: dict[RollupKey, _Feed] = {}
+        folded: dict[str, int] = {}
+        until = now + RANK_S
+        for i, member in enumerate(tick.members):
+            if member.open:
+                opened.append((i, member if member.own is not None else None))
+                continue
+            if member.fresh:
+                until = now  # folded in its first tick: it may open in the next one
+            folded[member.kind] = folded.get(member.kind, 0) + 1
+            key = routes[i]
+            feed = feeds.get(key)
+            if feed is None:
+                feed = feeds[key] = _Feed(key[0], self._rollups[key])
+            energy = states[i].energy_uj
+            feed.indexes.append(i)
+            feed.widths.append(len(energy))
+            for domain, _ in energy:
+                feed.rollup.energy.setdefault(domain, 0)
+        return _Plan(tick.keys, tick.parents, until, opened, list(feeds.values()), self._counts(folded))
+
+    def _replay(self, now: float, states: Sequence[S], plan: _Plan) -> tuple[S, ...] | None:
+        """This tick's states as the last decision has them: the same open workloads and routes, this tick's shares
+        added as a decision adds them. None (and nothing changed) where the decision no longer holds: a folded
+        workload has a new zone, or the series would pass the budget."""
+        shares = self._shares(states, plan)
+        if shares is None:
+            return None
+        total = sum(self.cost(states[i]) for i, _ in plan.opened) + sum(f.cost for f in self._frozen.values())
+        total += sum(len(r.energy) for r in self._rollups.values())
+        for feed, last in zip(plan.feeds, shares, strict=True):
+            if feed.kind == "pod":  # its watts, as _total counts them
+                total += sum(1 for domain in last if not domain.startswith(NO_WATTS))
+        if total > self.max_series:
+            return None
+        out, open_series = self._commit(now, states, plan, shares)
+        return self._finish(out, open_series, plan.folded)
+
+    def _commit(
+        self, now: float, states: Sequence[S], plan: _Plan, shares: list[dict[str, int]]
+    ) -> tuple[list[S], int]:
+        """This tick's shares into the rollups and the open series; the open states to export and their series."""
         for rollup in self._rollups.values():
             rollup.last = {}
-        folded: dict[str, int] = {}
-        for i, (state, member) in enumerate(zip(states, tick.members, strict=True)):
-            if member.open:
-                own = member.own
-                if own is None:
-                    out.append(state)
-                    continue
+        for feed, last in zip(plan.feeds, shares, strict=True):
+            rollup = feed.rollup
+            energy = rollup.energy
+            for domain, microjoules in last.items():
+                energy[domain] += microjoules
+            rollup.last, rollup.fed_at = last, now
+        out: list[S] = []
+        series = 0
+        for i, member in plan.opened:
+            state = states[i]
+            own = member.own if member is not None else None
+            if own is not None:
                 for domain, microjoules in state.last_uj:
                     own[domain] = own.get(domain, 0) + microjoules
                 for domain, _ in state.energy_uj:
                     own.setdefault(domain, 0)
-                out.append(self.make(state.kind, state.labels, tuple(own.items()), state.last_uj))
-                continue
-            folded[member.kind] = folded.get(member.kind, 0) + 1
-            rollup = self._rollups[routes[i]]
-            rollup.fed_at = now
-            energy, last = rollup.energy, rollup.last
-            for domain, microjoules in state.last_uj:
-                energy[domain] = energy.get(domain, 0) + microjoules
-                last[domain] = last.get(domain, 0) + microjoules
-            for domain, _ in state.energy_uj:  # every zone a member has is a series of its rollup
-                energy.setdefault(domain, 0)
+                state = self.make(state.kind, state.labels, tuple(own.items()), state.last_uj)
+            out.append(state)
+            series += self.cost(state)
+        return out, series
+
+    def _finish(self, out: list[S], open_series: int, folded: tuple[tuple[str, int], ...]) -> tuple[S, ...]:
+        """The frozen series and the rollups after the open states; the stats."""
+        series = open_series + sum(f.cost for f in self._frozen.values())
         out.extend(f.state for f in self._frozen.values())  # type: ignore[misc]  # made by self.make: an S
-        for key, rollup in list(self._rollups.items()):
-            if rollup.fed_at + self.linger_s < now:  # unfed for a while: its series goes, its total stays known
-                self._dormant[key] = self._rollups.pop(key)
-                continue
-            out.append(self.make(key[0], rollup.labels, tuple(rollup.energy.items()), tuple(rollup.last.items())))
-        if self._dormant:
-            recent = sorted(self._dormant.items(), key=lambda item: -item[1].fed_at)[:MAX_DORMANT]
-            self._dormant = {key: r for key, r in recent if now - r.fed_at <= DORMANT_S}
-        if not folded and not self._frozen and not self._rebased and not self._rollups:
-            self._members.clear()  # nothing folded any more: back to the budget-free path
-            self._last_keys = keys
+        for key, rollup in self._rollups.items():
+            made = self.make(key[0], rollup.labels, tuple(rollup.energy.items()), tuple(rollup.last.items()))
+            out.append(made)
+            series += self.cost(made)
         self.stats = BudgetStats(
             self.max_series,
-            sum(self.cost(s) for s in out),
-            self._counts(folded),
+            series,
+            folded,
             self._counts(self._folds),
             self._counts(self._unfolds),
             self._dropped,
         )
         return tuple(out)
+
+    @staticmethod
+    def _shares(states: Sequence[S], plan: _Plan) -> list[dict[str, int]] | None:
+        """Per rollup of the plan, this tick's shares of the states folded into it (domains in the order `_emit`
+        meets them); None where a folded state has a domain its rollup has not."""
+        shares: list[dict[str, int]] = []
+        for feed in plan.feeds:
+            last: dict[str, int] = {}
+            for i, width in zip(feed.indexes, feed.widths, strict=True):
+                state = states[i]
+                if len(state.energy_uj) != width:
+                    return None  # a new zone: a series more for its rollup, perhaps
+                for domain, microjoules in state.last_uj:
+                    last[domain] = last.get(domain, 0) + microjoules
+            if not last.keys() <= feed.rollup.energy.keys():
+                return None
+            shares.append(last)
+        return shares
 
     @staticmethod
     def _counts(by_kind: dict[str, int]) -> tuple[tuple[str, int], ...]:

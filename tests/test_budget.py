@@ -190,6 +190,8 @@ def test_totals_exact_and_counters_monotonic_far_below_the_budget(seed: int, chu
     assert most > 3 * MIN_SERIES  # the budget really was far below the workloads' series
     folded = dict(budget.stats.folded)
     assert folded.get("pod", 0) > 0
+    if churn == 0.0:  # nothing comes or goes: most ticks replay the last decision (the sums above hold for them)
+        assert budget.decisions <= 40 // 3, budget.decisions
 
 
 @settings(max_examples=25, deadline=None)
@@ -237,6 +239,70 @@ def test_membership_settles_and_no_folded_workload_outdraws_an_open_one_twice() 
     weakest_open = min(w.power for w in pods if w.labels[2] in opened)
     strongest_folded = max(w.power for w in pods if w.labels[2] not in opened)
     assert strongest_folded <= FACTOR * weakest_open * 1.15  # 15 %: the recent-power average's own noise
+
+
+def steady_node(seed: int, pods: int) -> tuple[Node, list[Workload]]:
+    node = Node(random.Random(seed))
+    for _ in range(pods):
+        node.add_pod()
+    ordered = sorted((w for w in node.workloads.values() if w.kind == "pod"), key=lambda w: w.key)
+    for i, w in enumerate(ordered):
+        w.power = float(i + 1)
+    return node, ordered
+
+
+def test_frozen_series_linger_their_time_while_decisions_are_replayed() -> None:
+    """Steady powers, then reversed: the pods that fold keep their series, frozen, exported until exactly linger_s
+    later (replayed ticks included), and gone from then on; a rollup nothing feeds goes after linger_s."""
+    node, pods = steady_node(11, 120)
+    linger = 30.0
+    budget = SeriesBudget(600, WorkloadState, linger_s=linger)
+    checker = Checker()
+    watched: dict[int, tuple[WorkloadState, float, str]] = {}  # frozen state's id → (it, until, its key)
+    expired = 0
+    for tick in range(1, 160):
+        if tick == 60:
+            for i, w in enumerate(pods):
+                w.power = float(len(pods) - i)
+        node.step([])
+        states, keys, parents = node.states()
+        now, dropped = tick * TICK_S, budget.stats.dropped
+        out = budget.apply(now, states, keys, parents)
+        checker.check(out, states)
+        exported = {id(s) for s in out}
+        for key, frozen in budget._frozen.items():
+            watched.setdefault(id(frozen.state), (frozen.state, frozen.until, key))  # type: ignore[arg-type]
+        for ident, (_, until, key) in list(watched.items()):
+            member = budget._members.get(key)
+            if now >= until:
+                assert ident not in exported, (tick, key, "lingered past its time")
+                del watched[ident]
+                expired += 1
+            elif not (member and member.open) and budget.stats.dropped == dropped:
+                assert ident in exported, (tick, key, "frozen series gone before its time")
+    assert expired >= 10  # the reversal swapped pods, and their frozen series ran their time
+    assert budget.decisions < 159 // 2  # most ticks replayed
+
+
+def test_a_folded_workload_with_a_new_zone_is_decided_again_and_its_rollup_gets_the_zone() -> None:
+    node, pods = steady_node(12, 60)
+    budget = SeriesBudget(MIN_SERIES, WorkloadState, linger_s=15.0)
+    checker = Checker()
+    for tick in range(1, 30):
+        if tick == 20:  # the weakest pod (folded) starts using the GPU
+            assert not budget._members[pods[0].key].open
+            pods[0].power = 45.0
+        node.step([])
+        states, keys, parents = node.states()
+        decisions = budget.decisions
+        out = budget.apply(tick * TICK_S, states, keys, parents)
+        checker.check(out, states)
+        assert budget.stats.series <= MIN_SERIES
+        if tick == 20:
+            assert budget.decisions == decisions + 1
+            assert any(GPU in dict(w.energy_uj) for w in out if w.label("pod") == "(folded)")
+        elif tick in (18, 19, 25):
+            assert budget.decisions == decisions  # replayed
 
 
 def test_level_pods_drops_children_and_level_node_everything() -> None:
