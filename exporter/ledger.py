@@ -103,22 +103,17 @@ class WorkloadLedger(Generic[W]):
                 record.changed = True
             last[zone] = last.get(zone, 0) + microjoules
 
-    def add_operational(self, shares: dict[str, int]) -> None:
-        """Operational carbon (ng) of one domain's tick, per workload (top-level and children)."""
+    def add_carbon(self, operational: bool, shares: dict[str, int]) -> None:
+        """Operational (else embodied) carbon in ng of one domain's tick, per workload."""
         records = self._records
         for key, nanograms in shares.items():
             record = records[key]
-            record.operational_ng += nanograms
-            record.last_operational_ng += nanograms
-            record.changed = record.changed or nanograms > 0
-
-    def add_embodied(self, shares: dict[str, int]) -> None:
-        """Embodied carbon (ng) of one piece of hardware's tick, per workload (top-level and children)."""
-        records = self._records
-        for key, nanograms in shares.items():
-            record = records[key]
-            record.embodied_ng += nanograms
-            record.last_embodied_ng += nanograms
+            if operational:
+                record.operational_ng += nanograms
+                record.last_operational_ng += nanograms
+            else:
+                record.embodied_ng += nanograms
+                record.last_embodied_ng += nanograms
             record.changed = record.changed or nanograms > 0
 
     def expire(self, now: float) -> int:

@@ -139,8 +139,5 @@ class CarbonLedger:
         parts.idle_ng += split.idle_uj
         parts.unattributed_ng += split.unattributed_uj
         parts.workloads_ng += sum(split.workloads[u.key] for u in top)
-        if which == "operational":
-            self.workloads.add_operational(split.workloads)
-        else:
-            self.workloads.add_embodied(split.workloads)
+        self.workloads.add_carbon(which == "operational", split.workloads)
         return split
