@@ -71,6 +71,7 @@ class Workloads:
                 config.max_series, WorkloadState, config.workload_ttl, config.series_level, pod_extra=extra
             )
         self.exported: tuple[WorkloadState, ...] = ()  # this tick's workload series, after the series budget
+        self._unwrapped: dict[int, tuple[WorkloadState, WorkloadState]] = {}  # budget state → its carbon fields
         self._keyed_records: object = None
         self._keys: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
@@ -126,7 +127,15 @@ class Workloads:
         if records is not self._keyed_records:  # the same list while no workload comes or goes
             self._keyed_records = records
             self._keys = (tuple(key for key, _ in records), tuple(r.parent for _, r in records))
-        self.exported = tuple(map(_carbon_fields, self.budget.apply(self._now, self.states(), *self._keys)))
+        # The same output object for the same budget state (an idle workload's), so the renderer keeps its lines.
+        known, kept, exported = self._unwrapped, {}, []
+        for state in self.budget.apply(self._now, self.states(), *self._keys):
+            entry = known.get(id(state))
+            if entry is None or entry[0] is not state:
+                entry = (state, _carbon_fields(state))
+            kept[id(state)] = entry
+            exported.append(entry[1])
+        self._unwrapped, self.exported = kept, tuple(exported)
 
     @property
     def budget_stats(self) -> BudgetStats | None:
