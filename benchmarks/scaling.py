@@ -122,15 +122,7 @@ CARBON_FLAGS = {"embodied": {}, "off": {"carbon.embodied": False}, "all": {"carb
 
 def measure(size: Size, node: Node, ticks: int, warmup: int, reps: int, max_series: str | None = None,
             carbon: str = "embodied") -> None:
-    flags = {
-        **CARBON_FLAGS[carbon],
-        "node_name": "bench-node",
-        "sys_path": str(node.sys),
-        "proc_path": str(node.proc),
-        "cgroup_root": str(node.cgroup),
-        "kubelet_log_path": str(node.log),
-        "meters": "rapl",
-    }
+    flags = {**CARBON_FLAGS[carbon], **node.engine_flags()}
     if max_series is not None:
         flags["max_series"] = max_series
     engine = Engine.start(load_config(flags, None, environ={}))

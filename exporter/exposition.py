@@ -639,10 +639,10 @@ class Renderer:
         return _Body(tuple(sections))
 
     def _workload_lines(self, snap: Snapshot) -> dict[str, str]:
-        """The lines of the CPU workload families, in the order `families` has their samples. A workload whose
-        state is the one of the previous render (the engine hands out the same record while its energy does not
-        change: an idle workload) reuses its lines as they were; the others are made from label text kept per
-        workload (by its label values) and zone."""
+        """The lines of the CPU workload families, the pods' watts and the workloads' carbon families, in the
+        order `families` has their samples. A workload whose state is the one of the previous render (the engine
+        hands out the same record while its energy does not change: an idle workload) reuses its lines as they
+        were; the others are made from label text kept per workload (by its label values) and zone."""
         node, meter, tick_s = snap.info.node, snap.meter, snap.tick_seconds
         sources = {d.zone: d.source for d in snap.domains}
         gpu_zones = frozenset(f"gpu:{g.device.uuid}" for g in snap.accelerators)
