@@ -296,6 +296,17 @@ class Node:
         self._pids: set[int] = set()
         self.build()
 
+    def engine_flags(self) -> dict[str, object]:
+        """The settings that point an engine at this node (its RAPL meter, /proc, cgroups and kubelet logs)."""
+        return {
+            "node_name": "bench-node",
+            "sys_path": str(self.sys),
+            "proc_path": str(self.proc),
+            "cgroup_root": str(self.cgroup),
+            "kubelet_log_path": str(self.log),
+            "meters": "rapl",
+        }
+
     # building ---------------------------------------------------------------------------------------
 
     def build(self) -> None:
@@ -627,9 +638,6 @@ class Node:
     def app_containers(self) -> int:
         return sum(len(p.containers) - 1 for p in self.pods)
 
-    def pod_container_ids(self) -> set[str]:
-        return {c.id for pod in self.pods for c in pod.containers}
-
     def describe(self) -> str:
         by_kind = {"kernel threads": 0, "containers": 0, "pause": 0, "services": 0, "user/init": 0}
         for proc in self.procs.values():
@@ -937,27 +945,26 @@ def zone_sums(snap: Snapshot) -> dict[str, int]:
     return out
 
 
-def workload_sums(snap: Snapshot, pod_containers: set[str]) -> dict[tuple[str, str], int]:
+def workload_sums(snap: Snapshot) -> dict[tuple[str, str], int]:
     """µJ per (part, zone): part = pod | service | user | vm | standalone container | pod container."""
     out: dict[tuple[str, str], int] = {}
     for w in snap.workloads:
         part = w.kind
         if w.kind == "container":
-            part = "pod container" if w.label("container") in pod_containers else "standalone container"
+            part = "pod container" if w.label("parent_kind") == "pod" else "standalone container"
         for zone, uj in w.energy_uj:
             out[(part, zone)] = out.get((part, zone), 0) + uj
     return out
 
 
-def energy_check(run: Run, node: Node) -> list[tuple[bool, str]]:
+def energy_check(run: Run) -> list[tuple[bool, str]]:
     """Over the timed run, per zone: node Δ == idle + unattributed + Σ top-level workloads, exactly; the
     node Δ is what was written into the counters; idle + active == node Δ; pods ≥ their containers."""
     first, last = run.first, run.last
     assert first is not None
     assert last is not None
     top_parts = ("pod", "service", "user", "vm", "standalone container")
-    pod_containers = node.pod_container_ids()
-    before, after = workload_sums(first, pod_containers), workload_sums(last, pod_containers)
+    before, after = workload_sums(first), workload_sums(last)
     lines = []
     for zone, total in sorted(zone_sums(last).items()):
         node_delta = total - zone_sums(first).get(zone, 0)
@@ -1038,14 +1045,7 @@ def bench(args: argparse.Namespace) -> int:
             f"  built in {time.perf_counter() - t0:.1f} s under {tmp} ({kind});"
             f" churn {args.churn} processes/tick; clock +{TICK_S:g} s/tick"
         )
-        flags = {
-            "node_name": "bench-node",
-            "sys_path": str(node.sys),
-            "proc_path": str(node.proc),
-            "cgroup_root": str(node.cgroup),
-            "kubelet_log_path": str(node.log),
-            "meters": "rapl",
-        }
+        flags = node.engine_flags()
         off = Run("processes off", load_config(flags, None, environ={}))
         on = Run("processes on ", load_config({**flags, "process_metrics": True}, None, environ={}))
 
@@ -1111,7 +1111,7 @@ def bench(args: argparse.Namespace) -> int:
         heading("5. checks")
         for run in (off, on):
             assert run.last is not None
-            for ok, line in energy_check(run, node):
+            for ok, line in energy_check(run):
                 failed |= not ok
                 print(f"  energy {line}")
             ok, line = identity_check(run.last, node)
