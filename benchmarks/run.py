@@ -17,7 +17,6 @@ import asyncio
 import base64
 import contextlib
 import gc
-import gzip
 import http.client
 import logging
 import os
@@ -53,9 +52,10 @@ from common import (  # benchmarks/common.py; it also puts the repository root o
     timed,
 )
 
+from exporter import deflate
 from exporter.config import Config, load_config
 from exporter.engine import Engine
-from exporter.exposition import GZIP_LEVEL, EndpointStats, Exposition, Renderer, families, standard_families
+from exporter.exposition import EndpointStats, Exposition, Renderer, families, standard_families
 from exporter.idle import IdleBaseline
 from exporter.snapshot import Snapshot
 
@@ -223,8 +223,8 @@ def render_breakdown(renderer: Renderer, snap: Snapshot, reps: int) -> list[tupl
         ("families() (snapshot -> rows)", lambda: families(snap, EndpointStats(), 0.0)),
         ("text 0.0.4 (incl. families)", lambda: renderer.render(snap).text),
         ("OpenMetrics (incl. families)", lambda: renderer.render(snap).openmetrics),
-        (f"gzip text (level {GZIP_LEVEL})", lambda: gzip.compress(text, GZIP_LEVEL, mtime=0)),
-        (f"gzip OpenMetrics (level {GZIP_LEVEL})", lambda: gzip.compress(om, GZIP_LEVEL, mtime=0)),
+        (f"gzip text ({deflate.LIBRARY} level {deflate.LEVEL})", lambda: deflate.gzip_bytes(text)),
+        (f"gzip OpenMetrics ({deflate.LIBRARY} level {deflate.LEVEL})", lambda: deflate.gzip_bytes(om)),
         ("  of which process_*/python_info (x1)", standard_families),
     ]
     return timed(pieces, reps)

@@ -14,13 +14,11 @@ not import prometheus-client: it would cost 4.7 MiB of resident memory for those
 from __future__ import annotations
 
 import asyncio
-import gzip
 import os
 import platform
 import resource
 import threading
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -35,7 +33,6 @@ if TYPE_CHECKING:
     from exporter.otlp.push import PushStats
     from exporter.snapshot import Labels, Snapshot, WorkloadState, ZoneState
 
-GZIP_LEVEL = 1  # measured on a 100-pod OpenMetrics body: 1.2 ms vs 4.3 ms at level 6, for 15 % more bytes
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 _EOF = "# EOF\n"
@@ -588,10 +585,9 @@ class _Body:
 
     def gzipped(self, openmetrics: bool) -> bytes:
         """The variant compressed as it is made, without the uncompressed whole (what Prometheus asks for)."""
-        deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # wbits 31: a gzip stream, mtime 0
-        out = [deflate.compress(part.encode()) for part in self.parts(openmetrics)]
-        out.append(deflate.flush())
-        return b"".join(out)
+        from exporter.deflate import gzip_parts  # noqa: PLC0415 (resident only once a scrape asks for gzip)
+
+        return gzip_parts(self.parts(openmetrics))
 
 
 class Renderer:
@@ -816,12 +812,14 @@ class Exposition:
     @classmethod
     def of(cls, text: bytes, openmetrics: bytes, ready: bool = True) -> Exposition:
         """An exposition already rendered (tests, tools)."""
+        from exporter.deflate import gzip_bytes  # noqa: PLC0415
+
         exposition = cls(ready, None, None)
         exposition._variants = {
             (False, False): text,
             (True, False): openmetrics,
-            (False, True): gzip.compress(text, GZIP_LEVEL, mtime=0),
-            (True, True): gzip.compress(openmetrics, GZIP_LEVEL, mtime=0),
+            (False, True): gzip_bytes(text),
+            (True, True): gzip_bytes(openmetrics),
         }
         return exposition
 
@@ -848,7 +846,9 @@ class Exposition:
         openmetrics, gzipped = variant
         plain = self._variants.get((openmetrics, False))
         if gzipped and plain is not None:
-            done = gzip.compress(plain, GZIP_LEVEL, mtime=0)
+            from exporter.deflate import gzip_bytes  # noqa: PLC0415
+
+            done = gzip_bytes(plain)
         else:
             if self._body is None:
                 assert self._make_body is not None

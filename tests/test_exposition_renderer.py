@@ -201,7 +201,7 @@ def test_the_daemon_does_not_import_prometheus_client() -> None:
 
 def test_the_daemon_imports_only_what_its_configuration_uses() -> None:
     """Resident memory: YAML only with a config file, bcrypt with basic auth, the rest on demand."""
-    lazy = ("prometheus_client", "yaml", "bcrypt", "difflib", "exporter.snapshot_json", "pynvml")
+    lazy = ("prometheus_client", "yaml", "bcrypt", "difflib", "exporter.snapshot_json", "pynvml", "isal")
     code = f"import sys, exporter.cli, exporter.daemon; print([m for m in {lazy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"

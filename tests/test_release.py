@@ -111,7 +111,7 @@ def test_license_is_the_declared_apache_2() -> None:
 
 # The import name of each runtime dependency.
 IMPORTS = {"pydantic": "pydantic", "PyYAML": "yaml", "uvloop": "uvloop", "h11": "h11", "nvidia-ml-py": "pynvml",
-           "bcrypt": "bcrypt"}
+           "bcrypt": "bcrypt", "isal": "isal"}
 
 
 def test_every_runtime_dependency_is_used_by_the_daemon() -> None:
