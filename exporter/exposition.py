@@ -656,39 +656,43 @@ class Renderer:
         out: dict[str, list[str]] = {name: [] for name in (*names.values(), m.POD_CPU_WATTS.full_name)}
         watts_out = out[m.POD_CPU_WATTS.full_name]
         carbon = self._carbon_lines(snap, out)
+        # Per kind: where its joules lines go, and its carbon lines (one list per carbon family).
+        joules_out = {kind: out[name] for kind, name in names.items()}
+        carbon_out = {kind: [family.lines[kind][1] for family in carbon] for kind in names}
         # By the identity of a workload's label values: the engine keeps that tuple while the names stay, so
         # a lookup hashes an int. The entry holds the tuple, so its id cannot be reused while it is cached.
         known, by_value = self._workload_prefixes, self._workload_by_value
         for w in snap.workloads:
-            name = names[w.kind]
             kept = known.get(id(w.labels))
             if kept is None or kept.labels is not w.labels:  # a new workload, or new names: by value then
+                name = names[w.kind]
                 zones = by_value.get((name, w.labels))
                 if zones is None:
                     zones = by_value[(name, w.labels)] = {}
-                kept = known[id(w.labels)] = _WorkloadText(w.labels, name, zones)
+                kept = known[id(w.labels)] = _WorkloadText(w.labels, name, zones, w.top_level)
             made = kept.tick_s
             if kept.state is not w or not (made is None or made == tick_s or made < 0 < tick_s):
                 mine, lines = kept.zones, []
                 for zone, microjoules in w.energy_uj:
-                    if zone in gpu_zones:
-                        continue
                     prefix = mine.get(zone)
                     if prefix is None:
+                        if zone in gpu_zones:
+                            continue
                         values = (node, *(value for _, value in w.labels), zone, sources.get(zone, meter))
-                        prefix = mine[zone] = family_lines[name].prefix(values)
+                        prefix = mine[zone] = family_lines[kept.family].prefix(values)
                     joules = microjoules / MICRO
                     text = repr(joules)  # _value, inlined: this line runs for most series
                     dot = text.find(".")
                     lines.append(f"{prefix}{text if 0 <= dot <= 6 or joules <= 0 < dot else go_float(joules)}\n")
                 kept.state, kept.joules = w, "".join(lines)
                 kept.watts, kept.tick_s = watts.lines(w, mine) if w.kind == "pod" else ("", None)
-                kept.carbon = _carbon_workload_lines(node, w, mine, carbon)
-            out[name].append(kept.joules)
+                kept.carbon = _carbon_workload_lines(node, w, mine, carbon) if kept.top_level and carbon else ()
+            joules_out[w.kind].append(kept.joules)
             if kept.watts:
                 watts_out.append(kept.watts)
-            for family, text in zip(carbon, kept.carbon, strict=False):  # none for a workload inside another
-                family.lines[w.kind][1].append(text)
+            if kept.carbon:  # none for a workload inside another
+                for lines_out, text in zip(carbon_out[w.kind], kept.carbon, strict=True):
+                    lines_out.append(text)
         if len(known) > 2 * len(snap.workloads) + 16 or len(by_value) > 2 * len(snap.workloads) + 16:
             live = {id(w.labels) for w in snap.workloads}  # workloads went: drop their label text
             self._workload_prefixes = {key: value for key, value in known.items() if key in live}
@@ -722,10 +726,8 @@ class _CarbonLines:
 def _carbon_workload_lines(
     node: str, w: WorkloadState, mine: dict[str, str], carbon: list[_CarbonLines]
 ) -> tuple[str, ...]:
-    """A top-level workload's carbon lines, one per family in `carbon` (operational, embodied); none for a
-    workload inside another (a pod's containers: their grams are in their pod's)."""
-    if not w.top_level:
-        return ()
+    """A top-level workload's carbon lines, one per family in `carbon` (operational, embodied). A workload
+    inside another has none (a pod's containers: their grams are in their pod's)."""
     lines = []
     for family in carbon:
         prefix = mine.get(family.key)
@@ -753,6 +755,7 @@ class _WorkloadText:
     labels: Labels
     family: str
     zones: dict[str, str]
+    top_level: bool  # it has carbon lines (WorkloadState.top_level: by its labels, which this text is of)
     state: WorkloadState | None = None
     joules: str = ""
     watts: str = ""

@@ -43,7 +43,9 @@ class _Labels:
     parent: str  # its top-level workload's key ("" if it is one): a label of some kinds
     names: tuple[object, ...]  # which name sources they were made from
     labels: Labels
-    state: WorkloadState | None = None
+    # (state, rendered): its last state as the series budget takes it, and as rendered (the carbon domains back
+    # in the carbon fields)
+    made: tuple[WorkloadState, WorkloadState] | None = None
     last_uj: dict[str, int] = field(default_factory=dict)
     carbon: tuple[int, int] = (0, 0)  # the last (operational, embodied) ng shares it was made from
 
@@ -72,6 +74,7 @@ class Workloads:
             )
         self.exported: tuple[WorkloadState, ...] = ()  # this tick's workload series, after the series budget
         self._unwrapped: dict[int, tuple[WorkloadState, WorkloadState]] = {}  # budget state → its carbon fields
+        self._made: dict[int, tuple[WorkloadState, WorkloadState]] = {}  # the same, for this tick's states()
         self._keyed_records: object = None
         self._keys: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
@@ -127,10 +130,13 @@ class Workloads:
         if records is not self._keyed_records:  # the same list while no workload comes or goes
             self._keyed_records = records
             self._keys = (tuple(key for key, _ in records), tuple(r.parent for _, r in records))
-        # The same output object for the same budget state (an idle workload's), so the renderer keeps its lines.
-        known, kept, exported = self._unwrapped, {}, []
-        for state in self.budget.apply(self._now, self.states(), *self._keys):
-            entry = known.get(id(state))
+        # A workload's own state comes out of the budget as it went in: its rendered form was made with it. The
+        # budget's own (rollups, frozen series) are unwrapped here, and the same output object is kept for the
+        # same budget state (an idle rollup's), so the renderer keeps its lines.
+        states = self.states()
+        made, known, kept, exported = self._made, self._unwrapped, {}, []
+        for state in self.budget.apply(self._now, states, *self._keys):
+            entry = made.get(id(state)) or known.get(id(state))
             if entry is None or entry[0] is not state:
                 entry = (state, _carbon_fields(state))
             kept[id(state)] = entry
@@ -176,7 +182,7 @@ class Workloads:
         if any(source is not was for source, was in zip(sources, self._name_sources, strict=True)):
             self._name_sources = sources  # a new tuple: every workload's labels are made again
         names = self._name_sources
-        states = []
+        states, made = [], {}
         for key, record in records:
             workload = record.workload
             known = memo.get(key)
@@ -197,18 +203,25 @@ class Workloads:
             seen = record.last_seen == now
             last = record.last_uj if seen else _NO_SHARE
             carbon = (record.last_operational_ng, record.last_embodied_ng) if seen else (0, 0)
-            previous = known.state
+            previous = known.made
             if previous is not None and not record.changed and last == known.last_uj and carbon == known.carbon:
-                states.append(previous)  # an idle workload: the same state as last tick
+                states.append(previous[0])  # an idle workload: the same state as last tick
+                made[id(previous[0])] = previous
                 continue
             # Domains in the order the ledger first saw them: the same every tick, no sorting needed.
             energy, shares = tuple(record.energy_uj.items()), tuple(last.items())
-            if record.operational_ng or record.embodied_ng:  # top-level workloads only (carbon/ledger.py)
-                energy += _carbon_domains(record.operational_ng, record.embodied_ng)
+            operational, embodied = record.operational_ng, record.embodied_ng
+            if operational or embodied:  # top-level workloads only (carbon/ledger.py)
+                rendered = WorkloadState(workload.kind, known.labels, energy, shares, operational, embodied)
+                energy += _carbon_domains(operational, embodied)
                 shares += _carbon_domains(*carbon)
-            state = WorkloadState(workload.kind, known.labels, energy, shares)
-            known.state, known.last_uj, known.carbon, record.changed = state, dict(last), carbon, False
+                state = WorkloadState(workload.kind, known.labels, energy, shares)
+            else:
+                state = rendered = WorkloadState(workload.kind, known.labels, energy, shares)
+            known.made = made[id(state)] = (state, rendered)
+            known.last_uj, known.carbon, record.changed = dict(last), carbon, False
             states.append(state)
+        self._made = made
         return tuple(states)
 
     def pod_labels(self) -> tuple[PodLabels, ...]:
