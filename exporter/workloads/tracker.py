@@ -219,7 +219,8 @@ class Workloads:
             else:
                 state = rendered = WorkloadState(workload.kind, known.labels, energy, shares)
             known.made = made[id(state)] = (state, rendered)
-            known.last_uj, known.carbon, record.changed = dict(last), carbon, False
+            # The ledger gives a seen record a new last_uj dict each tick and fills it before this: kept as is.
+            known.last_uj, known.carbon, record.changed = last, carbon, False
             states.append(state)
         self._made = made
         return tuple(states)
@@ -251,7 +252,11 @@ OPERATIONAL_DOMAIN, EMBODIED_DOMAIN = CARBON_PREFIX + "operational", CARBON_PREF
 
 
 def _carbon_domains(operational_ng: int, embodied_ng: int) -> tuple[tuple[str, int], ...]:
-    return tuple((d, ng) for d, ng in ((OPERATIONAL_DOMAIN, operational_ng), (EMBODIED_DOMAIN, embodied_ng)) if ng)
+    if operational_ng and embodied_ng:
+        return ((OPERATIONAL_DOMAIN, operational_ng), (EMBODIED_DOMAIN, embodied_ng))
+    if operational_ng:
+        return ((OPERATIONAL_DOMAIN, operational_ng),)
+    return ((EMBODIED_DOMAIN, embodied_ng),) if embodied_ng else ()
 
 
 def _carbon_fields(state: WorkloadState) -> WorkloadState:
