@@ -329,10 +329,13 @@ def verdicts(sizes: list[Size], idle_rss: int) -> list[str]:
         if len(per_pod) > 1:
             growth = max(per_pod) / min(per_pod)
             goal(growth <= 1.5, f"linear: per-pod cost from 100 pods up varies {growth:.2f}x (<= 1.5x)")
-    goal(
-        idle_rss / 1024 <= GOAL_IDLE_RSS_MIB,
-        f"import + idle RSS {idle_rss / 1024:.1f} MiB <= {GOAL_IDLE_RSS_MIB:g} MiB",
-    )
+    if idle_rss:
+        goal(
+            idle_rss / 1024 <= GOAL_IDLE_RSS_MIB,
+            f"import + idle RSS {idle_rss / 1024:.1f} MiB <= {GOAL_IDLE_RSS_MIB:g} MiB",
+        )
+    else:
+        lines.append("INFO import + idle RSS not measured (--no-daemon)")
     return lines
 
 
