@@ -577,11 +577,10 @@ class _Body:
             return [*(p for names, lines in self.sections for p in (names.openmetrics_header, lines)), _EOF]
         return [p for names, lines in self.sections for p in (names.text_header, lines)]
 
-    def text(self) -> str:
-        return "".join(self.parts(False))  # one copy of the sample lines (megabytes on a big node)
-
-    def openmetrics(self) -> str:
-        return "".join(self.parts(True))
+    def encoded(self, openmetrics: bool) -> bytes:
+        """The variant's bytes, encoded part by part: one non-ASCII character in a help text would otherwise widen
+        the whole joined body to two bytes per character and make its encoding 20 times slower."""
+        return b"".join([part.encode() for part in self.parts(openmetrics)])
 
     def gzipped(self, openmetrics: bool) -> bytes:
         """The variant compressed as it is made, without the uncompressed whole (what Prometheus asks for)."""
@@ -862,7 +861,7 @@ class Exposition:
             if gzipped:
                 done = self._body.gzipped(openmetrics)
             else:
-                done = (self._body.openmetrics() if openmetrics else self._body.text()).encode()
+                done = self._body.encoded(openmetrics)
         self._variants[variant] = done
         return done
 
