@@ -858,10 +858,7 @@ class Exposition:
             if self._body is None:
                 assert self._make_body is not None
                 self._body = self._make_body()
-            if gzipped:
-                done = self._body.gzipped(openmetrics)
-            else:
-                done = self._body.encoded(openmetrics)
+            done = self._body.gzipped(openmetrics) if gzipped else self._body.encoded(openmetrics)
         self._variants[variant] = done
         return done
 
