@@ -22,22 +22,19 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from exporter import __version__
 from exporter.config import Config, Setting, load_config, record_of, settings
-from exporter.daemon import StartupError
-from exporter.engine import Engine
-from exporter.exposition import Renderer
 from exporter.handover import RUNTIME_FD_ENV, exec_runtime
 from exporter.logs import setup_logging
 from exporter.meters.select import MeterReport, open_accelerators, select_meter
 from exporter.nodeinfo import read_node_info
-from exporter.runtime import EXIT_CONFIG, serve
-from exporter.runtime_config import ConfigError
-from exporter.snapshot import Snapshot
+from exporter.runtime_config import EXIT_CONFIG, ConfigError
 from exporter.webconfig import WebConfigError
 from exporter.webconfig_file import load_web_config
 from exporter.zones import ZONES, role_of
 
 if TYPE_CHECKING:
+    from exporter.engine import Engine
     from exporter.runtime_config import ConfigRecord
+    from exporter.snapshot import Snapshot
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a filter whose reader went away
 COMMANDS = ("serve", "once", "check")
@@ -192,7 +189,7 @@ def _main(argv: list[str], exec_to_serve: bool) -> int:
         if args.command == "check":
             setup_logging("error", config.log_format)
             return check(config, args.seconds)
-    except (StartupError, ConfigError) as exc:
+    except ConfigError as exc:
         print(f"wattlens: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return _serve(config, exec_to_serve)
@@ -210,10 +207,14 @@ def _serve(config: Config, exec_to_serve: bool) -> int:
         config_record = cast("ConfigRecord", record_of(config))
         why = exec_runtime(config_record, record_of(web) if web is not None else None)  # returns only if it failed
         logging.getLogger(__name__).warning("serving in the CLI's process (more memory): %s", why)
+    from exporter.runtime import serve  # noqa: PLC0415 - the daemon's modules: not imported by the CLI to exec
+
     return serve(config, web)
 
 
 def measure(config: Config, seconds: float) -> tuple[Engine, Snapshot]:
+    from exporter.engine import Engine  # noqa: PLC0415 - once and check only: `serve` execs without it
+
     engine = Engine.start(config)
     engine.tick(time.monotonic())
     time.sleep(max(0.0, seconds))
@@ -228,6 +229,8 @@ def once(config: Config, wait: float, as_json: bool) -> int:
 
         print(json.dumps(snapshot_document(snapshot), indent=2))
     else:
+        from exporter.exposition import Renderer  # noqa: PLC0415 - once only
+
         sys.stdout.buffer.write(Renderer().render(snapshot).text)
     return 0
 

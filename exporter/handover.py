@@ -29,12 +29,16 @@ class HandoverError(Exception):
     """The settings could not be read back; the message is the one line to show."""
 
 
+def payload(config: ConfigRecord, web: Record | None) -> bytes:
+    """What `exec_runtime` hands over and `receive` reads back."""
+    data = {"format": FORMAT, "version": __version__, "config": config, "web": web}
+    return pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def exec_runtime(config: ConfigRecord, web: Record | None) -> str:
     """Replace this process with the daemon, handing it `config` and the loaded web config. Returns only if that
     cannot be done, with the reason (the caller then serves in this process)."""
-    payload = pickle.dumps(
-        {"format": FORMAT, "version": __version__, "config": config, "web": web}, protocol=pickle.HIGHEST_PROTOCOL
-    )
+    data = payload(config, web)
     if not sys.executable:
         return "the interpreter's path is unknown"
     # The standalone program's entry (exporter/__main__.py) dispatches; an interpreter gets its own options and
@@ -46,11 +50,12 @@ def exec_runtime(config: ConfigRecord, web: Record | None) -> str:
     except (AttributeError, OSError) as exc:
         return f"no memfd ({exc})"
     try:
-        _write_all(fd, payload)
+        _write_all(fd, data)
         os.lseek(fd, 0, os.SEEK_SET)
         os.set_inheritable(fd, True)
         for stream in (sys.stdout, sys.stderr):  # what Python still buffers would be lost
-            stream.flush()
+            if stream is not None:
+                stream.flush()
         os.execve(sys.executable, argv, {**os.environ, RUNTIME_FD_ENV: str(fd)})  # noqa: S606 - ourselves, no shell
     except OSError as exc:
         os.close(fd)

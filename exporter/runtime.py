@@ -10,13 +10,11 @@ from typing import TYPE_CHECKING, cast
 from exporter.daemon import StartupError, run
 from exporter.handover import HandoverError, receive
 from exporter.logs import setup_logging
-from exporter.runtime_config import ConfigError
+from exporter.runtime_config import EXIT_CONFIG, ConfigError
 
 if TYPE_CHECKING:
     from exporter.config import Config
     from exporter.webconfig_file import WebConfig
-
-EXIT_CONFIG = 2  # a configuration error, or a setting found unusable at start
 
 
 def serve(config: Config, web: WebConfig | None) -> int:

@@ -14,6 +14,8 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+EXIT_CONFIG = 2  # the exit status of a configuration error, or of a setting found unusable at start
+
 
 class ConfigError(Exception):
     """A configuration problem, already phrased as the one line the user sees."""
