@@ -279,3 +279,15 @@ def test_the_daemon_entry_imports_none_of_the_validator() -> None:
     code = f"import sys, exporter.__main__, exporter.runtime; print([m for m in {cli_only!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_when_exec_is_impossible_the_cli_is_told_why_and_nothing_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
+    record = record_of(make_config())
+    monkeypatch.setattr(sys, "executable", "")
+    assert handover.exec_runtime(record, None) == "the interpreter's path is unknown"  # type: ignore[arg-type]
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    fds = set(os.listdir("/proc/self/fd"))
+    why = handover.exec_runtime(record, None)  # type: ignore[arg-type]
+    assert why.startswith("cannot exec /nonexistent/python3 (No such file")
+    assert set(os.listdir("/proc/self/fd")) == fds  # the memfd was closed again
+    assert RUNTIME_FD_ENV not in os.environ
