@@ -339,7 +339,7 @@ def verdicts(sizes: list[Size], idle_rss: int) -> list[str]:
             goal(growth <= 1.5, f"linear: per-pod cost from 100 pods up varies {growth:.2f}x (<= 1.5x)")
     goal(
         idle_rss / 1024 <= GOAL_IDLE_RSS_MIB,
-        f"daemon import + idle RSS {idle_rss / 1024:.1f} MiB <= {GOAL_IDLE_RSS_MIB:g} MiB",
+        f"import + idle RSS {idle_rss / 1024:.1f} MiB <= {GOAL_IDLE_RSS_MIB:g} MiB",
     )
     return lines
 
