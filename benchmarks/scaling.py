@@ -200,9 +200,17 @@ class Rss:
         return f"{self.total / 1024:.1f} MiB (anon {self.anon / 1024:.1f}, file {self.file / 1024:.1f})"
 
 
-def daemon_rss(node: Node | None, seconds: float) -> tuple[Rss, int]:
-    """(RSS, open fds) of the real daemon after `seconds` of serving `node` (or this machine) and one scrape of
-    each format."""
+@dataclass(frozen=True)
+class Served:
+    rss: Rss
+    fds: int
+    startup_s: float  # from spawning `python -m exporter` to its "serving http://..." line
+
+
+def daemon_rss(node: Node | None, seconds: float) -> Served:
+    """RSS and open fds of the real daemon after `seconds` of serving `node` (or this machine) and one scrape of
+    each format; and how long it took to start serving. The PID started is the PID serving: the CLI validates,
+    then exec()s into the daemon (docs/architecture.md, "Process model")."""
     args = [sys.executable, "-m", "exporter", "--listen", "127.0.0.1:0", "--interval", "1", "--node-name", "bench"]
     env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "WATTLENS_GPUS": "false"}
     if node is not None:
@@ -219,6 +227,7 @@ def daemon_rss(node: Node | None, seconds: float) -> tuple[Rss, int]:
         env["WATTLENS_KUBELET_LOG_PATH"] = str(node.log)
     else:
         args += ["--meters", "model"]
+    started = time.perf_counter()
     daemon = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO, env=env)
     try:
         assert daemon.stderr is not None
@@ -229,6 +238,7 @@ def daemon_rss(node: Node | None, seconds: float) -> tuple[Rss, int]:
             port = int(match.group(1)) if match else 0
         if not port:
             raise RuntimeError("the daemon did not start")
+        startup = time.perf_counter() - started
         time.sleep(seconds)
         for accept in ("text/plain", "application/openmetrics-text"):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -237,14 +247,14 @@ def daemon_rss(node: Node | None, seconds: float) -> tuple[Rss, int]:
             conn.close()
         time.sleep(1.5)
         status = Path(f"/proc/{daemon.pid}/status").read_text()
-        return Rss.of(status), len(os.listdir(f"/proc/{daemon.pid}/fd"))
+        return Served(Rss.of(status), len(os.listdir(f"/proc/{daemon.pid}/fd")), startup)
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
 
 
-def import_rss() -> Rss:
-    code = "import exporter.cli; print(open('/proc/self/status').read())"
+def import_rss(module: str) -> Rss:
+    code = f"import {module}; print(open('/proc/self/status').read())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     return Rss.of(out.stdout)
 
@@ -370,8 +380,8 @@ def bench(args: argparse.Namespace) -> int:
                 size = Size(pods)
                 measure(size, node, args.ticks, args.warmup, args.reps, args.max_series, args.carbon)
                 if not args.no_daemon:
-                    rss, size.held_fds = daemon_rss(node, 3.0)
-                    size.rss_kib = rss.total
+                    served = daemon_rss(node, 3.0)
+                    size.rss_kib, size.held_fds = served.rss.total, served.fds
                 sizes.append(size)
                 print(
                     f"  {pods} pods: node built in {built:.1f} s; {size.workload_cgroups} workload cgroups read;"
@@ -381,10 +391,16 @@ def bench(args: argparse.Namespace) -> int:
         idle_rss = 0
         if not args.no_daemon:
             heading("RSS: import, and the idle daemon on this machine (model meter, its real cgroups)")
-            imported = import_rss()
-            idle, fds = daemon_rss(None, 3.0)
-            idle_rss = max(imported.total, idle.total)
-            print(f"  import exporter.cli: {imported}\n  idle daemon:         {idle}, {fds} fds")
+            imported = import_rss("exporter.__main__, exporter.runtime")
+            cli = import_rss("exporter.cli")
+            idle = daemon_rss(None, 3.0)
+            idle_rss = max(imported.total, idle.rss.total)
+            print(
+                f"  import of the daemon (exporter.runtime): {imported}\n"
+                f"  idle daemon:                             {idle.rss}, {idle.fds} fds;"
+                f" serving {idle.startup_s * 1e3:.0f} ms after start\n"
+                f"  import of the CLI (exporter.cli):        {cli}  (transient: validates, then exec()s the daemon)"
+            )
     heading("per tick, by node size")
     print_table(sizes)
     for line in verdicts(sizes, max(idle_rss, 0) if not args.no_daemon else 0):

@@ -18,12 +18,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from exporter.attribution import IdleSplit, Usage, ZoneShares, attribute, split_by_baseline, split_by_ratio
 from exporter.carbon.embodied import gpu_embodied_kg
 from exporter.carbon.ledger import CarbonLedger, Rate, intensity_mg
-from exporter.config import Config
 from exporter.counters import MICRO, CounterTrack, StepKind
 from exporter.gpu_accounting import AcceleratorIdle, GpuWeights, Owner, Tail, by_owner, instance_shares
 from exporter.idle import IdleBaseline
@@ -31,6 +30,9 @@ from exporter.ledger import Ledger, WorkloadLedger
 from exporter.meters.base import AcceleratorSample, CounterSample, ZoneId
 from exporter.snapshot import AcceleratorState, DomainState, InstanceState, NodeEnergy, ZoneInfo, ZoneState
 from exporter.zones import Place, Role, contains, parent_of, role_of, top_level
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 log = logging.getLogger(__name__)
 

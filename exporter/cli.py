@@ -3,31 +3,39 @@
 Every setting of the configuration model has a flag, generated from the model (`exporter.config.settings`),
 grouped as the model groups them. Configuration errors, flag errors included, print one line and exit 2,
 with no traceback. A reader that goes away (`wattlens check | head`) ends the command quietly.
+
+`serve` validates here, then exec()s into the daemon (exporter/handover.py, exporter/runtime.py): the
+long-running process never holds pydantic (docs/architecture.md, "Process model").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from exporter import __version__
-from exporter.config import Config, ConfigError, Setting, load_config, settings
-from exporter.daemon import StartupError, run
-from exporter.engine import Engine
-from exporter.exposition import Renderer
+from exporter.config import Config, Setting, load_config, record_of, settings
+from exporter.handover import RUNTIME_FD_ENV, exec_runtime
 from exporter.logs import setup_logging
 from exporter.meters.select import MeterReport, open_accelerators, select_meter
 from exporter.nodeinfo import read_node_info
-from exporter.snapshot import Snapshot
+from exporter.runtime_config import EXIT_CONFIG, ConfigError
+from exporter.webconfig import WebConfigError
+from exporter.webconfig_file import load_web_config
 from exporter.zones import ZONES, role_of
 
-EXIT_CONFIG = 2
+if TYPE_CHECKING:
+    from exporter.engine import Engine
+    from exporter.runtime_config import ConfigRecord
+    from exporter.snapshot import Snapshot
+
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a filter whose reader went away
 COMMANDS = ("serve", "once", "check")
 ALIASES = {"sys_path": ("--sys",), "proc_path": ("--proc",)}  # short forms kept from the first releases
@@ -146,8 +154,14 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `wattlens` program (argv None: the process's own arguments; `serve` then exec()s into the daemon), or
+    the same commands in this process for the arguments given."""
+    if argv is None and RUNTIME_FD_ENV in os.environ:  # exec()ed by an entry other than exporter/__main__.py
+        from exporter.runtime import main as serve_handed_over  # noqa: PLC0415 - only then
+
+        return serve_handed_over()
     try:
-        status = _main(list(sys.argv[1:] if argv is None else argv))
+        status = _main(list(sys.argv[1:] if argv is None else argv), exec_to_serve=argv is None)
         sys.stdout.flush()  # inside the try: a reader that left shows up here at the latest
     except BrokenPipeError:
         # `wattlens check | head`: the reader has what it wanted. Point stdout at /dev/null so the
@@ -157,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
-def _main(argv: list[str]) -> int:
+def _main(argv: list[str], exec_to_serve: bool) -> int:
     if not argv or (argv[0] not in COMMANDS and argv[0] != "--version"):
         argv.insert(0, "serve")  # `wattlens --help` is serve's help, which lists every flag
     parser = build_parser()
@@ -175,14 +189,32 @@ def _main(argv: list[str]) -> int:
         if args.command == "check":
             setup_logging("error", config.log_format)
             return check(config, args.seconds)
-        setup_logging(config.log_level, config.log_format)
-        return run(config)
-    except (StartupError, ConfigError) as exc:
+    except ConfigError as exc:
         print(f"wattlens: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    return _serve(config, exec_to_serve)
+
+
+def _serve(config: Config, exec_to_serve: bool) -> int:
+    """Validate the web config file too, then become the daemon (or serve in this process)."""
+    setup_logging(config.log_level, config.log_format)
+    try:
+        web = load_web_config(config.web_config_file) if config.web_config_file is not None else None
+    except WebConfigError as exc:
+        print(f"wattlens: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if exec_to_serve:
+        config_record = cast("ConfigRecord", record_of(config))
+        why = exec_runtime(config_record, record_of(web) if web is not None else None)  # returns only if it failed
+        logging.getLogger(__name__).warning("serving in the CLI's process (more memory): %s", why)
+    from exporter.runtime import serve  # noqa: PLC0415 - the daemon's modules: not imported by the CLI to exec
+
+    return serve(config, web)
 
 
 def measure(config: Config, seconds: float) -> tuple[Engine, Snapshot]:
+    from exporter.engine import Engine  # noqa: PLC0415 - once and check only: `serve` execs without it
+
     engine = Engine.start(config)
     engine.tick(time.monotonic())
     time.sleep(max(0.0, seconds))
@@ -197,6 +229,8 @@ def once(config: Config, wait: float, as_json: bool) -> int:
 
         print(json.dumps(snapshot_document(snapshot), indent=2))
     else:
+        from exporter.exposition import Renderer  # noqa: PLC0415 - once only
+
         sys.stdout.buffer.write(Renderer().render(snapshot).text)
     return 0
 

@@ -24,7 +24,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -42,6 +42,7 @@ from exporter.budget import MIN_SERIES
 from exporter.carbon.embodied import GPU_DEFAULT_EMBODIED_KG, GPU_EMBODIED_KG, HOST_EMBODIED_KG, LIFETIME_S
 from exporter.files import CONFIG_FILE_LIMIT, read_operator_text
 from exporter.meters.registry import DEFAULT_ORDER, NODE_METERS
+from exporter.runtime_config import ConfigError, ConfigRecord, ConfigRules, Record, parse_listen
 from exporter.zones import ZONES
 
 ENV_PREFIX = "WATTLENS_"
@@ -52,10 +53,6 @@ OTHER_GROUP = "Other"
 # Maps a layer replaces whole (not merged key by key).
 MAP_SETTINGS = frozenset({"idle_watts", "gpu_embodied_kg", "otlp_headers", "otlp_resource_attributes"})
 SECRET_SETTINGS = frozenset({"otlp_headers"})  # never shown in an error
-
-
-class ConfigError(Exception):
-    """A configuration problem, already phrased as the one line the user sees."""
 
 
 def _pairs(value: object, shape: str = "NAME=VALUE") -> object:
@@ -104,18 +101,6 @@ def parse_duration(value: object) -> object:
 
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
-
-
-def parse_listen(value: str) -> tuple[str | None, int]:
-    """`PORT`, `:PORT`, `HOST:PORT` or `[V6]:PORT` → (host or None for every interface, port)."""
-    host, _, port_text = value.rpartition(":")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError("must be PORT, :PORT, HOST:PORT or [IPV6]:PORT with a port from 0 to 65535")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError("an IPv6 address needs brackets, e.g. [::]:9875 or [::1]:9875")
-    return (host or None), int(port_text)
 
 
 def _listen_text(value: object) -> object:
@@ -460,10 +445,11 @@ class CarbonConfig(BaseModel):
         return {**GPU_EMBODIED_KG, **value}
 
 
-class Config(BaseModel):
+class Config(ConfigRules, BaseModel):
     """Everything wattlens can be told. Field names are the YAML keys and the WATTLENS_* names."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    record_type: ClassVar[type[Record]] = ConfigRecord  # what the daemon holds instead (record_of)
 
     interval: Seconds = Field(
         5.0,
@@ -866,26 +852,15 @@ class Config(BaseModel):
             raise ValueError("process_metrics=true asks for process series, which this level leaves out")
         return value
 
-    @property
-    def exports_processes(self) -> bool:
-        return self.process_metrics or self.series_level == "processes"
 
-    @property
-    def walks_workloads(self) -> bool:
-        return self.workloads and self.series_level != "node"
-
-    def otlp_url(self) -> str:
-        """otlp_endpoint with /v1/metrics where an HTTP endpoint has no path (the OTLP base-URL convention)."""
-        url = urllib.parse.urlsplit(self.otlp_endpoint)
-        if self.otlp_protocol == "http/protobuf" and url.path in ("", "/"):
-            return urllib.parse.urlunsplit(url._replace(path="/v1/metrics"))
-        return self.otlp_endpoint
-
-    def listen_address(self) -> tuple[str | None, int]:
-        return parse_listen(self.listen)
-
-    def health_listen_address(self) -> tuple[str | None, int] | None:
-        return parse_listen(self.health_listen) if self.health_listen else None
+def record_of(model: BaseModel) -> Record:
+    """A validated model as the daemon holds it (exporter/runtime_config.py): every field by its name with its
+    value, nested models as records of their own; the model's `record_type` (default `Record`) brings the
+    properties the two share."""
+    fields = {name: getattr(model, name) for name in type(model).model_fields}
+    values = {name: record_of(value) if isinstance(value, BaseModel) else value for name, value in fields.items()}
+    record_type: type[Record] = getattr(type(model), "record_type", Record)
+    return record_type(values)
 
 
 # --- the settings as a list: flags, variables and help are generated from it -------------------------

@@ -20,15 +20,16 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
-from exporter.config import Config
 from exporter.engine import Engine
 from exporter.exposition import EndpointStats, Exposition, Renderer
 from exporter.server import Limits, MetricsServer, release_free_memory
-from exporter.webconfig import BasicAuth, TlsContext, WebConfigError, load_web_config
+from exporter.webconfig import BasicAuth, TlsContext, WebConfigError
 from exporter.workloads import pod_watch
 
 if TYPE_CHECKING:
+    from exporter.config import Config
     from exporter.otlp.push import OtlpPush
+    from exporter.webconfig_file import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ class StartupError(Exception):
 
 
 class Daemon:
-    def __init__(self, config: Config, engine: Engine) -> None:
+    def __init__(self, config: Config, engine: Engine, web: WebConfig | None = None) -> None:
+        """`web`: the web config file as the CLI loaded and validated it (a record), or None to load it here."""
         self.config = config
         self.engine = engine
         # Scrapes have variants rendered here, on demand, so neither the loop nor the next tick waits on a render.
@@ -64,7 +66,10 @@ class Daemon:
         headers: tuple[tuple[str, str], ...] = ()
         if config.web_config_file is not None:
             try:
-                web = load_web_config(config.web_config_file)
+                if web is None:  # started in-process (tests, tools): the CLI hands the daemon the loaded file
+                    from exporter.webconfig_file import load_web_config  # noqa: PLC0415 - pydantic
+
+                    web = load_web_config(config.web_config_file)
                 if web.tls_server_config is not None:
                     self.tls = TlsContext(config.web_config_file, web.tls_server_config)
             except WebConfigError as exc:
@@ -206,8 +211,8 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def run(config: Config) -> int:
-    """Start the engine and serve until SIGTERM; returns the process exit status."""
+def run(config: Config, web: WebConfig | None = None) -> int:
+    """Start the engine and serve until SIGTERM; returns the process exit status. `web`: as for `Daemon`."""
     if config.kubernetes_api and not pod_watch.available():
         raise StartupError(
             "kubernetes_api=true needs the Kubernetes client. Fix: pip install 'wattlens[kubernetes]', "
@@ -223,6 +228,6 @@ def run(config: Config) -> int:
             ca_file=config.kubernetes_ca_file,
         )
     try:
-        return uvloop.run(Daemon(config, engine).serve())
+        return uvloop.run(Daemon(config, engine, web).serve())
     finally:
         engine.close()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from exporter.accounting import Accounting, Weights
 from exporter.carbon.source import STATIC, GridIntensity, carbon_state
-from exporter.config import Config
 from exporter.meters.base import AcceleratorMeter
 from exporter.meters.select import MeterReport, NodeMeters, open_accelerators, select_meter
 from exporter.nodeinfo import NodeInfo, read_node_info
@@ -32,6 +32,9 @@ from exporter.workloads.pod_watch import PodWatch
 from exporter.workloads.process_view import ProcessView
 from exporter.workloads.procfs import NodeCpu
 from exporter.workloads.tracker import Workloads
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 log = logging.getLogger(__name__)
 

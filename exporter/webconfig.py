@@ -4,8 +4,10 @@ versions) and basic-auth users with bcrypt hashes.
 
 Supported keys are the toolkit's; unknown keys are errors (the toolkit reads the file strictly too). Keys the
 toolkit has that wattlens does not implement (cipher_suites, curve_preferences, http2…) are rejected with a
-message rather than silently ignored. Certificates and the client CA are re-read when their files change: each
-change builds a fresh SSLContext, and new handshakes switch to it only once it loaded completely.
+message rather than silently ignored (exporter/webconfig_file.py reads and validates the file, with pydantic,
+before the daemon starts). Here is what the daemon runs with it, without pydantic: certificates and the client CA
+are re-read when their files change: each change builds a fresh SSLContext, and new handshakes switch to it only
+once it loaded completely; and the bcrypt basic-auth checks.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from exporter.files import CREDENTIAL_FILE_LIMIT, read_operator_file
 
-from exporter.files import CONFIG_FILE_LIMIT, CREDENTIAL_FILE_LIMIT, read_operator_file, read_operator_text
+if TYPE_CHECKING:
+    from exporter.webconfig_file import TlsServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,88 +71,10 @@ class WebConfigError(Exception):
     """The web config is unusable; the message is the one line to show."""
 
 
-class TlsServerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    cert_file: Path
-    key_file: Path
-    client_auth_type: ClientAuth = "NoClientCert"
-    client_ca_file: Path | None = None
-    min_version: TlsVersion = "TLS12"
-    max_version: TlsVersion = "TLS13"
-
-
-class HttpServerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    headers: dict[str, str] = Field(default_factory=dict)
-
-
-class WebConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    tls_server_config: TlsServerConfig | None = None
-    http_server_config: HttpServerConfig = Field(default_factory=HttpServerConfig)
-    basic_auth_users: dict[str, str] = Field(default_factory=dict)
-
-
 def bcrypt_cost(hashed: str) -> int | None:
     """The cost of a well-formed bcrypt hash ($2a$, $2b$ or $2y$, two-digit cost, 53 characters), else None."""
     match = _BCRYPT_HASH.fullmatch(hashed)
     return int(match.group(1)) if match else None
-
-
-def load_web_config(path: Path) -> WebConfig:
-    import yaml  # noqa: PLC0415 - only with a web config file
-
-    try:
-        data = yaml.safe_load(read_operator_text(path, CONFIG_FILE_LIMIT)) or {}
-    except OSError as exc:
-        raise WebConfigError(
-            f"web_config_file {path}: cannot be read ({exc.strerror or exc}). Fix: point "
-            "web_config_file at a readable exporter-toolkit web-config.yml"
-        ) from None
-    except yaml.YAMLError:
-        raise WebConfigError(f"web_config_file {path}: not valid YAML. Fix: correct its syntax") from None
-    try:
-        config = WebConfig.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"])
-        unsupported = error["type"] == "extra_forbidden"
-        hint = (
-            (
-                "wattlens supports tls_server_config (cert_file, key_file, client_auth_type, client_ca_file, "
-                "min_version, max_version), http_server_config.headers and basic_auth_users"
-            )
-            if unsupported
-            else "see https://prometheus.io/docs/prometheus/latest/configuration/https/"
-        )
-        raise WebConfigError(f"web_config_file {path}: {where}: {error['msg']}. Fix: {hint}") from None
-    for user, hashed in config.basic_auth_users.items():
-        cost = bcrypt_cost(hashed)
-        if cost is None:
-            raise WebConfigError(
-                f"web_config_file {path}: basic_auth_users.{user} is not a bcrypt hash ($2y$, a two-digit "
-                f"cost, $, 53 characters). Fix: generate one with htpasswd -nBC 10 {user} (the part after the colon)"
-            )
-        if not MIN_BCRYPT_COST <= cost <= MAX_BCRYPT_COST:
-            raise WebConfigError(
-                f"web_config_file {path}: basic_auth_users.{user} has bcrypt cost {cost}, outside "
-                f"{MIN_BCRYPT_COST}..{MAX_BCRYPT_COST} (each step doubles the time of a login; 14 is ~1 s). "
-                f"Fix: generate a new hash with htpasswd -nBC 10 {user}"
-            )
-    tls = config.tls_server_config
-    if (
-        tls is not None
-        and tls.client_auth_type in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
-        and tls.client_ca_file is None
-    ):
-        raise WebConfigError(
-            f"web_config_file {path}: client_auth_type {tls.client_auth_type} needs "
-            "client_ca_file. Fix: add the CA that signs your scrapers' certificates"
-        )
-    return config
 
 
 def _resolve(base: Path, path: Path) -> Path:

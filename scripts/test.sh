@@ -113,7 +113,7 @@ if [ -n "$py310" ]; then  # also after a failure above: both results are worth h
         tests/test_engine.py tests/test_model.py tests/test_rapl.py tests/test_node_fixtures.py \
         tests/test_once_json.py tests/test_pod_watch.py tests/test_webconfig.py tests/test_server.py \
         tests/test_accounting.py tests/test_zones.py tests/test_meter_select.py tests/test_redfish.py \
-        tests/test_carbon.py tests/test_carbon_intensity.py || status=$?
+        tests/test_carbon.py tests/test_carbon_intensity.py tests/test_runtime.py || status=$?
 else
     echo "== no Python 3.10 here: the unit tests ran on $("$venv/bin/python" -V) only"
 fi

@@ -195,14 +195,14 @@ def test_the_standard_process_families_are_prometheus_clients(openmetrics: bool,
 
 
 def test_the_daemon_does_not_import_prometheus_client() -> None:
-    code = "import sys, exporter.cli, exporter.daemon; assert 'prometheus_client' not in sys.modules"
+    code = "import sys, exporter.cli, exporter.runtime; assert 'prometheus_client' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_the_daemon_imports_only_what_its_configuration_uses() -> None:
     """Resident memory: YAML only with a config file, bcrypt with basic auth, the rest on demand."""
     lazy = ("prometheus_client", "yaml", "bcrypt", "difflib", "exporter.snapshot_json", "pynvml", "isal")
-    code = f"import sys, exporter.cli, exporter.daemon; print([m for m in {lazy!r} if m in sys.modules])"
+    code = f"import sys, exporter.cli, exporter.runtime; print([m for m in {lazy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
 

@@ -111,6 +111,9 @@ def test_it_serves_metrics_on_a_host_without_python(tarball: Path, tmp_path: Pat
                 port = int(match.group(1))
         assert port, "did not start:\n" + "".join(log)
         print(f"\nstart to serving: {time.monotonic() - started:.2f} s")
+        # The program exec()ed itself into the daemon (same PID) without the CLI's pydantic.
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "libpython" in maps and "pydantic_core" not in maps
 
         def get(path: str) -> tuple[int, str]:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)

@@ -216,8 +216,9 @@ def test_expiry_is_warned_when_it_comes_close_and_again_when_it_passes(
     pki: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from exporter import webconfig
+    from exporter.webconfig_file import TlsServerConfig
 
-    config = webconfig.TlsServerConfig(cert_file=pki / "server.crt", key_file=pki / "server.key")
+    config = TlsServerConfig(cert_file=pki / "server.crt", key_file=pki / "server.key")
     with caplog.at_level("WARNING", logger="exporter.webconfig"):
         tls = webconfig.TlsContext(pki / "web.yml", config)  # valid for 2 days: within the 14-day warning
         assert [r.message for r in caplog.records if "expires in" in r.message]

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING
 
 from exporter.carbon.file import CarbonFile
 from exporter.carbon.ledger import CarbonLedger, CarbonParts
-from exporter.config import CarbonConfig, Config, ConfigError
 from exporter.files import SMALL_VALUE_LIMIT, read_operator_text
+from exporter.runtime_config import ConfigError
 from exporter.snapshot import CarbonDomain, CarbonState
 
 if TYPE_CHECKING:
     from exporter.carbon.intensity import HttpIntensity
+    from exporter.config import CarbonConfig, Config
 
 
 STATIC = "static"

@@ -32,12 +32,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from exporter.config import Config
 from exporter.meters.base import ENERGY_COUNTER, Accelerator, AcceleratorSample, AcceleratorUser, MeterUnavailable
 from exporter.meters.gpu_processes import GpuProcess, GpuProcesses
 from exporter.meters.worker import MeterWorker
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 log = logging.getLogger(__name__)
 

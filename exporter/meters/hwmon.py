@@ -22,12 +22,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from exporter.config import Config
 from exporter.meters.base import ENERGY_COUNTER, POWER_INTEGRATION, CounterSample, MeterUnavailable, ZoneId
 from exporter.sysfs import HeldFile, read_small
 from exporter.workloads.procfs import CpuTimes
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 SOURCE = "hwmon"
 RETRY_FIRST_S = 1.0

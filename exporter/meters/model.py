@@ -8,11 +8,14 @@ from SPECpower results (docs/power-model.md). Every series this meter drives car
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from exporter.config import Config, ModelConfig
 from exporter.counters import MICRO
 from exporter.meters.base import POWER_INTEGRATION, CounterSample, ZoneId
 from exporter.workloads.procfs import CpuTimes, utilisation
+
+if TYPE_CHECKING:
+    from exporter.config import Config, ModelConfig
 
 SOURCE = "model"
 ZONE = ZoneId(zone="package", socket="", die="", source=SOURCE, device="proc-stat")

@@ -23,11 +23,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pynvml
 
-from exporter.config import Config
 from exporter.counters import MICRO
 from exporter.meters.base import (
     Accelerator,
@@ -41,6 +40,9 @@ from exporter.meters.gpu_processes import NOBODY, GpuProcess, GpuProcesses
 from exporter.meters.nvml_loader import FIX, NOT_INSTALLED
 from exporter.meters.nvml_mig import MigState, mig_users
 from exporter.meters.worker import MeterWorker
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 log = logging.getLogger(__name__)
 

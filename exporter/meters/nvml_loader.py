@@ -7,10 +7,10 @@ from __future__ import annotations
 import ctypes
 from typing import TYPE_CHECKING
 
-from exporter.config import Config
 from exporter.meters.base import MeterUnavailable
 
 if TYPE_CHECKING:
+    from exporter.config import Config
     from exporter.meters.nvml import NvmlMeter
 
 LIBRARY = "libnvidia-ml.so.1"

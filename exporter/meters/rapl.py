@@ -15,11 +15,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from exporter.config import Config
 from exporter.meters.base import CounterSample, MeterUnavailable, ZoneId
 from exporter.sysfs import HeldFile, read_small
 from exporter.workloads.procfs import CpuTimes
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 SOURCE = "rapl"
 PREFERRED_CONTROL_TYPE = "intel-rapl"

@@ -28,13 +28,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from exporter import __version__
-from exporter.config import Config, RedfishConfig
 from exporter.meters.base import ENERGY_COUNTER, POWER_INTEGRATION, CounterSample, MeterUnavailable, ZoneId
 from exporter.workloads.procfs import CpuTimes
+
+if TYPE_CHECKING:
+    from exporter.config import Config, RedfishConfig
 
 log = logging.getLogger(__name__)
 

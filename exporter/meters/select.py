@@ -17,12 +17,15 @@ import importlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from exporter.config import Config
 from exporter.meters.base import AcceleratorMeter, CounterSample, MeterUnavailable, NodeMeter, ZoneId
 from exporter.meters.registry import ACCELERATOR_METERS, NODE_METERS
 from exporter.workloads.procfs import CpuTimes
 from exporter.zones import Role, role_of
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -5,14 +5,18 @@ A separate view of the same energy, bounded to `process_top_n` series plus `comm
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from exporter.accounting import Weights
 from exporter.attribution import Usage
-from exporter.config import Config
 from exporter.ledger import TopProcesses
 from exporter.snapshot import ProcessState
 from exporter.sysfs import UNLIMITED, FdBudget
 from exporter.workloads.processes import ProcessKey, ProcessTable
 from exporter.workloads.procfs import clock_ticks_per_second
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 
 class ProcessView:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from exporter.budget import CARBON_PREFIX, SeriesBudget
-from exporter.config import Config
 from exporter.ledger import WorkloadLedger
 from exporter.meters.base import AcceleratorUser
 from exporter.snapshot import BudgetStats, Labels, PodLabels, WorkloadState
@@ -26,6 +26,9 @@ from exporter.workloads.labels import LABELS, label_values
 from exporter.workloads.pod_watch import PodWatch
 from exporter.workloads.processes import cgroup_path
 from exporter.workloads.tree import TreeBuilder, UsageTracker, WorkloadTree, owner_of
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 log = logging.getLogger(__name__)
 
