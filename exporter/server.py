@@ -154,7 +154,8 @@ def abort(transport: asyncio.BaseTransport) -> None:
     """Drop a connection now: RST, and the kernel discards what the peer never took (a plain close keeps it)."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):
+        # ValueError: uvloop's stand-in socket of a transport the client already reset has no fd left (-1).
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     # uvloop's transports do not subclass asyncio.Transport, but have abort(); a close() here would wait forever.
     abort_now: Callable[[], None] | None = getattr(transport, "abort", None)

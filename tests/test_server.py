@@ -959,3 +959,31 @@ def test_close_lets_a_request_in_progress_finish(start: Callable[..., Running]) 
         assert reply.headers.get("connection") == "close"  # the client is told not to reuse it ...
         assert c.closed_within(2.0)  # ... and it is not kept alive for another
         closing.result(TIMEOUT)
+
+
+
+def test_abort_of_a_transport_whose_socket_has_no_fd_still_aborts() -> None:
+    """Seen in the slow-reader attack test: a write timeout's abort came after the connection had lost its fd, and
+    uvloop's stand-in socket raised ValueError('negative file descriptor') from setsockopt (it makes a
+    socket.socket of fd -1). The ValueError escaped abort() before the transport was aborted: the task died with
+    "Task exception was never retrieved" and, in those runs, a socket was still held 20 s after the attack."""
+    from exporter.server import abort
+
+    class NoFd:
+        def setsockopt(self, *args: object) -> None:
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, -1)  # what uvloop's PseudoSocket does with fd -1
+
+    class Transport:
+        aborted = 0
+
+        def get_extra_info(self, name: str) -> object:
+            return NoFd() if name == "socket" else None
+
+        def abort(self) -> None:
+            self.aborted += 1
+
+    with pytest.raises(ValueError, match="negative file descriptor"):
+        NoFd().setsockopt()  # the stand-in fails as uvloop's does
+    transport = Transport()
+    abort(transport)  # type: ignore[arg-type]
+    assert transport.aborted == 1
