@@ -220,7 +220,7 @@ class SeriesBudget(Generic[S]):
             if replayed is not None:
                 return replayed
         self._plan = None
-        costs = [self.cost(s) if s.kind == "pod" else len(s.energy_uj) for s in states]  # cost(), inlined for most
+        costs = [self.cost(s) for s in states]
         total = sum(costs)
         if self.max_series <= 0 or (
             not self._members and not self._rollups and not self._frozen and total <= self.open_limit

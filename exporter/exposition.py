@@ -790,10 +790,7 @@ class _PodWatts:
             if prefix is None:
                 values = (self.node, *(value for _, value in w.labels), zone, self.sources.get(zone, self.meter))
                 prefix = mine["watts:" + zone] = self.family.prefix(values)
-            watts = microjoules / MICRO / tick_s
-            text = repr(watts)  # _value, inlined: a line per pod and zone
-            dot = text.find(".")
-            lines.append(f"{prefix}{text if 0 <= dot <= 6 or watts <= 0 < dot else go_float(watts)}\n")
+            lines.append(f"{prefix}{_value(microjoules / MICRO / tick_s)}\n")
             if microjoules:
                 made = tick_s
         return "".join(lines), made

@@ -77,7 +77,6 @@ class Workloads:
             )
         self.exported: tuple[WorkloadState, ...] = ()  # this tick's workload series, after the series budget
         self._unwrapped: dict[int, tuple[WorkloadState, WorkloadState]] = {}  # budget state → its carbon fields
-        self._made: dict[int, tuple[WorkloadState, WorkloadState]] = {}  # the same, for this tick's states()
         self._keyed_records: object = None
         self._keys: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
@@ -136,8 +135,8 @@ class Workloads:
         # A workload's own state comes out of the budget as it went in: its rendered form was made with it. The
         # budget's own (rollups, frozen series) are unwrapped here, and the same output object is kept for the
         # same budget state (an idle rollup's), so the renderer keeps its lines.
-        states = self.states()
-        made, known, kept, exported = self._made, self._unwrapped, {}, []
+        states, made = self.states()
+        known, kept, exported = self._unwrapped, {}, []
         for state in self.budget.apply(self._now, states, *self._keys):
             entry = made.get(id(state)) or known.get(id(state))
             if entry is None or entry[0] is not state:
@@ -163,8 +162,9 @@ class Workloads:
                 container = ContainerName(meta.namespace, meta.name, name)
         return pod, container
 
-    def states(self) -> tuple[WorkloadState, ...]:
-        """Every workload with a series: its labels by name, and its energy per domain."""
+    def states(self) -> tuple[tuple[WorkloadState, ...], dict[int, tuple[WorkloadState, WorkloadState]]]:
+        """Every workload with a series: its labels by name, and its energy per domain (carbon as domains, as the
+        series budget takes it); and, by the id of each of those states, (state, the state as rendered)."""
         records = self.ledger.records()
         kubelet, now = self.kubelet, self._now
         # The same records (the list is kept while none comes or goes): only a due rescan can change names.
@@ -225,8 +225,7 @@ class Workloads:
             # The ledger gives a seen record a new last_uj dict each tick and fills it before this: kept as is.
             known.last_uj, known.carbon, record.changed = last, carbon, False
             states.append(state)
-        self._made = made
-        return tuple(states)
+        return tuple(states), made
 
     def pod_labels(self) -> tuple[PodLabels, ...]:
         """Owners and allow-listed labels of the pods with series of their own (with the API watch only)."""
